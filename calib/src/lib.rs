@@ -1,0 +1,1 @@
+//! flux2-calib

@@ -1,0 +1,43 @@
+//! `flux2`: export FLUX.2 checkpoints to ONNX, calibrate them to INT8/FP8, build TensorRT
+//! engines and generate images. Thin: parses arguments, calls the libraries, prints.
+
+mod cmd;
+mod progress;
+
+use clap::{Parser, Subcommand};
+
+/// FLUX.2 deployment toolchain: safetensors -> ONNX -> (INT8/FP8 Q/DQ) -> ONNX Runtime / TensorRT.
+#[derive(Parser)]
+#[command(name = "flux2", version, about, long_about = None, propagate_version = true)]
+struct Cli {
+    /// More log output (-v info, -vv debug).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    // One line per command; each lives in cmd/<name>.rs with `Args` and `run`.
+    // COMMANDS-BEGIN
+    // COMMANDS-END
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let level = match cli.verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level)).init();
+    let result = match cli.command {
+        // DISPATCH-BEGIN
+        // DISPATCH-END
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}

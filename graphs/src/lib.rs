@@ -1,0 +1,47 @@
+//! flux2-graphs: a typed ONNX graph builder and the FLUX.2 model graphs.
+//!
+//! Pure math: nothing here reads or writes files. Graphs declare the weights they need
+//! by checkpoint name and shape; `flux2-exporter` resolves them against safetensors and
+//! writes the ONNX file with its external data.
+
+pub mod onnx {
+    //! Prost types for the subset of the ONNX IR we emit (`proto/onnx.proto`).
+    #![allow(clippy::all)]
+    include!(concat!(env!("OUT_DIR"), "/onnx.rs"));
+}
+
+mod dtype;
+mod graph;
+pub mod ops;
+mod shape;
+
+pub use dtype::DType;
+pub use graph::{attr, value_info, DimRange, Graph, Model, ScopeGuard, Target, WeightDecl, T};
+pub use shape::{broadcast, show as show_shape, Dim, Shape};
+
+/// ONNX IR version written into every model (ONNX Runtime 1.31 reads up to 13).
+pub const IR_VERSION: i64 = 10;
+
+/// Errors raised while wiring a graph.
+#[derive(Debug, thiserror::Error)]
+pub enum GraphError {
+    #[error("node '{node}': {msg}")]
+    Wiring { node: String, msg: String },
+    #[error("duplicate name '{0}' in graph")]
+    Duplicate(String),
+    #[error("weight '{name}': {msg}")]
+    Weight { name: String, msg: String },
+    #[error("config: {0}")]
+    Config(String),
+}
+
+pub type Result<T> = std::result::Result<T, GraphError>;
+
+/// Encodes f32 values as little-endian bytes of `dtype` (f32, f16 or bf16).
+pub fn encode_floats(dtype: DType, values: &[f32]) -> Vec<u8> {
+    match dtype {
+        DType::F16 => values.iter().flat_map(|v| half::f16::from_f32(*v).to_le_bytes()).collect(),
+        DType::BF16 => values.iter().flat_map(|v| half::bf16::from_f32(*v).to_le_bytes()).collect(),
+        _ => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+    }
+}
