@@ -1,0 +1,179 @@
+//! A checkpoint: the union of tensors over one or more safetensors files (a single file,
+//! a sharded set described by `*.safetensors.index.json`, or every shard in a folder).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use flux2_graphs::DType;
+
+use crate::safetensors::{RawTensor, SafeFile};
+use crate::{io_err, ExportError, Result};
+
+/// Where one tensor lives.
+#[derive(Clone, Debug)]
+pub struct TensorInfo {
+    pub file: usize,
+    pub raw: RawTensor,
+}
+
+impl TensorInfo {
+    pub fn dtype(&self) -> DType {
+        self.raw.dtype
+    }
+    pub fn shape(&self) -> &[usize] {
+        &self.raw.shape
+    }
+}
+
+/// Opened checkpoint files and the index of their tensors.
+pub struct Checkpoint {
+    /// What was opened (file, index or folder), for messages.
+    pub origin: PathBuf,
+    pub files: Vec<Arc<SafeFile>>,
+    pub tensors: BTreeMap<String, TensorInfo>,
+}
+
+impl Checkpoint {
+    /// Opens a `.safetensors` file, a `.safetensors.index.json`, or a folder of shards.
+    pub fn open(path: &Path) -> Result<Checkpoint> {
+        if path.is_dir() {
+            return Self::open_dir(path);
+        }
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        if name.ends_with(".index.json") {
+            return Self::open_index(path);
+        }
+        if !path.exists() {
+            return Err(ExportError::Io {
+                path: path.to_path_buf(),
+                source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
+            });
+        }
+        Self::from_files(path, &[path.to_path_buf()])
+    }
+
+    fn open_dir(dir: &Path) -> Result<Checkpoint> {
+        let mut shards = Vec::new();
+        let mut indexes = Vec::new();
+        for entry in std::fs::read_dir(dir).map_err(io_err(dir))? {
+            let p = entry.map_err(io_err(dir))?.path();
+            let n = p.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
+            if n.ends_with(".safetensors.index.json") {
+                indexes.push(p);
+            } else if n.ends_with(".safetensors") {
+                shards.push(p);
+            }
+        }
+        indexes.sort();
+        shards.sort();
+        match (indexes.as_slice(), shards.is_empty()) {
+            ([index], _) => Self::open_index(index),
+            ([], false) => Self::from_files(dir, &shards),
+            ([], true) => Err(ExportError::UnknownLayout {
+                path: dir.to_path_buf(),
+                msg: "no .safetensors files in this folder".into(),
+            }),
+            _ => Err(ExportError::UnknownLayout {
+                path: dir.to_path_buf(),
+                msg: format!("several index files: {indexes:?}"),
+            }),
+        }
+    }
+
+    fn open_index(index: &Path) -> Result<Checkpoint> {
+        let text = std::fs::read_to_string(index).map_err(io_err(index))?;
+        let bad = |msg: String| ExportError::BadIndex { path: index.to_path_buf(), msg };
+        let json: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| bad(format!("not JSON: {e}")))?;
+        let map = json
+            .get("weight_map")
+            .and_then(|m| m.as_object())
+            .ok_or_else(|| bad("no 'weight_map' object".into()))?;
+        let dir = index.parent().unwrap_or(Path::new("."));
+        let mut files: Vec<PathBuf> = Vec::new();
+        for v in map.values() {
+            let f = v.as_str().ok_or_else(|| bad("weight_map values must be file names".into()))?;
+            if f.contains("..") || Path::new(f).is_absolute() {
+                return Err(bad(format!("shard path '{f}' leaves the checkpoint folder")));
+            }
+            let p = dir.join(f);
+            if !files.contains(&p) {
+                files.push(p);
+            }
+        }
+        files.sort();
+        let ckpt = Self::from_files(index, &files)?;
+        for (name, v) in map {
+            let f = dir.join(v.as_str().unwrap_or_default());
+            match ckpt.tensors.get(name) {
+                Some(t) if ckpt.files[t.file].path == f => {}
+                Some(t) => {
+                    return Err(bad(format!(
+                        "index puts '{name}' in {} but it is in {}",
+                        f.display(),
+                        ckpt.files[t.file].path.display()
+                    )))
+                }
+                None => {
+                    return Err(bad(format!("index lists '{name}' but {} does not contain it", f.display())))
+                }
+            }
+        }
+        Ok(ckpt)
+    }
+
+    fn from_files(origin: &Path, paths: &[PathBuf]) -> Result<Checkpoint> {
+        let mut files = Vec::new();
+        let mut tensors: BTreeMap<String, TensorInfo> = BTreeMap::new();
+        for (i, p) in paths.iter().enumerate() {
+            let f = SafeFile::open(p)?;
+            for (name, raw) in &f.tensors {
+                if let Some(prev) = tensors.get(name) {
+                    return Err(ExportError::DuplicateTensor {
+                        name: name.clone(),
+                        first: paths[prev.file].clone(),
+                        second: p.clone(),
+                    });
+                }
+                tensors.insert(name.clone(), TensorInfo { file: i, raw: raw.clone() });
+            }
+            files.push(Arc::new(f));
+        }
+        Ok(Checkpoint { origin: origin.to_path_buf(), files, tensors })
+    }
+
+    /// Looks a tensor up.
+    pub fn get(&self, name: &str) -> Option<&TensorInfo> {
+        self.tensors.get(name)
+    }
+
+    /// Name -> shape of every tensor (what config detection reads).
+    pub fn shapes(&self) -> BTreeMap<String, Vec<usize>> {
+        self.tensors.iter().map(|(k, v)| (k.clone(), v.raw.shape.clone())).collect()
+    }
+
+    /// Raw bytes of a tensor.
+    pub fn bytes(&self, t: &TensorInfo) -> &[u8] {
+        self.files[t.file].bytes(&t.raw)
+    }
+
+    /// Total parameter count (elements).
+    pub fn numel(&self) -> u64 {
+        self.tensors.values().map(|t| t.raw.shape.iter().product::<usize>() as u64).sum()
+    }
+
+    /// Total bytes of tensor data.
+    pub fn nbytes(&self) -> u64 {
+        self.tensors.values().map(|t| t.raw.len).sum()
+    }
+
+    /// Histogram of dtypes (elements per dtype).
+    pub fn dtypes(&self) -> BTreeMap<DType, u64> {
+        let mut m = BTreeMap::new();
+        for t in self.tensors.values() {
+            *m.entry(t.raw.dtype).or_insert(0) += t.raw.shape.iter().product::<usize>() as u64;
+        }
+        m
+    }
+}

@@ -1,0 +1,282 @@
+//! Writing an ONNX model with its weights as external data.
+//!
+//! * `copy`: weights are streamed (pread, convert, append) into `<stem>.onnx.data` beside
+//!   the model, converted to the graph's dtype. Peak memory is one chunk, not the model.
+//! * `link`: no weight bytes are written. External-data entries point at byte ranges of
+//!   the original `.safetensors` files, which are hard-linked into `weights/<stem>/` in the
+//!   output folder, because ONNX Runtime rejects external-data paths that are absolute,
+//!   contain `..`, or resolve (through symlinks) outside the model's folder. Hard links
+//!   need the output on the same filesystem as the checkpoint. Where the checkpoint dtype
+//!   differs from the graph's, a `Cast` follows the initializer; pieces of fused tensors
+//!   become a `Concat`; reinterpreted shapes a `Reshape`.
+
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use flux2_graphs::onnx::{self, NodeProto, StringStringEntryProto, TensorProto};
+use flux2_graphs::{attr, Model};
+
+use crate::checkpoint::Checkpoint;
+use crate::convert::convert;
+use crate::names::{Piece, ResolvedWeight};
+use crate::{io_err, ExportError, Result};
+
+/// How weights reach the ONNX file.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WeightMode {
+    Copy,
+    Link,
+}
+
+/// Options for [`write_model`].
+#[derive(Clone, Debug)]
+pub struct WriteOptions {
+    pub mode: WeightMode,
+}
+
+/// What [`write_model`] produced.
+#[derive(Clone, Debug, Default)]
+pub struct WriteReport {
+    pub onnx: PathBuf,
+    pub files: Vec<PathBuf>,
+    pub bytes_written: u64,
+    pub bytes_linked: u64,
+}
+
+const CHUNK: usize = 8 << 20;
+
+/// Writes `<dir>/<stem>.onnx` plus its weights. `progress` receives bytes processed.
+pub fn write_model(
+    model: &Model,
+    weights: &[ResolvedWeight],
+    ckpt: &Checkpoint,
+    dir: &Path,
+    stem: &str,
+    opts: &WriteOptions,
+    progress: &mut dyn FnMut(u64),
+) -> Result<WriteReport> {
+    let mut proto = model.proto.clone();
+    let mut report = WriteReport { onnx: dir.join(format!("{stem}.onnx")), ..Default::default() };
+    let mut prelude: Vec<NodeProto> = Vec::new();
+    let mut inits: Vec<TensorProto> = Vec::new();
+    match opts.mode {
+        WeightMode::Copy => copy_weights(weights, ckpt, dir, stem, &mut inits, &mut report, progress)?,
+        WeightMode::Link => {
+            link_weights(weights, ckpt, dir, stem, &mut inits, &mut prelude, &mut report, progress)?
+        }
+    }
+    let graph = proto.graph.get_or_insert_with(Default::default);
+    graph.initializer.extend(inits);
+    prelude.append(&mut graph.node);
+    graph.node = prelude;
+    let bytes = prost::Message::encode_to_vec(&proto);
+    std::fs::write(&report.onnx, bytes).map_err(io_err(&report.onnx))?;
+    Ok(report)
+}
+
+fn external(name: &str, dtype: i32, dims: &[usize], location: &str, offset: u64, len: u64) -> TensorProto {
+    let kv = |k: &str, v: String| StringStringEntryProto { key: k.into(), value: v };
+    TensorProto {
+        dims: dims.iter().map(|&d| d as i64).collect(),
+        data_type: dtype,
+        name: name.to_string(),
+        external_data: vec![
+            kv("location", location.into()),
+            kv("offset", offset.to_string()),
+            kv("length", len.to_string()),
+        ],
+        data_location: onnx::tensor_proto::DataLocation::External as i32,
+        ..Default::default()
+    }
+}
+
+fn copy_weights(
+    weights: &[ResolvedWeight],
+    ckpt: &Checkpoint,
+    dir: &Path,
+    stem: &str,
+    inits: &mut Vec<TensorProto>,
+    report: &mut WriteReport,
+    progress: &mut dyn FnMut(u64),
+) -> Result<()> {
+    let data_name = format!("{stem}.onnx.data");
+    let data_path = dir.join(&data_name);
+    let file = std::fs::File::create(&data_path).map_err(io_err(&data_path))?;
+    let mut out = std::io::BufWriter::with_capacity(CHUNK, file);
+    let sources = open_sources(ckpt)?;
+    let mut pos = 0u64;
+    let (mut raw, mut conv) = (Vec::new(), Vec::new());
+    for w in weights {
+        let align =
+            if w.decl.shape.iter().product::<usize>() * w.decl.dtype.size() >= 1 << 20 { 4096 } else { 64 };
+        let pad = (align - pos % align) % align;
+        out.write_all(&vec![0u8; pad as usize]).map_err(io_err(&data_path))?;
+        pos += pad;
+        let start = pos;
+        for p in &w.pieces {
+            let elem = p.dtype.size() as u64;
+            let step = (CHUNK as u64 / elem).max(1) * elem;
+            let mut off = 0u64;
+            while off < p.len {
+                let n = step.min(p.len - off) as usize;
+                raw.resize(n, 0);
+                let f = &sources[p.file];
+                f.read_exact_at(&mut raw, p.offset + off).map_err(io_err(&ckpt.files[p.file].path))?;
+                conv.clear();
+                if !convert(p.dtype, w.decl.dtype, &raw, &mut conv) {
+                    return Err(ExportError::Tensor {
+                        name: p.tensor.clone(),
+                        path: ckpt.files[p.file].path.clone(),
+                        msg: format!("cannot convert {} to {}", p.dtype, w.decl.dtype),
+                    });
+                }
+                out.write_all(&conv).map_err(io_err(&data_path))?;
+                pos += conv.len() as u64;
+                off += n as u64;
+                progress(n as u64);
+            }
+        }
+        inits.push(external(
+            &w.decl.name,
+            w.decl.dtype.onnx(),
+            &w.decl.shape,
+            &data_name,
+            start,
+            pos - start,
+        ));
+    }
+    out.flush().map_err(io_err(&data_path))?;
+    report.bytes_written = pos;
+    report.files.push(data_path);
+    Ok(())
+}
+
+fn open_sources(ckpt: &Checkpoint) -> Result<Vec<std::fs::File>> {
+    ckpt.files.iter().map(|f| std::fs::File::open(&f.path).map_err(io_err(&f.path))).collect()
+}
+
+#[allow(clippy::too_many_arguments)]
+fn link_weights(
+    weights: &[ResolvedWeight],
+    ckpt: &Checkpoint,
+    dir: &Path,
+    stem: &str,
+    inits: &mut Vec<TensorProto>,
+    prelude: &mut Vec<NodeProto>,
+    report: &mut WriteReport,
+    progress: &mut dyn FnMut(u64),
+) -> Result<()> {
+    let link_dir = dir.join("weights").join(stem);
+    std::fs::create_dir_all(&link_dir).map_err(io_err(&link_dir))?;
+    let mut locations: Vec<Option<String>> = vec![None; ckpt.files.len()];
+    for w in weights {
+        let mut parts = Vec::new();
+        for (i, p) in w.pieces.iter().enumerate() {
+            let loc = match &locations[p.file] {
+                Some(l) => l.clone(),
+                None => {
+                    let l = hard_link(ckpt, p.file, &link_dir, stem, report)?;
+                    locations[p.file] = Some(l.clone());
+                    l
+                }
+            };
+            let name = if w.is_plain() { w.decl.name.clone() } else { format!("{}.__src{i}", w.decl.name) };
+            inits.push(external(&name, p.dtype.onnx(), &p.shape, &loc, p.offset, p.len));
+            report.bytes_linked += p.len;
+            progress(p.len);
+            parts.push((name, p));
+        }
+        if !w.is_plain() {
+            prelude.extend(assemble(w, &parts));
+        }
+    }
+    Ok(())
+}
+
+fn hard_link(
+    ckpt: &Checkpoint,
+    file: usize,
+    link_dir: &Path,
+    stem: &str,
+    report: &mut WriteReport,
+) -> Result<String> {
+    let src = &ckpt.files[file].path;
+    let base = src.file_name().and_then(|n| n.to_str()).unwrap_or("weights.safetensors");
+    let target = link_dir.join(format!("{file:03}-{base}"));
+    std::fs::hard_link(src, &target).map_err(|e| ExportError::Output {
+        path: target.clone(),
+        msg: format!(
+            "--weights link hard-links {} into the output folder and that failed ({e}); the output must be on \
+             the same filesystem as the checkpoint and the checkpoint files must be yours or writable. Use \
+             --weights copy or another --out",
+            src.display()
+        ),
+    })?;
+    report.files.push(target.clone());
+    Ok(format!("weights/{stem}/{}", target.file_name().and_then(|n| n.to_str()).unwrap_or(base)))
+}
+
+/// Nodes that build a non-plain weight from its linked pieces: Concat, Reshape, Cast.
+fn assemble(w: &ResolvedWeight, parts: &[(String, &Piece)]) -> Vec<NodeProto> {
+    let mut nodes = Vec::new();
+    let node = |op: &str, inputs: Vec<String>, out: String, attrs: Vec<onnx::AttributeProto>| NodeProto {
+        input: inputs,
+        output: vec![out.clone()],
+        name: format!("{out}.{}", op.to_ascii_lowercase()),
+        op_type: op.into(),
+        attribute: attrs,
+        ..Default::default()
+    };
+    let mut cur = parts[0].0.clone();
+    if parts.len() > 1 {
+        let out = format!("{}.__concat", w.decl.name);
+        nodes.push(node(
+            "Concat",
+            parts.iter().map(|(n, _)| n.clone()).collect(),
+            out.clone(),
+            vec![attr::int("axis", 0)],
+        ));
+        cur = out;
+    }
+    let shape_now: Vec<usize> = if parts.len() > 1 {
+        let mut s = parts[0].1.shape.clone();
+        if !s.is_empty() {
+            s[0] = parts.iter().map(|(_, p)| p.shape.first().copied().unwrap_or(0)).sum();
+        }
+        s
+    } else {
+        parts[0].1.shape.clone()
+    };
+    let needs_cast = parts[0].1.dtype != w.decl.dtype;
+    if shape_now != w.decl.shape {
+        let shape_name = format!("{}.__shape", w.decl.name);
+        nodes.push(NodeProto {
+            output: vec![shape_name.clone()],
+            name: format!("{shape_name}.constant"),
+            op_type: "Constant".into(),
+            attribute: vec![onnx::AttributeProto {
+                name: "value_ints".into(),
+                r#type: onnx::attribute_proto::AttributeType::Ints as i32,
+                ints: w.decl.shape.iter().map(|&d| d as i64).collect(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+        let out = if needs_cast { format!("{}.__reshaped", w.decl.name) } else { w.decl.name.clone() };
+        nodes.push(node("Reshape", vec![cur, shape_name], out.clone(), vec![]));
+        cur = out;
+    }
+    if needs_cast {
+        nodes.push(node(
+            "Cast",
+            vec![cur],
+            w.decl.name.clone(),
+            vec![attr::int("to", w.decl.dtype.onnx() as i64)],
+        ));
+    } else if cur != w.decl.name {
+        nodes.push(node("Identity", vec![cur], w.decl.name.clone(), vec![]));
+    }
+    nodes
+}
