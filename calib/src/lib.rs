@@ -1,1 +1,3 @@
 //! flux2-calib
+
+pub mod timesteps;
