@@ -2,6 +2,7 @@
 //! engines and generate images. Thin: parses arguments, calls the libraries, prints.
 
 mod cmd;
+mod plot;
 mod progress;
 
 use clap::{Parser, Subcommand};
@@ -21,6 +22,14 @@ struct Cli {
 enum Command {
     // One line per command; each lives in cmd/<name>.rs with `Args` and `run`.
     // COMMANDS-BEGIN
+    /// Print the sampler's noise schedule (sigmas) for a size and step count, as JSON.
+    Schedule(cmd::schedule::Args),
+    /// Export a checkpoint's components to ONNX (+ manifest.json).
+    Export(cmd::export::Args),
+    /// Describe a checkpoint: layout, variant, config, parameters, dtypes.
+    Inspect(cmd::inspect::Args),
+    /// Sample calibration timesteps (ts, ln, pln) as CSV, optionally plotted over the density.
+    Timesteps(cmd::timesteps::Args),
     // COMMANDS-END
 }
 
@@ -34,6 +43,10 @@ fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level)).init();
     let result = match cli.command {
         // DISPATCH-BEGIN
+        Command::Schedule(a) => cmd::schedule::run(a),
+        Command::Export(a) => cmd::export::run(a),
+        Command::Inspect(a) => cmd::inspect::run(a),
+        Command::Timesteps(a) => cmd::timesteps::run(a),
         // DISPATCH-END
     };
     if let Err(e) = result {

@@ -5,8 +5,10 @@
 
 pub mod checkpoint;
 pub mod convert;
+pub mod export;
 pub mod layout;
 pub mod manifest;
+pub mod models;
 pub mod names;
 pub mod safetensors;
 pub mod writer;

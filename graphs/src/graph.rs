@@ -224,6 +224,27 @@ impl Graph {
         Ok(())
     }
 
+    /// Renames the symbolic dims of `t` (e.g. `(H/2)/2` -> `h`) after checking that rank and
+    /// known sizes agree. Used where a model knows a cleaner name for a derived axis.
+    pub fn relabel(&self, t: T, shape: Shape) -> Result<()> {
+        let mut inner = self.inner.borrow_mut();
+        let v = &mut inner.values[t.0 as usize];
+        let ok = v.shape.len() == shape.len()
+            && v.shape.iter().zip(&shape).all(|(a, b)| a.fixed().is_none() || b.fixed().is_none() || a == b);
+        if !ok {
+            return Err(GraphError::Wiring {
+                node: v.name.clone(),
+                msg: format!(
+                    "cannot relabel {} as {}",
+                    crate::shape::show(&v.shape),
+                    crate::shape::show(&shape)
+                ),
+            });
+        }
+        v.shape = shape;
+        Ok(())
+    }
+
     /// Marks an intermediate value as a debug tap (exposed as an output by [`Graph::finish_with_taps`]).
     pub fn tap(&self, t: T, _label: &str) {
         self.inner.borrow_mut().taps.push(t);

@@ -12,6 +12,7 @@ pub mod onnx {
 
 mod dtype;
 mod graph;
+pub mod models;
 pub mod ops;
 mod shape;
 
@@ -42,6 +43,7 @@ pub fn encode_floats(dtype: DType, values: &[f32]) -> Vec<u8> {
     match dtype {
         DType::F16 => values.iter().flat_map(|v| half::f16::from_f32(*v).to_le_bytes()).collect(),
         DType::BF16 => values.iter().flat_map(|v| half::bf16::from_f32(*v).to_le_bytes()).collect(),
+        DType::F64 => values.iter().flat_map(|v| (*v as f64).to_le_bytes()).collect(),
         _ => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
     }
 }

@@ -80,3 +80,5 @@ pub fn assert_close(name: &str, reference: &ArrayD<f32>, got: &ArrayD<f32>, tol:
     let d = max_abs_diff(reference, got);
     assert!(d <= tol, "{name}: max-abs {d:e} > {tol:e} (nmse {:e})", nmse(reference, got));
 }
+
+pub mod export;

@@ -1,0 +1,83 @@
+//! `flux2 inspect`: what a checkpoint is, before exporting it.
+
+use std::path::PathBuf;
+
+use flux2_exporter::models::{build, ExportOptions};
+use flux2_exporter::ModelSource;
+use flux2_graphs::{DType, Target};
+
+/// Describe a checkpoint: layout, components, detected variant and config, parameter
+/// count, dtypes and size. Reads only the safetensors headers.
+///
+/// Example: flux2 inspect ./FLUX.2-dev
+#[derive(clap::Args)]
+pub struct Args {
+    /// Checkpoint file or folder (same forms as `flux2 export --checkpoint`).
+    path: PathBuf,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let source = ModelSource::open(&args.path)?;
+    let opts =
+        ExportOptions { dtype: DType::F32, target: Target::Ort, text_layers: None, config_override: None };
+    let mut report = Vec::new();
+    for c in &source.components {
+        let ck = &c.checkpoint;
+        let (variant, config, error) = match build(c, &opts) {
+            Ok(graphs) => {
+                let g = graphs.first();
+                (g.and_then(|g| g.variant.clone()), g.map(|g| g.config.clone()), None)
+            }
+            Err(e) => (None, None, Some(e.to_string())),
+        };
+        let dtypes: serde_json::Map<String, serde_json::Value> =
+            ck.dtypes().iter().map(|(d, n)| (d.name().to_string(), (*n).into())).collect();
+        report.push(serde_json::json!({
+            "component": c.kind.name(),
+            "layout": format!("{:?}", c.layout).to_lowercase(),
+            "origin": ck.origin.display().to_string(),
+            "files": ck.files.len(),
+            "tensors": ck.tensors.len(),
+            "parameters": ck.numel(),
+            "bytes": ck.nbytes(),
+            "dtypes": dtypes,
+            "variant": variant,
+            "config": config,
+            "error": error,
+        }));
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    println!("{}", args.path.display());
+    for r in &report {
+        println!(
+            "  {} ({} layout): {}",
+            r["component"].as_str().unwrap_or(""),
+            r["layout"].as_str().unwrap_or(""),
+            r["origin"].as_str().unwrap_or("")
+        );
+        if let Some(v) = r["variant"].as_str() {
+            println!("    variant:    {v}");
+        }
+        println!(
+            "    parameters: {} ({:.2} GB in {} tensors, {} file(s))",
+            r["parameters"],
+            r["bytes"].as_f64().unwrap_or(0.0) / 1e9,
+            r["tensors"],
+            r["files"]
+        );
+        println!("    dtypes:     {}", r["dtypes"]);
+        if !r["config"].is_null() {
+            println!("    config:     {}", r["config"]);
+        }
+        if let Some(e) = r["error"].as_str() {
+            println!("    problem:    {e}");
+        }
+    }
+    Ok(())
+}

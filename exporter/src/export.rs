@@ -1,0 +1,217 @@
+//! The export driver: validate everything first, then write every graph into a staging
+//! folder inside the output and move the files into place only when all succeeded, so a
+//! failed export leaves no partial output behind.
+
+use std::path::{Path, PathBuf};
+
+use crate::layout::{Kind, ModelSource};
+use crate::manifest::{fingerprint, io_specs, GraphEntry, Manifest};
+use crate::models::{build, BuiltGraph, ExportOptions};
+use crate::names::{resolve_weights, ResolvedWeight};
+use crate::writer::{write_model, WeightMode, WriteOptions};
+use crate::{io_err, ExportError, Result};
+
+/// What to export.
+#[derive(Clone, Debug)]
+pub struct ExportRequest {
+    /// Components to export (None: every component found).
+    pub components: Option<Vec<Kind>>,
+    pub options: ExportOptions,
+    pub weights: WeightMode,
+}
+
+/// Progress events of [`export`].
+pub enum Progress<'a> {
+    /// Validation done; `total` bytes of weights will be processed.
+    Start { total: u64 },
+    /// Starting to write graph `stem`.
+    Graph { stem: &'a str },
+    /// `n` more bytes processed.
+    Bytes(u64),
+}
+
+/// Exports `source` into `out` and returns the manifest written there.
+pub fn export(
+    source: &ModelSource,
+    out: &Path,
+    req: &ExportRequest,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<Manifest> {
+    let planned = plan(source, req)?;
+    let total =
+        planned.iter().map(|(_, _, w)| w.iter().flat_map(|w| &w.pieces).map(|p| p.len).sum::<u64>()).sum();
+    progress(Progress::Start { total });
+    std::fs::create_dir_all(out).map_err(|e| ExportError::Output {
+        path: out.to_path_buf(),
+        msg: format!("cannot create the output folder: {e}"),
+    })?;
+    let staging = out.join(format!(".flux2-staging-{}", std::process::id()));
+    std::fs::create_dir_all(&staging).map_err(|e| ExportError::Output {
+        path: out.to_path_buf(),
+        msg: format!("output folder is not writable: {e}"),
+    })?;
+    let result = write_all(source, &planned, &staging, req, progress).and_then(|m| {
+        publish(&staging, out)?;
+        Ok(m)
+    });
+    let _ = std::fs::remove_dir_all(&staging);
+    result
+}
+
+type Planned<'a> = (usize, BuiltGraph, Vec<ResolvedWeight>);
+
+/// Builds every graph and resolves every weight before anything is written.
+fn plan<'a>(source: &'a ModelSource, req: &ExportRequest) -> Result<Vec<Planned<'a>>> {
+    if let Some(kinds) = &req.components {
+        for k in kinds {
+            if source.component(*k).is_none() {
+                let found: Vec<&str> = source.components.iter().map(|c| c.kind.name()).collect();
+                return Err(ExportError::UnknownLayout {
+                    path: source.root.clone(),
+                    msg: format!("no {} component here (found: {})", k.name(), found.join(", ")),
+                });
+            }
+        }
+    }
+    let mut planned = Vec::new();
+    let mut mismatches = Vec::new();
+    for (i, c) in source.components.iter().enumerate() {
+        if req.components.as_ref().is_some_and(|ks| !ks.contains(&c.kind)) {
+            continue;
+        }
+        for g in build(c, &req.options)? {
+            let ignore: Vec<&str> = g.ignore.iter().map(|s| s.as_str()).collect();
+            match resolve_weights(&c.checkpoint, &g.model.weights, &*g.map, &ignore, &g.stem) {
+                Ok(weights) => planned.push((i, g, weights)),
+                // keep going: one error lists the problems of every graph
+                Err(ExportError::WeightMismatch { checkpoint, model, problems }) => {
+                    mismatches.push(format!("{checkpoint} vs the {model} graph:\n{problems}"))
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    if !mismatches.is_empty() {
+        return Err(ExportError::WeightMismatch {
+            checkpoint: source.root.display().to_string(),
+            model: "exported".into(),
+            problems: mismatches.join("\n"),
+        });
+    }
+    Ok(planned)
+}
+
+fn write_all(
+    source: &ModelSource,
+    planned: &[Planned],
+    staging: &Path,
+    req: &ExportRequest,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<Manifest> {
+    let mut manifest = Manifest::new();
+    let opts = WriteOptions { mode: req.weights };
+    let mut seen_files: Vec<PathBuf> = Vec::new();
+    for (ci, g, weights) in planned {
+        let c = &source.components[*ci];
+        progress(Progress::Graph { stem: &g.stem });
+        write_model(&g.model, weights, &c.checkpoint, staging, &g.stem, &opts, &mut |n| {
+            progress(Progress::Bytes(n))
+        })?;
+        let (inputs, outputs) = io_specs(&g.model);
+        manifest.graphs.insert(
+            g.stem.clone(),
+            GraphEntry {
+                file: format!("{}.onnx", g.stem),
+                component: c.kind.name().into(),
+                dtype: req.options.dtype.name().into(),
+                weights: format!("{:?}", req.weights).to_lowercase(),
+                target: req.options.target.name().into(),
+                parameters: g.model.weights.iter().map(|w| w.shape.iter().product::<usize>() as u64).sum(),
+                inputs,
+                outputs,
+                dim_ranges: g.model.dim_ranges.clone(),
+                precision: None,
+            },
+        );
+        manifest.configs.insert(c.kind.name().into(), g.config.clone());
+        if let Some(v) = &g.variant {
+            manifest.variant = v.clone();
+        }
+        for (k, v) in &g.pipeline {
+            manifest.pipeline.insert(k.clone(), v.clone());
+        }
+        for f in &c.checkpoint.files {
+            if !seen_files.contains(&f.path) {
+                seen_files.push(f.path.clone());
+                manifest.sources.push(fingerprint(&f.path, f.header_len)?);
+            }
+        }
+    }
+    if manifest.variant.is_empty() {
+        manifest.variant = "custom".into();
+    }
+    pipeline_defaults(source, &mut manifest);
+    if let Some(tok) = &source.tokenizer_dir {
+        if planned.iter().any(|(ci, _, _)| source.components[*ci].kind == Kind::TextEncoder) {
+            copy_dir(tok, &staging.join("tokenizer"))?;
+        }
+    }
+    if let Some(c) = source.component(Kind::TextEncoder) {
+        if let (Some(p), true) = (
+            &c.config_path,
+            planned.iter().any(|(ci, _, _)| source.components[*ci].kind == Kind::TextEncoder),
+        ) {
+            let dst = staging.join("text_encoder_config.json");
+            std::fs::copy(p, &dst).map_err(io_err(&dst))?;
+        }
+    }
+    manifest.write(staging)?;
+    Ok(manifest)
+}
+
+/// Defaults from diffusers' `model_index.json` (`is_distilled`) and the variant.
+fn pipeline_defaults(source: &ModelSource, m: &mut Manifest) {
+    if let Some(idx) = &source.model_index {
+        if let Some(d) = idx.get("is_distilled").and_then(|v| v.as_bool()) {
+            m.pipeline.insert("is_distilled".into(), d.into());
+        }
+        if let Some(c) = idx.get("_class_name").and_then(|v| v.as_str()) {
+            m.pipeline.insert("pipeline_class".into(), c.into());
+        }
+    }
+}
+
+fn copy_dir(src: &Path, dst: &Path) -> Result<()> {
+    std::fs::create_dir_all(dst).map_err(io_err(dst))?;
+    for e in std::fs::read_dir(src).map_err(io_err(src))?.flatten() {
+        let p = e.path();
+        if p.is_file() {
+            let d = dst.join(e.file_name());
+            std::fs::copy(&p, &d).map_err(io_err(&d))?;
+        }
+    }
+    Ok(())
+}
+
+/// Moves every staged entry into `out`, replacing older files of the same name.
+fn publish(staging: &Path, out: &Path) -> Result<()> {
+    for e in std::fs::read_dir(staging).map_err(io_err(staging))?.flatten() {
+        let dst = out.join(e.file_name());
+        if dst.is_dir() {
+            if e.path().is_dir() && e.file_name() == "weights" {
+                // merge per-graph link folders
+                for sub in std::fs::read_dir(e.path()).map_err(io_err(e.path()))?.flatten() {
+                    let d = dst.join(sub.file_name());
+                    if d.exists() {
+                        std::fs::remove_dir_all(&d).map_err(io_err(&d))?;
+                    }
+                    std::fs::rename(sub.path(), &d).map_err(io_err(&d))?;
+                }
+                continue;
+            }
+            std::fs::remove_dir_all(&dst).map_err(io_err(&dst))?;
+        }
+        std::fs::rename(e.path(), &dst).map_err(io_err(&dst))?;
+    }
+    Ok(())
+}
