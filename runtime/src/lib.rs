@@ -1,7 +1,9 @@
 //! flux2-runtime: ONNX Runtime sessions and execution providers, the flow-matching
 //! sampler, the end-to-end pipeline, the tokenizer and image I/O.
 
+pub mod noise;
 pub mod ort_env;
+pub mod schedule;
 pub mod tensors;
 
 pub use ort_env::{cpu_session, environment, find_ort_library, SessionOptions};
