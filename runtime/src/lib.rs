@@ -5,6 +5,7 @@ pub mod noise;
 pub mod ort_env;
 pub mod schedule;
 pub mod tensors;
+pub mod tokenizer;
 
 pub use ort_env::{cpu_session, environment, find_ort_library, SessionOptions};
 pub use tensors::{run, Input};
