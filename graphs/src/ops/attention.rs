@@ -4,7 +4,7 @@
 //! TensorRT target: MatMul / Softmax / element-wise decompositions that TensorRT 10's ONNX
 //! parser accepts and its Myelin backend fuses back into flash attention.
 
-use crate::{attr, show_shape, DType, Dim, Graph, Result, Target, T};
+use crate::{attr, broadcast, show_shape, DType, Dim, Graph, Result, Target, T};
 
 /// How rotary embeddings pair the features of a head.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -41,6 +41,21 @@ impl Graph {
         if hq == 0 || hkv == 0 || hq % hkv != 0 {
             return Err(self.err("Attention", format!("{hq} query heads vs {hkv} kv heads")));
         }
+        if let Some(m) = mask {
+            let sm = self.shape_of(m);
+            let scores = [sq[0].clone(), sq[1].clone(), sq[2].clone(), sk[2].clone()];
+            if sm.len() > 4 || broadcast(&sm, &scores).is_none() {
+                return Err(self.err(
+                    "Attention",
+                    format!("mask {} does not broadcast to scores {}", show_shape(&sm), show_shape(&scores)),
+                ));
+            }
+            if self.dtype_of(m) != self.dtype_of(q) {
+                return Err(
+                    self.err("Attention", format!("mask dtype {} vs {}", self.dtype_of(m), self.dtype_of(q)))
+                );
+            }
+        }
         let out = vec![sq[0].clone(), sq[1].clone(), sq[2].clone(), sv[3].clone()];
         match self.target {
             Target::Ort => {
@@ -59,6 +74,7 @@ impl Graph {
 
     fn attention_decomposed(&self, q: T, k: T, v: T, mask: Option<T>, scale: f32, rep: i64) -> Result<T> {
         let dh = self.shape_of(q)[3].fixed().unwrap_or(0);
+        let dv = self.shape_of(v)[3].fixed().unwrap_or(0);
         let hkv = self.shape_of(k)[1].fixed().unwrap_or(0);
         let (q, k, v) = if rep > 1 {
             // [B,Hkv,rep,S,Dh] against [B,Hkv,1,T,Dh]: broadcasting replaces repeat_kv.
@@ -74,7 +90,7 @@ impl Graph {
         let s = self.mul(s, self.scalar(scale))?;
         let s = match mask {
             Some(m) if rep > 1 => {
-                let m = self.unsqueeze(m, &[2])?; // broadcast over the rep axis
+                let m = self.group_mask(m, hkv, rep)?; // [B|1, Hkv|1, rep|1, S, T]
                 self.add(s, m)?
             }
             Some(m) => self.add(s, m)?,
@@ -83,9 +99,27 @@ impl Graph {
         let p = self.softmax(s, -1);
         let o = self.matmul(p, v)?;
         if rep > 1 {
-            self.reshape(o, &[0, hkv * rep, -1, dh])
+            self.reshape(o, &[0, hkv * rep, -1, dv]) // [B,Hq,S,Dv]
         } else {
             Ok(o)
+        }
+    }
+
+    /// Lifts a mask broadcastable to [B,Hq,S,T] to the grouped-query layout [B,Hkv,rep,S,T]
+    /// (query head `h` is kv head `h / rep`, replica `h % rep`).
+    fn group_mask(&self, m: T, hkv: i64, rep: i64) -> Result<T> {
+        let r = self.rank(m);
+        if r <= 2 {
+            return Ok(m); // [S,T] or [T] broadcast over every leading axis as they are
+        }
+        let lead: Vec<i64> = (0..4 - r as i64).collect();
+        let m = if lead.is_empty() { m } else { self.unsqueeze(m, &lead)? }; // [B,H,S,T]
+        let per_head = self.shape_of(m)[1] != Dim::Fixed(1);
+        let m = self.unsqueeze(m, &[2])?; // [B,H,1,S,T]
+        if per_head {
+            self.reshape(m, &[0, hkv, rep, 0, 0]) // [B,Hkv,rep,S,T]
+        } else {
+            Ok(m)
         }
     }
 
