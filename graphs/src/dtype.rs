@@ -7,6 +7,8 @@ use serde::{Deserialize, Serialize};
 #[serde(rename_all = "lowercase")]
 pub enum DType {
     F32,
+    /// Used only inside graphs (e.g. RoPE angles computed in double precision).
+    F64,
     F16,
     BF16,
     /// FLOAT8E4M3FN (no infinities, max 448).
@@ -23,6 +25,7 @@ impl DType {
     pub fn onnx(self) -> i32 {
         match self {
             DType::F32 => 1,
+            DType::F64 => 11,
             DType::U8 => 2,
             DType::I8 => 3,
             DType::I32 => 6,
@@ -38,6 +41,7 @@ impl DType {
     pub fn from_onnx(code: i32) -> Option<DType> {
         Some(match code {
             1 => DType::F32,
+            11 => DType::F64,
             2 => DType::U8,
             3 => DType::I8,
             6 => DType::I32,
@@ -55,19 +59,20 @@ impl DType {
         match self {
             DType::F32 | DType::I32 => 4,
             DType::F16 | DType::BF16 => 2,
-            DType::I64 => 8,
+            DType::I64 | DType::F64 => 8,
             DType::F8E4M3 | DType::I8 | DType::U8 | DType::Bool => 1,
         }
     }
 
     pub fn is_float(self) -> bool {
-        matches!(self, DType::F32 | DType::F16 | DType::BF16 | DType::F8E4M3)
+        matches!(self, DType::F32 | DType::F64 | DType::F16 | DType::BF16 | DType::F8E4M3)
     }
 
     /// Lower-case name as used on the command line and in manifests (`f32`, `bf16`, ...).
     pub fn name(self) -> &'static str {
         match self {
             DType::F32 => "f32",
+            DType::F64 => "f64",
             DType::F16 => "f16",
             DType::BF16 => "bf16",
             DType::F8E4M3 => "f8e4m3",

@@ -102,6 +102,22 @@ impl Graph {
         Ok(self.node1("Slice", &[x, st, en, ax_t], vec![], self.dtype_of(x), out))
     }
 
+    /// `x[.., start:end, ..]` along `axis` with run-time bounds (int64 `[1]` tensors, e.g. a
+    /// sequence length read with [`Graph::shape`]); `dim` names the result's size on that axis.
+    pub fn slice_dyn(&self, x: T, axis: i64, start: T, end: T, dim: Dim) -> Result<T> {
+        let s = self.shape_of(x);
+        let ax = norm_axis(axis, s.len()).ok_or_else(|| self.err("Slice", "axis out of range"))?;
+        for b in [start, end] {
+            if self.dtype_of(b) != DType::I64 || self.shape_of(b) != [Dim::Fixed(1)] {
+                return Err(self.err("Slice", "run-time bounds must be int64 [1]"));
+            }
+        }
+        let mut out = s.clone();
+        out[ax] = dim;
+        let ax_t = self.ints(&[ax as i64]);
+        Ok(self.node1("Slice", &[x, start, end, ax_t], vec![], self.dtype_of(x), out))
+    }
+
     /// Splits along `axis` into pieces of the given sizes.
     pub fn split(&self, x: T, axis: i64, sizes: &[i64]) -> Result<Vec<T>> {
         let s = self.shape_of(x);
