@@ -30,6 +30,8 @@ enum Command {
     Inspect(cmd::inspect::Args),
     /// Sample calibration timesteps (ts, ln, pln) as CSV, optionally plotted over the density.
     Timesteps(cmd::timesteps::Args),
+    /// Generate an image (text-to-image or editing with --ref) with an exported model.
+    Generate(cmd::generate::Args),
     // COMMANDS-END
 }
 
@@ -47,6 +49,7 @@ fn main() {
         Command::Export(a) => cmd::export::run(a),
         Command::Inspect(a) => cmd::inspect::run(a),
         Command::Timesteps(a) => cmd::timesteps::run(a),
+        Command::Generate(a) => cmd::generate::run(a),
         // DISPATCH-END
     };
     if let Err(e) = result {

@@ -108,7 +108,12 @@ fn write_all(
     req: &ExportRequest,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<Manifest> {
-    let mut manifest = Manifest::new();
+    // Exporting more components into an existing export folder extends its manifest.
+    let mut manifest = match Manifest::read(staging.parent().unwrap_or(staging)) {
+        Ok(m) => m,
+        Err(_) => Manifest::new(),
+    };
+    manifest.tool_version = env!("CARGO_PKG_VERSION").into();
     let opts = WriteOptions { mode: req.weights };
     let mut seen_files: Vec<PathBuf> = Vec::new();
     for (ci, g, weights) in planned {
@@ -143,9 +148,16 @@ fn write_all(
         for f in &c.checkpoint.files {
             if !seen_files.contains(&f.path) {
                 seen_files.push(f.path.clone());
-                manifest.sources.push(fingerprint(&f.path, f.header_len)?);
+                let fp = fingerprint(&f.path, f.header_len)?;
+                manifest.sources.retain(|s| s.path != fp.path);
+                manifest.sources.push(fp);
             }
         }
+    }
+    if manifest.variant.is_empty()
+        || manifest.variant == "custom" && planned.iter().any(|(_, g, _)| g.variant.is_some())
+    {
+        manifest.variant = planned.iter().find_map(|(_, g, _)| g.variant.clone()).unwrap_or_default();
     }
     if manifest.variant.is_empty() {
         manifest.variant = "custom".into();

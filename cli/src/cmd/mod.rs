@@ -1,6 +1,7 @@
 //! One module per subcommand: an `Args` struct (clap derive) and `run(args) -> anyhow::Result<()>`.
 // MODULES-BEGIN
 pub mod export;
+pub mod generate;
 pub mod inspect;
 pub mod schedule;
 pub mod timesteps;

@@ -1,0 +1,108 @@
+//! Image I/O: reference images prepared as the Flux2 pipelines prepare them, and PNG
+//! output with provenance metadata.
+//!
+//! References (diffusers `Flux2ImageProcessor`): both sides ≥ 64 px and aspect ratio ≤ 8;
+//! an area above 1024² is resized (Lanczos) to about 1024² with `int(side·s)`; each side is
+//! floored to a multiple of 16 and the image centre-cropped (`left = (w − w16) // 2`); pixels
+//! go RGB -> [0,1] -> 2x − 1.
+
+use std::path::Path;
+
+use crate::RuntimeError;
+
+/// A CHW float image.
+#[derive(Clone, Debug)]
+pub struct Chw {
+    pub width: usize,
+    pub height: usize,
+    pub data: Vec<f32>,
+}
+
+const MIN_SIDE: u32 = 64;
+const MAX_ASPECT: f64 = 8.0;
+const MAX_AREA: u64 = 1024 * 1024;
+
+fn bad(path: &Path, msg: impl Into<String>) -> RuntimeError {
+    RuntimeError::Image { path: path.to_path_buf(), msg: msg.into() }
+}
+
+/// Loads and prepares a reference image: [3, h, w] in [-1, 1], h and w multiples of 16.
+pub fn load_reference(path: &Path) -> Result<Chw, RuntimeError> {
+    let img = image::ImageReader::open(path)
+        .map_err(|e| bad(path, format!("cannot open: {e}")))?
+        .with_guessed_format()
+        .map_err(|e| bad(path, format!("cannot read: {e}")))?
+        .decode()
+        .map_err(|e| bad(path, format!("not a readable image: {e}")))?;
+    let mut rgb = img.to_rgb8();
+    let (w, h) = rgb.dimensions();
+    if w < MIN_SIDE || h < MIN_SIDE {
+        return Err(bad(
+            path,
+            format!("image too small: {w}×{h}; both sides must be at least {MIN_SIDE} px"),
+        ));
+    }
+    let aspect = (w as f64 / h as f64).max(h as f64 / w as f64);
+    if aspect > MAX_ASPECT {
+        return Err(bad(path, format!("aspect ratio {aspect:.1}:1 of {w}×{h} exceeds {MAX_ASPECT}:1")));
+    }
+    if (w as u64) * (h as u64) > MAX_AREA {
+        let s = (MAX_AREA as f64 / (w as f64 * h as f64)).sqrt();
+        let (nw, nh) = ((w as f64 * s) as u32, (h as f64 * s) as u32);
+        rgb = image::imageops::resize(&rgb, nw, nh, image::imageops::FilterType::Lanczos3);
+    }
+    let (w, h) = rgb.dimensions();
+    let (cw, ch) = (w / 16 * 16, h / 16 * 16);
+    let (left, top) = ((w - cw) / 2, (h - ch) / 2);
+    let (cw, ch) = (cw as usize, ch as usize);
+    let mut data = vec![0f32; 3 * cw * ch];
+    for y in 0..ch {
+        for x in 0..cw {
+            let p = rgb.get_pixel(left + x as u32, top + y as u32);
+            for c in 0..3 {
+                data[c * cw * ch + y * cw + x] = p[c] as f32 / 255.0 * 2.0 - 1.0;
+            }
+        }
+    }
+    Ok(Chw { width: cw, height: ch, data })
+}
+
+/// Writes a [3, H, W] image in [0, 1] as an 8-bit RGB PNG (rounded, as diffusers' PIL
+/// output) with `tEXt` chunks, atomically.
+pub fn write_png(path: &Path, img: &Chw, text: &[(String, String)]) -> Result<(), RuntimeError> {
+    let (w, h) = (img.width, img.height);
+    let mut rgb = vec![0u8; w * h * 3];
+    for y in 0..h {
+        for x in 0..w {
+            for c in 0..3 {
+                let v = img.data[c * w * h + y * w + x].clamp(0.0, 1.0);
+                rgb[(y * w + x) * 3 + c] = (v * 255.0).round() as u8;
+            }
+        }
+    }
+    let tmp = tmp_path(path);
+    let io = |e: std::io::Error| bad(path, format!("cannot write: {e}"));
+    let file = std::fs::File::create(&tmp).map_err(io)?;
+    let mut enc = png::Encoder::new(std::io::BufWriter::new(file), w as u32, h as u32);
+    enc.set_color(png::ColorType::Rgb);
+    enc.set_depth(png::BitDepth::Eight);
+    for (k, v) in text {
+        enc.add_text_chunk(k.clone(), v.clone()).map_err(|e| bad(path, e.to_string()))?;
+    }
+    let result = (|| {
+        let mut writer = enc.write_header().map_err(|e| bad(path, e.to_string()))?;
+        writer.write_image_data(&rgb).map_err(|e| bad(path, e.to_string()))?;
+        writer.finish().map_err(|e| bad(path, e.to_string()))
+    })();
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    std::fs::rename(&tmp, path).map_err(io)
+}
+
+/// `dir/.name.tmp` beside `path`.
+pub fn tmp_path(path: &Path) -> std::path::PathBuf {
+    let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+    path.with_file_name(format!(".{name}.tmp"))
+}

@@ -1,0 +1,103 @@
+//! An exported model folder (`flux2 export` / `flux2 calibrate` / `flux2 build` output):
+//! its manifest, graph files and the pipeline defaults they imply.
+
+use std::path::{Path, PathBuf};
+
+use flux2_exporter::manifest::{GraphEntry, Manifest};
+
+use crate::RuntimeError;
+
+/// How a model is sampled (flux2-arch.md §1.1, §6.4).
+#[derive(Copy, Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Guidance {
+    /// dev: one DiT call per step with the guidance value as an input.
+    Embedded,
+    /// klein base: two calls per step, v = v_u + g·(v_c − v_u).
+    TrueCfg,
+    /// klein (distilled): one call per step, no guidance.
+    None,
+}
+
+/// An opened model folder.
+pub struct ModelDir {
+    pub dir: PathBuf,
+    pub manifest: Manifest,
+}
+
+impl ModelDir {
+    /// Opens `dir` (must hold `manifest.json`).
+    pub fn open(dir: &Path) -> Result<ModelDir, RuntimeError> {
+        if !dir.join("manifest.json").is_file() {
+            return Err(RuntimeError::Model {
+                path: dir.to_path_buf(),
+                msg: "no manifest.json: not an export folder (make one with `flux2 export`)".into(),
+            });
+        }
+        let manifest = Manifest::read(dir)
+            .map_err(|e| RuntimeError::Model { path: dir.to_path_buf(), msg: e.to_string() })?;
+        Ok(ModelDir { dir: dir.to_path_buf(), manifest })
+    }
+
+    /// The manifest entry of a graph.
+    pub fn entry(&self, name: &str) -> Option<&GraphEntry> {
+        self.manifest.graphs.get(name)
+    }
+
+    /// Path of a graph, checked to exist.
+    pub fn graph(&self, name: &str) -> Result<PathBuf, RuntimeError> {
+        let e = self.entry(name).ok_or_else(|| RuntimeError::Model {
+            path: self.dir.clone(),
+            msg: format!("the model has no {name} graph (export it with `flux2 export --components ...`)"),
+        })?;
+        let p = self.dir.join(&e.file);
+        if !p.is_file() {
+            return Err(RuntimeError::Model { path: p, msg: format!("{name} graph file is missing") });
+        }
+        Ok(p)
+    }
+
+    fn last_dim(&self, graph: &str, input: &str) -> Option<usize> {
+        self.entry(graph)?.inputs.iter().find(|i| i.name == input)?.shape.last()?.parse().ok()
+    }
+
+    /// Width of the text embeddings the DiT takes (`encoder_hidden_states` last dim).
+    pub fn context_dim(&self) -> Option<usize> {
+        self.last_dim("transformer", "encoder_hidden_states")
+    }
+
+    /// Channels of the latent tokens (128 for FLUX.2).
+    pub fn latent_channels(&self) -> usize {
+        self.last_dim("transformer", "hidden_states").unwrap_or(128)
+    }
+
+    /// Whether the DiT has a guidance input (guidance-distilled dev).
+    pub fn has_guidance_input(&self) -> bool {
+        self.entry("transformer").is_some_and(|e| e.inputs.iter().any(|i| i.name == "guidance"))
+    }
+
+    /// The sampling mode: embedded guidance, true CFG (klein base) or none (distilled klein).
+    pub fn guidance_mode(&self) -> Guidance {
+        if self.has_guidance_input() {
+            return Guidance::Embedded;
+        }
+        match self.manifest.pipeline.get("is_distilled").and_then(|v| v.as_bool()) {
+            Some(false) => Guidance::TrueCfg,
+            _ => Guidance::None,
+        }
+    }
+
+    /// Default step count: 4 for distilled klein, 50 otherwise (flux2-arch.md §1.1).
+    pub fn default_steps(&self) -> usize {
+        match self.guidance_mode() {
+            Guidance::None => 4,
+            _ => 50,
+        }
+    }
+
+    /// Tokenizer folder, when the text encoder was exported with one.
+    pub fn tokenizer_dir(&self) -> Option<PathBuf> {
+        let p = self.dir.join("tokenizer");
+        p.is_dir().then_some(p)
+    }
+}
