@@ -242,3 +242,45 @@ fn layer_selection_errors_name_the_layer() {
     let msg = export_error(&dir, Some(vec![]));
     assert!(msg.contains("no hidden-state layers"), "{msg}");
 }
+
+/// Through the export driver (`flux2 export`): link mode writes no weight bytes, the manifest
+/// records the selection, and the linked graph reproduces the reference.
+#[test]
+fn driver_link_export_and_manifest() {
+    use flux2_exporter::Kind;
+    use flux2_tests::export::{export_to, onnx_check};
+    let io = load_tensors(&fixture("text/qwen3/io.safetensors")).unwrap();
+    let layers = ints(&io, "layers");
+    let out = tempfile::tempdir().unwrap();
+    let mut opts = flux2_tests::export::options(Target::Ort, None);
+    opts.text_layers = Some(layers.clone());
+    let manifest = export_to(
+        &fixture("text/qwen3/text_encoder"),
+        out.path(),
+        Some(vec![Kind::TextEncoder]),
+        opts,
+        WeightMode::Link,
+    )
+    .unwrap();
+    assert!(!out.path().join("text_encoder.onnx.data").exists());
+    assert_eq!(manifest.pipeline["text_layers"], serde_json::json!(layers));
+    assert_eq!(manifest.pipeline["text_family"], "qwen3");
+    let g = &manifest.graphs["text_encoder"];
+    let names: Vec<&str> = g.inputs.iter().map(|i| i.name.as_str()).collect();
+    assert_eq!(names, ["input_ids", "attention_mask"]);
+    assert_eq!(g.outputs[0].name, "prompt_embeds");
+    assert_eq!(g.outputs[0].shape, ["B", "L", &(layers.len() * 64).to_string()]);
+    let got = run(&out.path().join("text_encoder.onnx"), &io, "");
+    assert_close("qwen3 link", &f32_of(&io, "prompt_embeds"), &got, TOL);
+
+    let copy = tempfile::tempdir().unwrap();
+    for target in [Target::Ort, Target::TensorRt] {
+        let (onnx, _) = export(
+            &fixture("text/mistral/text_encoder"),
+            &options(Some(layers.clone()), target),
+            copy.path(),
+        )
+        .unwrap();
+        onnx_check(&onnx);
+    }
+}

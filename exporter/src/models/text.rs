@@ -256,7 +256,7 @@ pub fn detect(component: &Component, json: Option<&Value>, layers: Option<&[usiz
             kv_heads,
             head_dim,
             intermediate: gate[0],
-            eps: float(tc, "rms_norm_eps")?.unwrap_or(1e-6) as f32,
+            eps: float(tc, "rms_norm_eps")?.unwrap_or(1e-6),
             rope_theta: rope_theta(tc)?,
             num_layers,
             qk_norm: family == Family::Qwen3,

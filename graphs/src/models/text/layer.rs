@@ -17,13 +17,13 @@ use crate::{Graph, Result, T};
 
 /// `x + attn(RMSNorm(x))`, then `+ mlp(RMSNorm(·))`.
 pub fn decoder_layer(g: &Graph, c: &TextConfig, x: T, rope: &Rope, mask: &Mask) -> Result<T> {
-    let h = g.rms_norm(x, "input_layernorm.weight", c.eps)?;
+    let h = g.rms_norm(x, "input_layernorm.weight", c.eps as f32)?;
     let attn = {
         let _s = g.scope("self_attn");
         self_attention(g, c, h, rope, mask)?
     };
     let x = g.add(x, attn)?;
-    let h = g.rms_norm(x, "post_attention_layernorm.weight", c.eps)?;
+    let h = g.rms_norm(x, "post_attention_layernorm.weight", c.eps as f32)?;
     let mlp = {
         let _s = g.scope("mlp");
         swiglu_mlp(g, c, h)?
@@ -38,7 +38,7 @@ fn self_attention(g: &Graph, c: &TextConfig, h: T, rope: &Rope, mask: &Mask) -> 
     let k = heads(g, g.linear(h, "k_proj", d, c.kv_heads * dh, b)?, c.kv_heads, dh)?; // [B, Hkv, L, Dh]
     let v = heads(g, g.linear(h, "v_proj", d, c.kv_heads * dh, b)?, c.kv_heads, dh)?;
     let (q, k) = if c.qk_norm {
-        (g.rms_norm(q, "q_norm.weight", c.eps)?, g.rms_norm(k, "k_norm.weight", c.eps)?)
+        (g.rms_norm(q, "q_norm.weight", c.eps as f32)?, g.rms_norm(k, "k_norm.weight", c.eps as f32)?)
     } else {
         (q, k)
     };

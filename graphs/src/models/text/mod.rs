@@ -77,7 +77,7 @@ pub struct TextConfig {
     pub head_dim: usize,
     pub intermediate: usize,
     /// RMSNorm epsilon (`rms_norm_eps`).
-    pub eps: f32,
+    pub eps: f64,
     /// RoPE base θ (default rope type, rotate-half).
     pub rope_theta: f64,
     /// Decoder layers of the whole model (N): `hidden_states` has N+1 entries.
@@ -236,7 +236,7 @@ fn hidden_states(g: &Graph, c: &TextConfig, ids: T, attention_mask: T) -> Result
     if c.hidden_layers.contains(&c.num_layers) {
         // transformers replaces the last entry with the final norm's output.
         let last = hs[c.num_layers];
-        hs[c.num_layers] = g.rms_norm(last, "norm.weight", c.eps)?;
+        hs[c.num_layers] = g.rms_norm(last, "norm.weight", c.eps as f32)?;
     }
     Ok(hs)
 }
