@@ -32,6 +32,8 @@ enum Command {
     Timesteps(cmd::timesteps::Args),
     /// Generate an image (text-to-image or editing with --ref) with an exported model.
     Generate(cmd::generate::Args),
+    /// Encode a prompt with an exported text encoder into prompt_embeds (safetensors).
+    Encode(cmd::encode::Args),
     // COMMANDS-END
 }
 
@@ -50,6 +52,7 @@ fn main() {
         Command::Inspect(a) => cmd::inspect::run(a),
         Command::Timesteps(a) => cmd::timesteps::run(a),
         Command::Generate(a) => cmd::generate::run(a),
+        Command::Encode(a) => cmd::encode::run(a),
         // DISPATCH-END
     };
     if let Err(e) = result {

@@ -5,4 +5,5 @@ pub mod generate;
 pub mod inspect;
 pub mod schedule;
 pub mod timesteps;
+pub mod encode;
 // MODULES-END
