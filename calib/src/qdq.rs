@@ -1,0 +1,292 @@
+//! Explicit Q/DQ insertion (the only INT8/FP8 form TensorRT 10+/11 and ONNX Runtime accept).
+//!
+//! For each layer chosen for quantisation:
+//!
+//! ```text
+//! X ─[Mul 1/s]─ QuantizeLinear(scale_x, 0) ─ DequantizeLinear ─┐
+//!                                W_q (int8|fp8) ─ DequantizeLinear(scale_w, 0, axis) ─ MatMul / Conv
+//! ```
+//!
+//! * Weights are quantised here and stored as new initializers. A MatMul weight is stored
+//!   pre-transposed (in, out): the exporter's `Transpose` (and any link-mode assembly chain) is
+//!   folded away so the weight DQ feeds the MatMul directly, which is what ONNX Runtime needs to
+//!   fuse `DQ → MatMul ← DQ` into `MatMulIntegerToFloat` (platform-notes §3).
+//! * INT8 weights: symmetric per output channel (MatMul axis 1, Conv axis 0), scale amax/127,
+//!   zero point 0. FP8 weights: one per-tensor scale amax/448 (E4M3FN, saturating).
+//! * Activations: one per-tensor scale from the calibrator; one `QuantizeLinear` per activation
+//!   tensor (shared by every quantised consumer) and one `DequantizeLinear` per consumer.
+//! * SmoothQuant factors, when given for an activation, become a `Mul` by 1/s in front of its
+//!   quantiser and are folded into each consumer's weight rows.
+//!
+//! Q/DQ with FLOAT8E4M3FN needs opset ≥ 19 and per-axis DQ opset ≥ 13; our graphs are opset 23
+//! (ONNX Runtime) or 21 (TensorRT). Nodes left without readers are pruned.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
+use flux2_graphs::attr;
+use flux2_graphs::onnx::{ModelProto, NodeProto, TensorProto};
+use serde::{Deserialize, Serialize};
+
+use crate::consts::Consts;
+use crate::error::{CalibError, Result};
+use crate::formats::Format;
+use crate::layers::{prune, Layer, LayerOp};
+use crate::onnx_file::{dtype, OnnxFile};
+use crate::smoothquant::fold_into_weight;
+
+/// How one activation tensor is quantised.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ActivationQuant {
+    /// Clipping range of the (smoothed) activation; scale = amax / qmax.
+    pub amax: f32,
+    /// SmoothQuant factors per channel (the activation is divided by them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub smooth: Option<Vec<f32>>,
+}
+
+/// What to quantise.
+#[derive(Clone, Debug)]
+pub struct QdqPlan<'a> {
+    pub format: Format,
+    /// Names of the layers to quantise ([`Layer::name`]).
+    pub layers: &'a BTreeSet<String>,
+    /// Per activation tensor.
+    pub activations: &'a BTreeMap<String, ActivationQuant>,
+}
+
+/// The scales of one quantised weight.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WeightScales {
+    /// Per-channel axis of the stored weight, or None for one per-tensor scale.
+    pub axis: Option<usize>,
+    pub scales: Vec<f32>,
+}
+
+/// The rewritten model and the scales it uses.
+#[derive(Clone, Debug)]
+pub struct QdqModel {
+    pub proto: ModelProto,
+    /// Per quantised layer.
+    pub weights: BTreeMap<String, WeightScales>,
+}
+
+fn const_tensor(name: &str, data_type: i32, dims: &[usize], raw: Vec<u8>) -> TensorProto {
+    TensorProto {
+        dims: dims.iter().map(|&d| d as i64).collect(),
+        data_type,
+        name: name.to_string(),
+        raw_data: raw,
+        ..Default::default()
+    }
+}
+
+fn f32_tensor(name: &str, dims: &[usize], v: &[f32]) -> TensorProto {
+    const_tensor(name, dtype::FLOAT, dims, v.iter().flat_map(|x| x.to_le_bytes()).collect())
+}
+
+fn node(
+    op: &str,
+    name: String,
+    inputs: Vec<String>,
+    output: String,
+    attrs: Vec<flux2_graphs::onnx::AttributeProto>,
+) -> NodeProto {
+    NodeProto {
+        input: inputs,
+        output: vec![output],
+        name,
+        op_type: op.into(),
+        attribute: attrs,
+        ..Default::default()
+    }
+}
+
+/// Quantises `w` (already in the layout the node uses) to `format`: bytes and scales.
+pub fn quantize_weight(w: &[f32], shape: &[usize], format: Format, op: LayerOp) -> (Vec<u8>, WeightScales) {
+    match format {
+        Format::Fp8 => {
+            let amax = w.iter().filter(|v| v.is_finite()).fold(0f32, |a, v| a.max(v.abs()));
+            let s = format.scale_for(amax);
+            (w.iter().map(|&v| format.encode(v, s)).collect(), WeightScales { axis: None, scales: vec![s] })
+        }
+        Format::Int8 => {
+            // per output channel: MatMul (in, out) axis 1, Conv (out, ...) axis 0
+            let (axis, channels) = match op {
+                LayerOp::MatMul => (1, shape[1]),
+                LayerOp::Conv => (0, shape[0]),
+            };
+            let channel_of = |i: usize| match op {
+                LayerOp::MatMul => i % channels,
+                LayerOp::Conv => i / (w.len() / channels),
+            };
+            let mut amax = vec![0f32; channels];
+            for (i, v) in w.iter().enumerate() {
+                if v.is_finite() {
+                    let c = channel_of(i);
+                    amax[c] = amax[c].max(v.abs());
+                }
+            }
+            let scales: Vec<f32> = amax.iter().map(|&a| format.scale_for(a)).collect();
+            let q = w.iter().enumerate().map(|(i, &v)| format.encode(v, scales[channel_of(i)])).collect();
+            (q, WeightScales { axis: Some(axis), scales })
+        }
+    }
+}
+
+/// Inserts Q/DQ for `plan.layers` (a subset of `layers`) and prunes what became dead.
+pub fn insert_qdq(file: &OnnxFile, layers: &[Layer], plan: &QdqPlan) -> Result<QdqModel> {
+    check_opset(file, plan.format)?;
+    let consts = Consts::new(file);
+    let by_node: HashMap<&str, &Layer> =
+        layers.iter().filter(|l| plan.layers.contains(&l.name)).map(|l| (l.node.as_str(), l)).collect();
+    if let Some(missing) = plan.layers.iter().find(|n| !layers.iter().any(|l| &l.name == *n)) {
+        return Err(CalibError::Option {
+            option: "layer selection".into(),
+            msg: format!("no layer '{missing}' in the graph"),
+        });
+    }
+    let mut taken: HashSet<String> =
+        file.graph().node.iter().flat_map(|n| n.output.iter().cloned()).collect();
+    taken.extend(file.graph().initializer.iter().map(|t| t.name.clone()));
+    taken.extend(file.graph().input.iter().map(|t| t.name.clone()));
+    let mut fresh = |want: String| -> String {
+        let mut name = want.clone();
+        let mut k = 1;
+        while !taken.insert(name.clone()) {
+            name = format!("{want}_{k}");
+            k += 1;
+        }
+        name
+    };
+    let fmt = plan.format;
+    let zp_bytes = |n: usize| vec![0u8; n]; // int8 0 and FP8 +0.0 are both byte 0
+    let mut out_nodes: Vec<NodeProto> = Vec::with_capacity(file.graph().node.len() + 4 * by_node.len());
+    let mut new_inits: Vec<TensorProto> = Vec::new();
+    let mut quantized_acts: HashMap<String, (String, String, String)> = HashMap::new(); // act -> (q, scale, zp)
+    let mut weights = BTreeMap::new();
+    for n in &file.graph().node {
+        let Some(layer) = by_node.get(n.name.as_str()) else {
+            out_nodes.push(n.clone());
+            continue;
+        };
+        let act = &layer.activation;
+        let aq = plan.activations.get(act).ok_or_else(|| CalibError::Stats {
+            name: act.clone(),
+            msg: format!("no activation range for layer '{}'", layer.name),
+        })?;
+        if !quantized_acts.contains_key(act) {
+            let mut cur = act.clone();
+            if let Some(s) = &aq.smooth {
+                if s.len() != layer.in_channels() {
+                    return Err(CalibError::Node {
+                        node: n.name.clone(),
+                        msg: format!(
+                            "{} smoothing factors for {} input channels",
+                            s.len(),
+                            layer.in_channels()
+                        ),
+                    });
+                }
+                let inv: Vec<f32> = s.iter().map(|v| 1.0 / v).collect();
+                let dims = if layer.op == LayerOp::Conv { vec![s.len(), 1, 1] } else { vec![s.len()] };
+                let inv_name = fresh(format!("{act}.smooth_inv"));
+                new_inits.push(f32_tensor(&inv_name, &dims, &inv));
+                let smoothed = fresh(format!("{act}.smoothed"));
+                out_nodes.push(node(
+                    "Mul",
+                    fresh(format!("{act}.smooth")),
+                    vec![act.clone(), inv_name],
+                    smoothed.clone(),
+                    vec![],
+                ));
+                cur = smoothed;
+            }
+            let (scale, zp) = (fresh(format!("{act}.qdq_scale")), fresh(format!("{act}.qdq_zero_point")));
+            new_inits.push(f32_tensor(&scale, &[], &[fmt.scale_for(aq.amax)]));
+            new_inits.push(const_tensor(&zp, fmt.onnx_type(), &[], zp_bytes(1)));
+            let q = fresh(format!("{act}.quantized"));
+            out_nodes.push(node(
+                "QuantizeLinear",
+                fresh(format!("{act}.quantize")),
+                vec![cur, scale.clone(), zp.clone()],
+                q.clone(),
+                vec![],
+            ));
+            quantized_acts.insert(act.clone(), (q, scale, zp));
+        }
+        let (q, scale, zp) = quantized_acts[act].clone();
+        let act_dq = fresh(format!("{}.input_dq", layer.name));
+        out_nodes.push(node(
+            "DequantizeLinear",
+            fresh(format!("{}.input_dequantize", layer.name)),
+            vec![q, scale, zp],
+            act_dq.clone(),
+            vec![],
+        ));
+
+        let mut w = consts.eval(&layer.weight)?;
+        if let Some(s) = &aq.smooth {
+            fold_into_weight(&mut w, s, layer.op == LayerOp::Conv);
+        }
+        let (bytes, ws) = quantize_weight(&w.data, &w.shape, fmt, layer.op);
+        let (wq, wscale, wzp) = (
+            fresh(format!("{}.weight_quantized", layer.name)),
+            fresh(format!("{}.weight_scale", layer.name)),
+            fresh(format!("{}.weight_zero_point", layer.name)),
+        );
+        new_inits.push(const_tensor(&wq, fmt.onnx_type(), &w.shape, bytes));
+        let nscale = ws.scales.len();
+        let sdims: Vec<usize> = if ws.axis.is_some() { vec![nscale] } else { vec![] };
+        new_inits.push(f32_tensor(&wscale, &sdims, &ws.scales));
+        new_inits.push(const_tensor(&wzp, fmt.onnx_type(), &sdims, zp_bytes(nscale)));
+        let w_dq = fresh(format!("{}.weight_dq", layer.name));
+        let attrs = ws.axis.map(|a| vec![attr::int("axis", a as i64)]).unwrap_or_default();
+        out_nodes.push(node(
+            "DequantizeLinear",
+            fresh(format!("{}.weight_dequantize", layer.name)),
+            vec![wq, wscale, wzp],
+            w_dq.clone(),
+            attrs,
+        ));
+        weights.insert(layer.name.clone(), ws);
+
+        let mut rewired = n.clone();
+        rewired.input[0] = act_dq;
+        rewired.input[1] = w_dq;
+        out_nodes.push(rewired);
+    }
+    let mut proto = file.proto.clone();
+    let g = proto.graph.get_or_insert_with(Default::default);
+    g.node = out_nodes;
+    g.initializer.extend(new_inits);
+    prune(g);
+    Ok(QdqModel { proto, weights })
+}
+
+fn check_opset(file: &OnnxFile, format: Format) -> Result<()> {
+    let opset = file
+        .proto
+        .opset_import
+        .iter()
+        .find(|o| o.domain.is_empty() || o.domain == "ai.onnx")
+        .map(|o| o.version)
+        .unwrap_or(0);
+    let need = match format {
+        Format::Int8 => 13,
+        Format::Fp8 => 19,
+    };
+    if opset < need {
+        return Err(CalibError::BadModel {
+            path: file.path.clone(),
+            msg: format!(
+                "opset {opset} is too old for {} Q/DQ (needs {need}); re-export the model",
+                format.name()
+            ),
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+#[path = "qdq_tests.rs"]
+mod tests;
