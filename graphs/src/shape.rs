@@ -50,6 +50,13 @@ impl Dim {
         match (self, other) {
             (Dim::Fixed(a), Dim::Fixed(b)) => Dim::Fixed(a * b),
             (a, Dim::Fixed(1)) | (Dim::Fixed(1), a) => a.clone(),
+            // `2 * (H/2)` -> `H` (the exact division [`Dim::div`] assumes)
+            (Dim::Sym(s), Dim::Fixed(k)) | (Dim::Fixed(k), Dim::Sym(s))
+                if s.strip_suffix(&format!("/{k}")).is_some_and(|x| unwrap_group(x).is_some()) =>
+            {
+                let x = s.strip_suffix(&format!("/{k}")).and_then(unwrap_group).unwrap_or(s);
+                Dim::Sym(x.to_string())
+            }
             (a, b) => Dim::Sym(format!("{}*{}", a.wrap(), b.wrap())),
         }
     }
@@ -70,6 +77,26 @@ impl Dim {
             }
         }
     }
+}
+
+/// `X` for a symbol written as one group: a plain name, or `(X)` with balanced parentheses.
+fn unwrap_group(s: &str) -> Option<&str> {
+    if !s.is_empty() && s.chars().all(|c| c.is_alphanumeric() || c == '_') {
+        return Some(s);
+    }
+    let inner = s.strip_prefix('(')?.strip_suffix(')')?;
+    let mut depth = 0i32;
+    for c in inner.chars() {
+        depth += match c {
+            '(' => 1,
+            ')' => -1,
+            _ => 0,
+        };
+        if depth < 0 {
+            return None; // `(A)+(B)`: the outer parentheses are two groups
+        }
+    }
+    (depth == 0).then_some(inner)
 }
 
 impl fmt::Display for Dim {

@@ -131,9 +131,14 @@ impl Graph {
             .get(3)
             .and_then(|d| d.fixed())
             .ok_or_else(|| self.err("RotaryEmbedding", "x must be [B,H,S,Dh]"))?;
-        let cs = self.shape_of(cos);
-        if cs.len() != 2 || cs[1] != Dim::Fixed(dh / 2) {
+        let (cs, ss) = (self.shape_of(cos), self.shape_of(sin));
+        if cs.len() != 2 || cs[1] != Dim::Fixed(dh / 2) || dh % 2 != 0 {
             return Err(self.err("RotaryEmbedding", format!("cos {} is not [S,{}]", show_shape(&cs), dh / 2)));
+        }
+        if ss != cs {
+            return Err(
+                self.err("RotaryEmbedding", format!("sin {} vs cos {}", show_shape(&ss), show_shape(&cs)))
+            );
         }
         let (cos, sin) = (self.cast(cos, self.dtype_of(x)), self.cast(sin, self.dtype_of(x)));
         match self.target {

@@ -63,6 +63,13 @@ impl Graph {
         if s.len() != 4 || s[1] != Dim::Fixed(cin as i64) {
             return Err(self.err("Conv", format!("{name}: input {} is not [B,{cin},H,W]", show_shape(&s))));
         }
+        let too_small = s[2..].iter().any(|d| d.fixed().is_some_and(|n| n + 2 * pad < k as i64));
+        if stride < 1 || pad < 0 || too_small {
+            return Err(self.err(
+                "Conv",
+                format!("{name}: input {} with kernel {k}, stride {stride}, pad {pad}", show_shape(&s)),
+            ));
+        }
         let w = self.weight(&format!("{name}.weight"), &[cout, cin, k, k])?;
         let b = self.weight(&format!("{name}.bias"), &[cout])?;
         let od = |d: &Dim| conv_dim(d, k as i64, stride, pad);
@@ -81,7 +88,11 @@ impl Graph {
     /// ONNX Runtime and TensorRT run natively (opset-21 GroupNormalization is expanded by ORT).
     pub fn group_norm(&self, x: T, name: &str, groups: usize, channels: usize, eps: f32) -> Result<T> {
         let s = self.shape_of(x);
-        if s.len() < 3 || s[1] != Dim::Fixed(channels as i64) || channels % groups != 0 {
+        if s.len() < 3
+            || s[1] != Dim::Fixed(channels as i64)
+            || groups == 0
+            || !channels.is_multiple_of(groups)
+        {
             return Err(self.err(
                 "GroupNorm",
                 format!("{name}: input {} vs {channels} channels/{groups} groups", show_shape(&s)),

@@ -29,10 +29,8 @@ impl Graph {
             out[i] = infer_dim(&ins, &out, i).ok_or_else(|| {
                 self.err("Reshape", format!("cannot reshape {} to {spec:?}", show_shape(&ins)))
             })?;
-        } else if let (Some(a), Some(b)) = (numel(&ins), numel(&out)) {
-            if a != b {
-                return Err(self.err("Reshape", format!("cannot reshape {} to {spec:?}", show_shape(&ins))));
-            }
+        } else if numel_differs(&ins, &out) {
+            return Err(self.err("Reshape", format!("cannot reshape {} to {spec:?}", show_shape(&ins))));
         }
         let shape = self.ints(spec);
         Ok(self.node1("Reshape", &[x, shape], vec![], self.dtype_of(x), out))
@@ -93,7 +91,7 @@ impl Graph {
                 let clamp = |v: i64| if v < 0 { (v + n).max(0) } else { v.min(*n) };
                 Dim::Fixed((clamp(end) - clamp(start)).max(0))
             }
-            _ if start >= 0 && end >= 0 && end != i64::MAX => Dim::Fixed(end - start),
+            _ if start >= 0 && end >= 0 && end != i64::MAX => Dim::Fixed((end - start).max(0)),
             d if end == i64::MAX && start == 0 => d.clone(),
             d if end == i64::MAX && start > 0 => d.add(&Dim::Fixed(-start)),
             d => Dim::Sym(format!("slice({d})")),
@@ -122,6 +120,9 @@ impl Graph {
     pub fn split(&self, x: T, axis: i64, sizes: &[i64]) -> Result<Vec<T>> {
         let s = self.shape_of(x);
         let ax = norm_axis(axis, s.len()).ok_or_else(|| self.err("Split", "axis out of range"))?;
+        if sizes.iter().any(|&n| n < 0) {
+            return Err(self.err("Split", format!("negative size in {sizes:?}")));
+        }
         if let Dim::Fixed(n) = s[ax] {
             if sizes.iter().sum::<i64>() != n {
                 return Err(self.err("Split", format!("sizes {sizes:?} do not sum to {n}")));
@@ -170,6 +171,9 @@ impl Graph {
             .map(|&a| norm_axis(a, s.len()))
             .collect::<Option<_>>()
             .ok_or_else(|| self.err("Squeeze", "axis"))?;
+        if let Some(&a) = ax.iter().find(|&&a| s[a].fixed().is_some_and(|n| n != 1)) {
+            return Err(self.err("Squeeze", format!("axis {a} of {} is not 1", show_shape(&s))));
+        }
         let out = s.iter().enumerate().filter(|(i, _)| !ax.contains(i)).map(|(_, d)| d.clone()).collect();
         let a = self.ints(axes);
         Ok(self.node1("Squeeze", &[x, a], vec![], self.dtype_of(x), out))
@@ -227,7 +231,7 @@ impl Graph {
         let s = self.shape_of(x);
         let c =
             s.get(1).and_then(|d| d.fixed()).ok_or_else(|| self.err("DepthToSpace", "channels unknown"))?;
-        if s.len() != 4 || c % (block * block) != 0 {
+        if s.len() != 4 || block < 1 || c % (block * block) != 0 {
             return Err(self.err("DepthToSpace", format!("bad input {}", show_shape(&s))));
         }
         let out = vec![
@@ -245,8 +249,9 @@ impl Graph {
         let s = self.shape_of(x);
         let c =
             s.get(1).and_then(|d| d.fixed()).ok_or_else(|| self.err("SpaceToDepth", "channels unknown"))?;
-        if s.len() != 4 {
-            return Err(self.err("SpaceToDepth", format!("bad input {}", show_shape(&s))));
+        let indivisible = |b: i64| s[2..].iter().any(|d| d.fixed().is_some_and(|n| n % b != 0));
+        if s.len() != 4 || block < 1 || indivisible(block) {
+            return Err(self.err("SpaceToDepth", format!("bad input {} for block {block}", show_shape(&s))));
         }
         let out = vec![s[0].clone(), Dim::Fixed(c * block * block), s[2].div(block), s[3].div(block)];
         Ok(self.node1("SpaceToDepth", &[x], vec![attr::int("blocksize", block)], self.dtype_of(x), out))
@@ -255,6 +260,24 @@ impl Graph {
 
 fn numel(s: &[Dim]) -> Option<i64> {
     s.iter().map(|d| d.fixed()).product()
+}
+
+/// Whether two shapes surely hold different element counts: equal dims cancel, and what is
+/// left on both sides must be known sizes (`[B,S,4]` vs `[B,S,5]` differ; `[B,S]` vs `[S,B]`
+/// do not; `[B,4]` vs `[S,4]` cannot be told).
+fn numel_differs(a: &[Dim], b: &[Dim]) -> bool {
+    let mut rest: Vec<&Dim> = a.iter().collect();
+    let mut extra = Vec::new();
+    for d in b {
+        match rest.iter().position(|x| *x == d) {
+            Some(p) => {
+                rest.remove(p);
+            }
+            None => extra.push(d.clone()),
+        }
+    }
+    let left: Vec<Dim> = rest.into_iter().cloned().collect();
+    matches!((numel(&left), numel(&extra)), (Some(x), Some(y)) if x != y)
 }
 
 fn infer_dim(ins: &[Dim], out: &[Dim], at: usize) -> Option<Dim> {

@@ -10,15 +10,21 @@ use proptest::prelude::*;
 
 use super::common::{check_both, config, f32_in, tensor, Approximation, OpProblem};
 
-/// Shapes an additive mask may take (all broadcast to [B, Hq, S, T]).
+/// Shapes an additive mask may take (all broadcast to the scores [B, Hq, S, T]).
 #[derive(Copy, Clone, Debug)]
 enum MaskKind {
-    ST,
-    HST,
-    OneOneST,
-    BOneST,
-    OneHST,
-    BHST,
+    /// [S, T]
+    Rank2,
+    /// [Hq, S, T]
+    PerHeadRank3,
+    /// [1, 1, S, T]
+    Shared,
+    /// [B, 1, S, T]
+    PerBatch,
+    /// [1, Hq, S, T]
+    PerHead,
+    /// [B, Hq, S, T]
+    PerBatchHead,
 }
 
 /// `softmax(q kᵀ · scale + mask) v`, q [B,Hq,S,Dh], k [B,Hkv,T,Dh], v [B,Hkv,T,Dv].
@@ -37,12 +43,12 @@ impl Arbitrary for AttentionProblem {
     fn arbitrary_with(_: ()) -> Self::Strategy {
         let kind = prop_oneof![
             Just(None),
-            Just(Some(MaskKind::ST)),
-            Just(Some(MaskKind::HST)),
-            Just(Some(MaskKind::OneOneST)),
-            Just(Some(MaskKind::BOneST)),
-            Just(Some(MaskKind::OneHST)),
-            Just(Some(MaskKind::BHST)),
+            Just(Some(MaskKind::Rank2)),
+            Just(Some(MaskKind::PerHeadRank3)),
+            Just(Some(MaskKind::Shared)),
+            Just(Some(MaskKind::PerBatch)),
+            Just(Some(MaskKind::PerHead)),
+            Just(Some(MaskKind::PerBatchHead)),
         ];
         let dims = (1usize..=2, 1usize..=2, 1usize..=3, 1usize..=4, 1usize..=5, 1usize..=6, 1usize..=6);
         (dims, kind, prop_oneof![Just(None), (0.1f32..1.5).prop_map(Some)])
@@ -50,12 +56,12 @@ impl Arbitrary for AttentionProblem {
                 let hq = hkv * rep;
                 let mask = kind.map(|k| {
                     let shape = match k {
-                        MaskKind::ST => vec![s, t],
-                        MaskKind::HST => vec![hq, s, t],
-                        MaskKind::OneOneST => vec![1, 1, s, t],
-                        MaskKind::BOneST => vec![b, 1, s, t],
-                        MaskKind::OneHST => vec![1, hq, s, t],
-                        MaskKind::BHST => vec![b, hq, s, t],
+                        MaskKind::Rank2 => vec![s, t],
+                        MaskKind::PerHeadRank3 => vec![hq, s, t],
+                        MaskKind::Shared => vec![1, 1, s, t],
+                        MaskKind::PerBatch => vec![b, 1, s, t],
+                        MaskKind::PerHead => vec![1, hq, s, t],
+                        MaskKind::PerBatchHead => vec![b, hq, s, t],
                     };
                     // -30 masks a key (e^-30) without the f32 absorption a -1e4 would bring to the check
                     let v = prop_oneof![4 => -4.0f32..0.0, 1 => Just(-30.0f32)];

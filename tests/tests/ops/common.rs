@@ -244,3 +244,42 @@ fn factor(t: &[char], p: &mut usize, b: &HashMap<String, i64>) -> Option<i64> {
         _ => None,
     }
 }
+
+#[test]
+fn symbolic_dims_evaluate() {
+    let b: HashMap<String, i64> = [("H", 7), ("L", 3), ("S", 5)].map(|(k, v)| (k.to_string(), v)).into();
+    assert_eq!(eval_dim("L+S", &b), Some(8));
+    assert_eq!(eval_dim("(H+1)/2", &b), Some(4));
+    assert_eq!(eval_dim("2*(H/2)", &b), Some(6));
+    assert_eq!(eval_dim("S+-2", &b), Some(3));
+    assert_eq!(eval_dim("conv(H)", &b), None);
+    assert_eq!(eval_dim("Q", &b), None);
+}
+
+/// The harness must notice a node whose inferred shape disagrees with what ORT computes.
+#[test]
+fn a_wrongly_inferred_shape_fails_the_check() {
+    #[derive(Debug)]
+    struct Wrong(ArrayD<f32>);
+    impl OpProblem for Wrong {
+        fn graph(&self, target: Target) -> anyhow::Result<Model> {
+            let g = flux2_graphs::Graph::new(target, flux2_graphs::DType::F32);
+            let x = g.input("x", flux2_graphs::DType::F32, flux2_graphs::shape!["N"])?;
+            let y = g.node1("Identity", &[x], vec![], flux2_graphs::DType::F32, flux2_graphs::shape!["N+1"]);
+            g.output(y, "y0")?;
+            Ok(g.finish("wrong")?)
+        }
+        fn inputs(&self) -> Vec<(&'static str, Input)> {
+            vec![("x", f32_in(&self.0))]
+        }
+        fn reference(&self) -> Vec<ArrayD<f32>> {
+            vec![self.0.clone()]
+        }
+        fn approximation(&self) -> Approximation {
+            Approximation::Exact
+        }
+    }
+    let p = Wrong(ArrayD::zeros(IxDyn(&[3])));
+    let e = check(&p, Target::Ort).expect_err("a wrong inferred dim must fail");
+    assert!(e.to_string().contains("inferred dim 0"), "{e}");
+}

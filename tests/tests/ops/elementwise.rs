@@ -43,9 +43,11 @@ enum Bin {
     Sub,
     Mul,
     Div,
+    Pow,
+    Max,
 }
 
-/// `a ∘ b` with broadcasting; `b` kept away from 0 for division.
+/// `a ∘ b` with broadcasting; `b` kept away from 0 for division, `a` positive for pow.
 #[derive(Debug)]
 struct BinaryProblem {
     op: Bin,
@@ -57,13 +59,21 @@ impl Arbitrary for BinaryProblem {
     type Parameters = ();
     type Strategy = BoxedStrategy<Self>;
     fn arbitrary_with(_: ()) -> Self::Strategy {
-        let op = prop_oneof![Just(Bin::Add), Just(Bin::Sub), Just(Bin::Mul), Just(Bin::Div)];
+        let op = prop_oneof![
+            Just(Bin::Add),
+            Just(Bin::Sub),
+            Just(Bin::Mul),
+            Just(Bin::Div),
+            Just(Bin::Pow),
+            Just(Bin::Max)
+        ];
         (op, dims(0usize..=4, 3))
             .prop_flat_map(|(op, out)| (Just(op), broadcastable(out.clone()), broadcastable(out)))
             .prop_flat_map(|(op, sa, sb)| (Just(op), tensor(sa), tensor(sb)))
-            .prop_map(|(op, a, b)| {
-                let b = if matches!(op, Bin::Div) { b.mapv(|v| v.signum() * (v.abs() + 0.25)) } else { b };
-                BinaryProblem { op, a, b }
+            .prop_map(|(op, a, b)| match op {
+                Bin::Div => BinaryProblem { op, a, b: b.mapv(|v| v.signum() * (v.abs() + 0.25)) },
+                Bin::Pow => BinaryProblem { op, a: a.mapv(|v| v.abs() + 0.1), b },
+                _ => BinaryProblem { op, a, b },
             })
             .boxed()
     }
@@ -80,6 +90,8 @@ impl OpProblem for BinaryProblem {
             Bin::Sub => g.sub(a, b)?,
             Bin::Mul => g.mul(a, b)?,
             Bin::Div => g.div(a, b)?,
+            Bin::Pow => g.pow(a, b)?,
+            Bin::Max => g.max(a, b)?,
         };
         g.output(y, "y0")?;
         Ok(g.finish("binary")?)
@@ -95,50 +107,110 @@ impl OpProblem for BinaryProblem {
             Bin::Sub => x - y,
             Bin::Mul => x * y,
             Bin::Div => x / y,
+            Bin::Pow => (*x as f64).powf(*y as f64) as f32,
+            Bin::Max => x.max(*y),
         };
         vec![Zip::from(&a).and(&b).map_collect(f)]
     }
     fn approximation(&self) -> Approximation {
-        Approximation::Exact
+        match self.op {
+            Bin::Pow => Approximation::Close,
+            _ => Approximation::Exact,
+        }
     }
 }
 
-/// `silu(a)` alone, or the SwiGLU gate `silu(a) · b` with `b` broadcast to `a`.
+#[derive(Copy, Clone, Debug)]
+enum Unary {
+    Silu,
+    /// `silu(a) · b` with `b` broadcast to `a`.
+    Swiglu,
+    Sqrt,
+    Exp,
+    Sin,
+    Cos,
+    Neg,
+    Sigmoid,
+    Tanh,
+    Reciprocal,
+    Identity,
+}
+
+impl Unary {
+    fn eval(self, x: f64) -> f64 {
+        match self {
+            Unary::Silu | Unary::Swiglu => x / (1.0 + (-x).exp()),
+            Unary::Sqrt => x.sqrt(),
+            Unary::Exp => x.exp(),
+            Unary::Sin => x.sin(),
+            Unary::Cos => x.cos(),
+            Unary::Neg => -x,
+            Unary::Sigmoid => 1.0 / (1.0 + (-x).exp()),
+            Unary::Tanh => x.tanh(),
+            Unary::Reciprocal => 1.0 / x,
+            Unary::Identity => x,
+        }
+    }
+}
+
+/// One activation or math function of `a` (values in [-8, 8], positive for sqrt, away from
+/// 0 for the reciprocal); the SwiGLU gate also reads `b`.
 #[derive(Debug)]
-struct GateProblem {
+struct UnaryProblem {
+    op: Unary,
     a: ArrayD<f32>,
     b: Option<ArrayD<f32>>,
 }
 
-impl Arbitrary for GateProblem {
+impl Arbitrary for UnaryProblem {
     type Parameters = ();
     type Strategy = BoxedStrategy<Self>;
     fn arbitrary_with(_: ()) -> Self::Strategy {
-        (dims(1usize..=3, 4), any::<bool>())
-            .prop_flat_map(|(s, glu)| {
-                let b =
-                    if glu { broadcastable(s.clone()).prop_map(Some).boxed() } else { Just(None).boxed() };
-                (Just(s), b)
+        use Unary::*;
+        let ops = [Silu, Swiglu, Sqrt, Exp, Sin, Cos, Neg, Sigmoid, Tanh, Reciprocal, Identity];
+        (proptest::sample::select(ops.to_vec()), dims(1usize..=3, 4))
+            .prop_flat_map(|(op, s)| {
+                let b = match op {
+                    Swiglu => broadcastable(s.clone()).prop_flat_map(tensor).prop_map(Some).boxed(),
+                    _ => Just(None).boxed(),
+                };
+                (Just(op), tensor(s), b)
             })
-            .prop_flat_map(|(s, sb)| {
-                (tensor(s), sb.map_or(Just(None).boxed(), |sb| tensor(sb).prop_map(Some).boxed()))
+            .prop_map(|(op, a, b)| {
+                let a = match op {
+                    Sqrt => a.mapv(|v| 4.0 * v.abs()),
+                    Reciprocal => a.mapv(|v| v.signum() * (v.abs() + 0.25)),
+                    _ => a.mapv(|v| 4.0 * v),
+                };
+                UnaryProblem { op, a, b }
             })
-            .prop_map(|(a, b)| GateProblem { a: a.mapv(|v| 4.0 * v), b })
             .boxed()
     }
 }
 
-impl OpProblem for GateProblem {
+impl OpProblem for UnaryProblem {
     fn graph(&self, target: Target) -> anyhow::Result<Model> {
         let g = Graph::new(target, DType::F32);
         let r = self.a.ndim();
         let a = g.input("a", DType::F32, declare(self.a.shape(), r))?;
-        let y = match &self.b {
-            Some(b) => g.swiglu(a, g.input("b", DType::F32, declare(b.shape(), r))?)?,
-            None => g.silu(a)?,
+        let y = match self.op {
+            Unary::Silu => g.silu(a)?,
+            Unary::Swiglu => {
+                let b = self.b.as_ref().ok_or_else(|| anyhow::anyhow!("swiglu needs b"))?;
+                g.swiglu(a, g.input("b", DType::F32, declare(b.shape(), r))?)?
+            }
+            Unary::Sqrt => g.sqrt(a),
+            Unary::Exp => g.exp(a),
+            Unary::Sin => g.sin(a),
+            Unary::Cos => g.cos(a),
+            Unary::Neg => g.neg(a),
+            Unary::Sigmoid => g.sigmoid(a),
+            Unary::Tanh => g.tanh(a),
+            Unary::Reciprocal => g.reciprocal(a),
+            Unary::Identity => g.identity(a),
         };
         g.output(y, "y0")?;
-        Ok(g.finish("gate")?)
+        Ok(g.finish("unary")?)
     }
     fn inputs(&self) -> Vec<(&'static str, Input)> {
         let mut v = vec![("a", f32_in(&self.a))];
@@ -146,14 +218,17 @@ impl OpProblem for GateProblem {
         v
     }
     fn reference(&self) -> Vec<ArrayD<f32>> {
-        let silu = self.a.mapv(|x| x / (1.0 + (-x).exp()));
+        let y = self.a.mapv(|x| self.op.eval(x as f64) as f32);
         match &self.b {
-            Some(b) => vec![Zip::from(&silu).and(&broadcast_to(b, self.a.shape())).map_collect(|s, b| s * b)],
-            None => vec![silu],
+            Some(b) => vec![Zip::from(&y).and(&broadcast_to(b, self.a.shape())).map_collect(|s, b| s * b)],
+            None => vec![y],
         }
     }
     fn approximation(&self) -> Approximation {
-        Approximation::Close
+        match self.op {
+            Unary::Neg | Unary::Identity | Unary::Sqrt | Unary::Reciprocal => Approximation::Exact,
+            _ => Approximation::Close,
+        }
     }
 }
 
@@ -222,9 +297,25 @@ impl OpProblem for CastProblem {
     }
 }
 
-/// `where(a < b, x, y)` with all four operands broadcasting to one shape.
+/// The condition of a `where`: a comparison, possibly combined with a second one.
+#[derive(Copy, Clone, Debug)]
+enum Cond {
+    Less,
+    Greater,
+    Equal,
+    /// `a < b && x > y`
+    And,
+    /// `a < b || x == y`
+    Or,
+    /// `!(a > b)`
+    Not,
+}
+
+/// `where(cond(a, b, x, y), x, y)` with all four operands broadcasting to one shape; values
+/// are multiples of 0.5 so that equality happens.
 #[derive(Debug)]
 struct WhereProblem {
+    cond: Cond,
     a: ArrayD<f32>,
     b: ArrayD<f32>,
     x: ArrayD<f32>,
@@ -235,12 +326,17 @@ impl Arbitrary for WhereProblem {
     type Parameters = ();
     type Strategy = BoxedStrategy<Self>;
     fn arbitrary_with(_: ()) -> Self::Strategy {
-        dims(1usize..=3, 3)
-            .prop_flat_map(|s| {
+        use Cond::*;
+        let cond = proptest::sample::select(vec![Less, Greater, Equal, And, Or, Not]);
+        (cond, dims(1usize..=3, 3))
+            .prop_flat_map(|(cond, s)| {
                 let v = || broadcastable(s.clone()).prop_flat_map(tensor);
-                (tensor(s.clone()), v(), v(), v())
+                (Just(cond), tensor(s.clone()), v(), v(), v())
             })
-            .prop_map(|(a, b, x, y)| WhereProblem { a, b, x, y })
+            .prop_map(|(cond, a, b, x, y)| {
+                let [a, b, x, y] = [a, b, x, y].map(|t| t.mapv(|v| (2.0 * v).round() / 2.0));
+                WhereProblem { cond, a, b, x, y }
+            })
             .boxed()
     }
 }
@@ -251,8 +347,16 @@ impl OpProblem for WhereProblem {
         let r = self.a.ndim();
         let [a, b, x, y] = [("a", &self.a), ("b", &self.b), ("x", &self.x), ("y", &self.y)]
             .map(|(n, v)| g.input(n, DType::F32, declare(v.shape(), r)));
-        let out = g.where_(g.less(a?, b?)?, x?, y?)?;
-        g.output(out, "y0")?;
+        let (a, b, x, y) = (a?, b?, x?, y?);
+        let c = match self.cond {
+            Cond::Less => g.less(a, b)?,
+            Cond::Greater => g.greater(a, b)?,
+            Cond::Equal => g.equal(a, b)?,
+            Cond::And => g.and(g.less(a, b)?, g.greater(x, y)?)?,
+            Cond::Or => g.or(g.less(a, b)?, g.equal(x, y)?)?,
+            Cond::Not => g.not(g.greater(a, b)?),
+        };
+        g.output(g.where_(c, x, y)?, "y0")?;
         Ok(g.finish("where")?)
     }
     fn inputs(&self) -> Vec<(&'static str, Input)> {
@@ -261,7 +365,22 @@ impl OpProblem for WhereProblem {
     fn reference(&self) -> Vec<ArrayD<f32>> {
         let s = self.a.shape();
         let [b, x, y] = [&self.b, &self.x, &self.y].map(|v| broadcast_to(v, s));
-        vec![Zip::from(&self.a).and(&b).and(&x).and(&y).map_collect(|a, b, x, y| if a < b { *x } else { *y })]
+        let pick = |a: &f32, b: &f32, x: &f32, y: &f32| {
+            let c = match self.cond {
+                Cond::Less => a < b,
+                Cond::Greater => a > b,
+                Cond::Equal => a == b,
+                Cond::And => a < b && x > y,
+                Cond::Or => a < b || x == y,
+                Cond::Not => a <= b, // !(a > b) without NaNs
+            };
+            if c {
+                *x
+            } else {
+                *y
+            }
+        };
+        vec![Zip::from(&self.a).and(&b).and(&x).and(&y).map_collect(pick)]
     }
     fn approximation(&self) -> Approximation {
         Approximation::Exact
@@ -277,7 +396,7 @@ proptest! {
     }
 
     #[test]
-    fn silu_and_swiglu(p in any::<GateProblem>()) {
+    fn activations_and_math(p in any::<UnaryProblem>()) {
         check(&p, Target::Ort)?;
     }
 
@@ -287,7 +406,7 @@ proptest! {
     }
 
     #[test]
-    fn where_broadcasting(p in any::<WhereProblem>()) {
+    fn where_comparisons_logic(p in any::<WhereProblem>()) {
         check(&p, Target::Ort)?;
     }
 }

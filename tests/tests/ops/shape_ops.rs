@@ -12,7 +12,7 @@ use super::common::{check, config, dims, f32_in, tensor, Approximation, OpProble
 fn factorize(mut m: usize, picks: &[usize]) -> Vec<usize> {
     let mut out = Vec::new();
     for p in picks {
-        let divisors: Vec<usize> = (1..=m).filter(|d| m % d == 0).collect();
+        let divisors: Vec<usize> = (1..=m).filter(|&d| m.is_multiple_of(d)).collect();
         let d = divisors[p % divisors.len()];
         out.push(d);
         m /= d;
