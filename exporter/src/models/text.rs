@@ -19,7 +19,7 @@
 
 use std::collections::BTreeSet;
 
-use flux2_graphs::models::text::{build_text_encoder, Family, TextConfig};
+use flux2_graphs::models::text::{build_text_encoder_with, Family, TextConfig};
 use serde_json::{json, Value};
 
 use super::{BuiltGraph, ExportOptions};
@@ -290,7 +290,9 @@ pub fn unused_prefixes(d: &Detected) -> Vec<String> {
 pub fn build(component: &Component, opts: &ExportOptions) -> Result<Vec<BuiltGraph>> {
     let json = opts.config_override.as_ref().or(component.config.as_ref());
     let detected = detect(component, json, opts.text_layers.as_deref())?;
-    let model = build_text_encoder(&detected.config, opts.target, opts.dtype)?;
+    let embed = component.checkpoint.get(&format!("{}embed_tokens.weight", detected.prefix));
+    let table = embed.map_or(opts.dtype, |t| t.dtype());
+    let model = build_text_encoder_with(&detected.config, opts.target, opts.dtype, table)?;
     let prefix = detected.prefix.clone();
     let map = move |name: &str| match name.strip_prefix("model.") {
         Some(local) => Source::Tensor(format!("{prefix}{local}")),

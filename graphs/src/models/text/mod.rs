@@ -192,6 +192,19 @@ impl TextConfig {
 
 /// Builds `text_encoder`: `input_ids`, `attention_mask` -> `prompt_embeds` [B, L, n·D].
 pub fn build_text_encoder(config: &TextConfig, target: Target, dtype: DType) -> Result<Model> {
+    build_text_encoder_with(config, target, dtype, dtype)
+}
+
+/// [`build_text_encoder`] with the embedding table declared in `table` (f32/f16/bf16: the
+/// checkpoint's storage type). The lookup gathers from the stored table and casts only the
+/// gathered rows (exact: the same values as casting first), so a bf16 table of a 131072-token
+/// vocabulary is never converted whole at load or run time.
+pub fn build_text_encoder_with(
+    config: &TextConfig,
+    target: Target,
+    dtype: DType,
+    table: DType,
+) -> Result<Model> {
     config.validate()?;
     let g = Graph::new(target, dtype);
     let ids = g.input("input_ids", DType::I64, shape!["B", "L"])?;
@@ -204,7 +217,7 @@ pub fn build_text_encoder(config: &TextConfig, target: Target, dtype: DType) -> 
 
     let hidden_states = {
         let _m = g.scope("model");
-        hidden_states(&g, config, ids, attention_mask)?
+        hidden_states(&g, config, ids, attention_mask, table)?
     };
     let picked: Vec<T> = config.hidden_layers.iter().map(|&k| hidden_states[k]).collect();
     let out = g.concat(&picked, -1)?; // [B, L, n·D]: [hs[l_0] | hs[l_1] | ...] per token
@@ -213,9 +226,10 @@ pub fn build_text_encoder(config: &TextConfig, target: Target, dtype: DType) -> 
 }
 
 /// `hidden_states[0..=max(l)]` as transformers returns them (the last one normed when it is N).
-fn hidden_states(g: &Graph, c: &TextConfig, ids: T, attention_mask: T) -> Result<Vec<T>> {
-    let embed = g.weight("embed_tokens.weight", &[c.vocab, c.hidden])?;
-    let mut x = g.gather(embed, ids, 0)?; // [B, L, D]
+fn hidden_states(g: &Graph, c: &TextConfig, ids: T, attention_mask: T, table: DType) -> Result<Vec<T>> {
+    let table = if matches!(table, DType::F32 | DType::F16 | DType::BF16) { table } else { g.dtype };
+    let embed = g.weight_typed("embed_tokens.weight", &[c.vocab, c.hidden], table)?;
+    let mut x = g.cast(g.gather(embed, ids, 0)?, g.dtype); // [B, L, D]
     let rope = rope::Rope::new(g, c, ids)?;
     let full = mask::Mask::new(g, attention_mask, None)?;
     let windowed = match c.sliding_window {
