@@ -8,7 +8,9 @@ use flux2_runtime::Input;
 use ndarray::{ArrayD, IxDyn};
 use proptest::prelude::*;
 
-use super::common::{check_both, config, f32_in, tensor, Approximation, OpProblem};
+use super::common::{
+    check_both, config, f32_in, float_input, float_output, stored, tensor, Approximation, OpProblem,
+};
 
 /// Shapes an additive mask may take (all broadcast to the scores [B, Hq, S, T]).
 #[derive(Copy, Clone, Debug)]
@@ -35,6 +37,8 @@ struct AttentionProblem {
     v: ArrayD<f32>,
     mask: Option<(MaskKind, ArrayD<f32>)>,
     scale: f32,
+    /// Graph float dtype: f32 or f16 (inputs cast in the graph, output cast back).
+    dtype: DType,
 }
 
 impl Arbitrary for AttentionProblem {
@@ -51,8 +55,9 @@ impl Arbitrary for AttentionProblem {
             Just(Some(MaskKind::PerBatchHead)),
         ];
         let dims = (1usize..=2, 1usize..=2, 1usize..=3, 1usize..=4, 1usize..=5, 1usize..=6, 1usize..=6);
-        (dims, kind, prop_oneof![Just(None), (0.1f32..1.5).prop_map(Some)])
-            .prop_flat_map(|((b, hkv, rep, s, t, dh, dv), kind, scale)| {
+        let dtype = prop_oneof![3 => Just(DType::F32), 1 => Just(DType::F16)];
+        (dims, kind, prop_oneof![Just(None), (0.1f32..1.5).prop_map(Some)], dtype)
+            .prop_flat_map(|((b, hkv, rep, s, t, dh, dv), kind, scale, dtype)| {
                 let hq = hkv * rep;
                 let mask = kind.map(|k| {
                     let shape = match k {
@@ -79,22 +84,22 @@ impl Arbitrary for AttentionProblem {
                     tensor(vec![b, hkv, t, dh]),
                     tensor(vec![b, hkv, t, dv]),
                     mask,
-                    Just(scale),
+                    Just((scale, dtype)),
                 )
             })
-            .prop_map(|(q, k, v, mask, scale)| AttentionProblem { q, k, v, mask, scale })
+            .prop_map(|(q, k, v, mask, (scale, dtype))| AttentionProblem { q, k, v, mask, scale, dtype })
             .boxed()
     }
 }
 
 impl OpProblem for AttentionProblem {
     fn graph(&self, target: Target) -> anyhow::Result<Model> {
-        let g = Graph::new(target, DType::F32);
+        let g = Graph::new(target, self.dtype);
         let (hq, hkv) = (self.q.shape()[1], self.k.shape()[1]);
         let (dh, dv) = (self.q.shape()[3], self.v.shape()[3]);
-        let q = g.input("q", DType::F32, shape!["B", hq, "S", dh])?;
-        let k = g.input("k", DType::F32, shape!["B", hkv, "T", dh])?;
-        let v = g.input("v", DType::F32, shape!["B", hkv, "T", dv])?;
+        let q = float_input(&g, "q", shape!["B", hq, "S", dh])?;
+        let k = float_input(&g, "k", shape!["B", hkv, "T", dh])?;
+        let v = float_input(&g, "v", shape!["B", hkv, "T", dv])?;
         let mask = match &self.mask {
             Some((_, m)) => {
                 // size-1 axes fixed, the others named like the scores axes they match
@@ -110,12 +115,11 @@ impl OpProblem for AttentionProblem {
                         (_, a) => Dim::sym(names[a]),
                     })
                     .collect();
-                Some(g.input("mask", DType::F32, shape)?)
+                Some(float_input(&g, "mask", shape)?)
             }
             None => None,
         };
-        let y = g.attention(q, k, v, mask, self.scale)?;
-        g.output(y, "y0")?;
+        float_output(&g, g.attention(q, k, v, mask, self.scale)?)?;
         Ok(g.finish("attention")?)
     }
     fn inputs(&self) -> Vec<(&'static str, Input)> {
@@ -127,8 +131,10 @@ impl OpProblem for AttentionProblem {
         let (b, hq, s, dh) = (self.q.shape()[0], self.q.shape()[1], self.q.shape()[2], self.q.shape()[3]);
         let (hkv, t, dv) = (self.k.shape()[1], self.k.shape()[2], self.v.shape()[3]);
         let rep = hq / hkv;
+        let [q, k, v] = [&self.q, &self.k, &self.v].map(|a| stored(a, self.dtype));
+        let mask = self.mask.as_ref().map(|(_, m)| stored(m, self.dtype));
         let mask_at = |n: usize, h: usize, i: usize, j: usize| -> f64 {
-            let Some((_, m)) = &self.mask else { return 0.0 };
+            let Some(m) = &mask else { return 0.0 };
             let full = [n, h, i, j];
             let off = 4 - m.ndim();
             let idx: Vec<usize> =
@@ -142,9 +148,8 @@ impl OpProblem for AttentionProblem {
                 for i in 0..s {
                     let scores: Vec<f64> = (0..t)
                         .map(|j| {
-                            let dot: f64 = (0..dh)
-                                .map(|d| self.q[[n, h, i, d]] as f64 * self.k[[n, kh, j, d]] as f64)
-                                .sum();
+                            let dot: f64 =
+                                (0..dh).map(|d| q[[n, h, i, d]] as f64 * k[[n, kh, j, d]] as f64).sum();
                             dot * self.scale as f64 + mask_at(n, h, i, j)
                         })
                         .collect();
@@ -152,7 +157,7 @@ impl OpProblem for AttentionProblem {
                     let e: Vec<f64> = scores.iter().map(|x| (x - m).exp()).collect();
                     let z: f64 = e.iter().sum();
                     for d in 0..dv {
-                        let o: f64 = (0..t).map(|j| e[j] / z * self.v[[n, kh, j, d]] as f64).sum();
+                        let o: f64 = (0..t).map(|j| e[j] / z * v[[n, kh, j, d]] as f64).sum();
                         y[[n, h, i, d]] = o as f32;
                     }
                 }
@@ -161,7 +166,10 @@ impl OpProblem for AttentionProblem {
         vec![y]
     }
     fn approximation(&self) -> Approximation {
-        Approximation::Approximate
+        match self.dtype {
+            DType::F16 => Approximation::Half,
+            _ => Approximation::Approximate,
+        }
     }
 }
 
@@ -171,6 +179,8 @@ struct RopeProblem {
     style: RopeStyle,
     x: ArrayD<f32>,
     theta: ArrayD<f32>,
+    /// Graph float dtype: f32 or f16 (x cast in the graph; the f32 tables cast by `rope`).
+    dtype: DType,
 }
 
 impl Arbitrary for RopeProblem {
@@ -178,24 +188,29 @@ impl Arbitrary for RopeProblem {
     type Strategy = BoxedStrategy<Self>;
     fn arbitrary_with(_: ()) -> Self::Strategy {
         let style = prop_oneof![Just(RopeStyle::Interleaved), Just(RopeStyle::Halves)];
-        (style, 1usize..=2, 1usize..=3, 1usize..=5, 1usize..=4)
-            .prop_flat_map(|(style, b, h, s, half)| {
-                (Just(style), tensor(vec![b, h, s, 2 * half]), tensor(vec![s, half]))
+        let dtype = prop_oneof![3 => Just(DType::F32), 1 => Just(DType::F16)];
+        (style, 1usize..=2, 1usize..=3, 1usize..=5, 1usize..=4, dtype)
+            .prop_flat_map(|(style, b, h, s, half, dtype)| {
+                (Just((style, dtype)), tensor(vec![b, h, s, 2 * half]), tensor(vec![s, half]))
             })
-            .prop_map(|(style, x, theta)| RopeProblem { style, x, theta: theta.mapv(|t| 1.6 * t) })
+            .prop_map(|((style, dtype), x, theta)| RopeProblem {
+                style,
+                x,
+                theta: theta.mapv(|t| 1.6 * t),
+                dtype,
+            })
             .boxed()
     }
 }
 
 impl OpProblem for RopeProblem {
     fn graph(&self, target: Target) -> anyhow::Result<Model> {
-        let g = Graph::new(target, DType::F32);
+        let g = Graph::new(target, self.dtype);
         let (h, dh) = (self.x.shape()[1], self.x.shape()[3]);
-        let x = g.input("x", DType::F32, shape!["B", h, "S", dh])?;
+        let x = float_input(&g, "x", shape!["B", h, "S", dh])?;
         let cos = g.input("cos", DType::F32, shape!["S", dh / 2])?;
         let sin = g.input("sin", DType::F32, shape!["S", dh / 2])?;
-        let y = g.rope(x, cos, sin, self.style)?;
-        g.output(y, "y0")?;
+        float_output(&g, g.rope(x, cos, sin, self.style)?)?;
         Ok(g.finish("rope")?)
     }
     fn inputs(&self) -> Vec<(&'static str, Input)> {
@@ -205,13 +220,15 @@ impl OpProblem for RopeProblem {
     fn reference(&self) -> Vec<ArrayD<f32>> {
         let s = self.x.shape();
         let half = s[3] / 2;
+        let xs = stored(&self.x, self.dtype);
+        let [cos, sin] = [f32::cos, f32::sin].map(|f| stored(&self.theta.mapv(f), self.dtype));
         let mut y = ArrayD::zeros(IxDyn(s));
         for n in 0..s[0] {
             for h in 0..s[1] {
                 for p in 0..s[2] {
-                    let x = |d: usize| self.x[[n, h, p, d]] as f64;
+                    let x = |d: usize| xs[[n, h, p, d]] as f64;
                     for m in 0..half {
-                        let (c, sn) = ((self.theta[[p, m]] as f64).cos(), (self.theta[[p, m]] as f64).sin());
+                        let (c, sn) = (cos[[p, m]] as f64, sin[[p, m]] as f64);
                         // the pair (a, b) rotated by θ: (a cos − b sin, a sin + b cos)
                         let (ia, ib) = match self.style {
                             RopeStyle::Interleaved => (2 * m, 2 * m + 1),
@@ -226,7 +243,10 @@ impl OpProblem for RopeProblem {
         vec![y]
     }
     fn approximation(&self) -> Approximation {
-        Approximation::Close
+        match self.dtype {
+            DType::F16 => Approximation::Half,
+            _ => Approximation::Close,
+        }
     }
 }
 

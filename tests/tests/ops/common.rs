@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::fmt::Debug;
 
 use flux2_graphs::onnx::{tensor_shape_proto::dimension::Value as DimValue, type_proto, ValueInfoProto};
-use flux2_graphs::{Model, Target};
+use flux2_graphs::{DType, Graph, Model, Shape, Target, T};
 use flux2_runtime::Input;
 use ndarray::{ArrayD, IxDyn};
 use proptest::prelude::*;
@@ -22,6 +22,8 @@ pub enum Approximation {
     Close,
     /// 1e-4: reductions, normalisations, softmax, attention.
     Approximate,
+    /// 1e-2: f16 graphs (10-bit mantissa inputs, weights and intermediates).
+    Half,
 }
 
 impl Approximation {
@@ -30,6 +32,7 @@ impl Approximation {
             Approximation::Exact => 0.0,
             Approximation::Close => 1e-6,
             Approximation::Approximate => 1e-4,
+            Approximation::Half => 1e-2,
         }
     }
 }
@@ -123,6 +126,35 @@ pub fn tensor(shape: Vec<usize>) -> BoxedStrategy<ArrayD<f32>> {
 /// A shape of `rank` dims in `1..=max`.
 pub fn dims(rank: impl Strategy<Value = usize>, max: usize) -> impl Strategy<Value = Vec<usize>> {
     rank.prop_flat_map(move |r| proptest::collection::vec(1..=max, r))
+}
+
+/// Rounds to a binary float with `mant` explicit mantissa bits and minimum normal exponent
+/// `emin`, ties to even (f16: 10, -14; bf16: 7, -126).
+pub fn round_to_float(x: f32, mant: i32, emin: i32) -> f32 {
+    if x == 0.0 {
+        return x;
+    }
+    let e = (x.abs().log2().floor() as i32).max(emin);
+    let ulp = 2f64.powi(e - mant);
+    ((x as f64 / ulp).round_ties_even() * ulp) as f32
+}
+
+/// `a` as the graph dtype `dt` stores it (f32 or f16).
+pub fn stored(a: &ArrayD<f32>, dt: DType) -> ArrayD<f32> {
+    match dt {
+        DType::F16 => a.mapv(|v| round_to_float(v, 10, -14)),
+        _ => a.clone(),
+    }
+}
+
+/// A graph input fed as f32 and cast to the graph's float dtype.
+pub fn float_input(g: &Graph, name: &str, shape: Shape) -> flux2_graphs::Result<T> {
+    Ok(g.cast(g.input(name, DType::F32, shape)?, g.dtype))
+}
+
+/// Marks `y` (cast back to f32) as the output `y0`.
+pub fn float_output(g: &Graph, y: T) -> flux2_graphs::Result<()> {
+    g.output(g.cast(y, DType::F32), "y0")
 }
 
 /// An f32 graph input.

@@ -5,7 +5,7 @@ use flux2_runtime::Input;
 use ndarray::{ArrayD, IxDyn, Zip};
 use proptest::prelude::*;
 
-use super::common::{check, config, dims, f32_in, tensor, Approximation, OpProblem};
+use super::common::{check, config, dims, f32_in, round_to_float, tensor, Approximation, OpProblem};
 
 /// A shape that broadcasts to `out`: a suffix of it with some dims set to 1.
 pub fn broadcastable(out: Vec<usize>) -> impl Strategy<Value = Vec<usize>> {
@@ -259,17 +259,6 @@ impl Arbitrary for CastProblem {
             .prop_map(|(to, s, v)| CastProblem { to, x: ArrayD::from_shape_vec(IxDyn(&s), v).expect("len") })
             .boxed()
     }
-}
-
-/// Rounds to a binary float with `mant` explicit mantissa bits and minimum normal exponent
-/// `emin`, ties to even (f16: 10, -14; bf16: 7, -126).
-fn round_to_float(x: f32, mant: i32, emin: i32) -> f32 {
-    if x == 0.0 {
-        return x;
-    }
-    let e = (x.abs().log2().floor() as i32).max(emin);
-    let ulp = 2f64.powi(e - mant);
-    ((x as f64 / ulp).round_ties_even() * ulp) as f32
 }
 
 impl OpProblem for CastProblem {

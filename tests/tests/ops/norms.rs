@@ -6,7 +6,10 @@ use flux2_runtime::Input;
 use ndarray::{ArrayD, Axis, IxDyn};
 use proptest::prelude::*;
 
-use super::common::{check, check_both, config, dims, f32_in, inline, tensor, Approximation, OpProblem};
+use super::common::{
+    check, check_both, config, dims, f32_in, float_input, float_output, inline, stored, tensor,
+    Approximation, OpProblem,
+};
 
 /// Symbolic leading dims `n0, n1, ..`, the last `keep_last` dims fixed.
 fn declare(shape: &[usize], keep_last: usize) -> Shape {
@@ -48,6 +51,8 @@ struct NormProblem {
     w: ArrayD<f32>,
     b: ArrayD<f32>,
     eps: f32,
+    /// Graph float dtype: f32 or f16 (inputs cast in the graph, output cast back).
+    dtype: DType,
 }
 
 impl Arbitrary for NormProblem {
@@ -56,7 +61,8 @@ impl Arbitrary for NormProblem {
     fn arbitrary_with(_: ()) -> Self::Strategy {
         let norm = prop_oneof![(1usize..=3).prop_map(Norm::Group), Just(Norm::Layer), Just(Norm::Rms)];
         let eps = prop_oneof![Just(1e-6f32), Just(1e-5), Just(1e-2)];
-        (norm, dims(1usize..=4, 5), 1usize..=3, eps)
+        let dtype = prop_oneof![3 => Just(DType::F32), 1 => Just(DType::F16)];
+        (norm, dims(1usize..=4, 5), 1usize..=3, (eps, dtype))
             .prop_flat_map(|(norm, mut s, cpg, eps)| {
                 let c = match norm {
                     Norm::Group(g) => {
@@ -70,35 +76,35 @@ impl Arbitrary for NormProblem {
                 };
                 (Just(norm), shifted(s), tensor(vec![c]), tensor(vec![c]), Just(eps))
             })
-            .prop_map(|(norm, x, w, b, eps)| NormProblem { norm, x, w, b, eps })
+            .prop_map(|(norm, x, w, b, (eps, dtype))| NormProblem { norm, x, w, b, eps, dtype })
             .boxed()
     }
 }
 
 impl OpProblem for NormProblem {
     fn graph(&self, target: Target) -> anyhow::Result<Model> {
-        let g = Graph::new(target, DType::F32);
+        let g = Graph::new(target, self.dtype);
         let mut model = match self.norm {
             Norm::Group(groups) => {
                 let c = self.x.shape()[1];
                 let mut shape = declare(self.x.shape(), 0);
                 shape[1] = Dim::from(c);
-                let x = g.input("x", DType::F32, shape)?;
-                g.output(g.group_norm(x, "norm", groups, c, self.eps)?, "y0")?;
+                let x = float_input(&g, "x", shape)?;
+                float_output(&g, g.group_norm(x, "norm", groups, c, self.eps)?)?;
                 g.finish("group_norm")?
             }
             Norm::Layer => {
-                let x = g.input("x", DType::F32, declare(self.x.shape(), 1))?;
-                g.output(g.layer_norm(x, self.eps)?, "y0")?;
+                let x = float_input(&g, "x", declare(self.x.shape(), 1))?;
+                float_output(&g, g.layer_norm(x, self.eps)?)?;
                 g.finish("layer_norm")?
             }
             Norm::Rms => {
-                let x = g.input("x", DType::F32, declare(self.x.shape(), 1))?;
+                let x = float_input(&g, "x", declare(self.x.shape(), 1))?;
                 let y = {
                     let _s = g.scope("attn");
                     g.rms_norm(x, "norm_q.weight", self.eps)?
                 };
-                g.output(y, "y0")?;
+                float_output(&g, y)?;
                 g.finish("rms_norm")?
             }
         };
@@ -113,12 +119,13 @@ impl OpProblem for NormProblem {
     }
     fn reference(&self) -> Vec<ArrayD<f32>> {
         let eps = self.eps as f64;
-        let mut y = self.x.clone();
+        let [x, w, b] = [&self.x, &self.w, &self.b].map(|a| stored(a, self.dtype));
+        let mut y = x.clone();
         match self.norm {
             Norm::Group(groups) => {
-                let cpg = self.x.shape()[1] / groups;
+                let cpg = x.shape()[1] / groups;
                 for (n, mut yn) in y.axis_iter_mut(Axis(0)).enumerate() {
-                    let xn = self.x.index_axis(Axis(0), n);
+                    let xn = x.index_axis(Axis(0), n);
                     for grp in 0..groups {
                         let chans = grp * cpg..(grp + 1) * cpg;
                         let vals = chans
@@ -126,7 +133,7 @@ impl OpProblem for NormProblem {
                             .flat_map(|c| xn.index_axis(Axis(0), c).into_iter().copied().collect::<Vec<_>>());
                         let (mean, var) = moments(vals.collect::<Vec<_>>().into_iter());
                         for c in chans {
-                            let (w, b) = (self.w[[c]] as f64, self.b[[c]] as f64);
+                            let (w, b) = (w[[c]] as f64, b[[c]] as f64);
                             yn.index_axis_mut(Axis(0), c)
                                 .mapv_inplace(|v| (((v as f64 - mean) / (var + eps).sqrt()) * w + b) as f32);
                         }
@@ -134,13 +141,13 @@ impl OpProblem for NormProblem {
                 }
             }
             Norm::Layer | Norm::Rms => {
-                let last = Axis(self.x.ndim() - 1);
+                let last = Axis(x.ndim() - 1);
                 for mut row in y.lanes_mut(last) {
                     let (mean, var) = moments(row.iter().copied().collect::<Vec<_>>().into_iter());
                     let ms = mean * mean + var; // mean(x²)
                     for (d, v) in row.iter_mut().enumerate() {
                         *v = match self.norm {
-                            Norm::Rms => (*v as f64 / (ms + eps).sqrt() * self.w[[d]] as f64) as f32,
+                            Norm::Rms => (*v as f64 / (ms + eps).sqrt() * w[[d]] as f64) as f32,
                             _ => ((*v as f64 - mean) / (var + eps).sqrt()) as f32,
                         };
                     }
@@ -150,7 +157,10 @@ impl OpProblem for NormProblem {
         vec![y]
     }
     fn approximation(&self) -> Approximation {
-        Approximation::Approximate
+        match self.dtype {
+            DType::F16 => Approximation::Half,
+            _ => Approximation::Approximate,
+        }
     }
 }
 
