@@ -1,0 +1,237 @@
+//! `flux2 calibrate`: an exported float model folder -> an INT8 or FP8 Q/DQ model folder
+//! (`flux2_runtime::calibrate`), with progress bars and a summary of the report.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use clap::ValueEnum;
+use flux2_calib::calibrators::Calibrator;
+use flux2_calib::formats::Format;
+use flux2_calib::timesteps::Kind;
+use flux2_runtime::calibrate::{calibrate, CalibrateOptions, Component, Event};
+
+use crate::progress::bar;
+
+/// Quantise an exported model to explicit INT8 or FP8 Q/DQ ONNX, calibrated on its own data.
+///
+/// The DiT is calibrated on inputs from real sampling trajectories of the model (several sizes,
+/// step counts, with and without a reference image), taken at noise levels drawn the way the
+/// model was trained (--dist, shifted by each schedule's alpha); the text encoder on tokenised
+/// prompts; the VAE on the trajectories' latents and their decodings. Everything is seeded: the
+/// same --seed gives bit-identical scales.
+///
+/// INT8: symmetric per-channel weights, per-tensor activations (optionally SmoothQuant).
+/// FP8: E4M3FN with per-tensor scales (Hopper, Ada, Thor; simulated on CPU).
+/// Layers whose quantisation costs most stay in float until the held-out output NMSE of each
+/// graph is within --budget-nmse; per-forward vector layers (timestep embedding, modulation)
+/// stay in float unless --quantize-vectors.
+///
+/// Output (a model folder that `flux2 generate`, `bench` and `build` accept): the Q/DQ graphs,
+/// the untouched graphs (hard links), manifest.json with each graph's precision, scales.json,
+/// calibration.json (how the data was made), calibration.cache (TensorRT text format, INT8),
+/// report.json and report.md (per-graph NMSE/cosine and latency; full generations' PSNR/SSIM
+/// against float). With --max-psnr-drop D the command fails when a generation's PSNR against
+/// float is more than D dB below 58.92 dB (the PSNR of 8-bit output rounding); --out then holds
+/// only the report, scales and calibration record, and no manifest.json.
+///
+/// Examples:
+///   flux2 calibrate --model ./klein-onnx --precision int8 --out ./klein-int8
+///   flux2 calibrate --model ./klein-onnx --precision fp8 --components transformer \
+///       --samples 128 --dist ln --seed 7 --out ./klein-fp8
+///   flux2 calibrate --model ./m --precision int8 --smoothquant 0.5 --calibrator mse \
+///       --budget-nmse 5e-3 --max-psnr-drop 30 --sizes 1024x1024,1360x768 --out ./m-int8
+#[derive(clap::Args)]
+#[command(verbatim_doc_comment)]
+pub struct Args {
+    /// Exported model folder (flux2 export, f32 graphs).
+    #[arg(long)]
+    model: PathBuf,
+    /// int8 or fp8.
+    #[arg(long)]
+    precision: String,
+    /// Output folder; must not exist or be empty. Written via a staging folder, renamed on success.
+    #[arg(long)]
+    out: PathBuf,
+    /// Comma-separated: transformer, text-encoder, vae [default: every one the model has].
+    #[arg(long, value_delimiter = ',')]
+    components: Option<Vec<String>>,
+    /// Noise-level distribution of the DiT samples: ln (logit-normal), ts (shifted uniform) or
+    /// pln (plateau logit-normal); see `flux2 timesteps --help`.
+    #[arg(long, value_enum, default_value = "ln")]
+    dist: Dist,
+    /// Location mu of logit t (ln, pln), before each trajectory's alpha shift.
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+    dist_mu: f64,
+    /// Scale sigma of logit t (ln, pln).
+    #[arg(long, default_value_t = 1.0)]
+    dist_sigma: f64,
+    /// Calibration samples per graph (DiT: noise levels drawn; prompts and latents are capped by
+    /// how many exist). With true CFG each DiT sample is two inputs.
+    #[arg(long, default_value_t = 64)]
+    samples: usize,
+    /// Held-out samples per graph, for the sensitivity search and the report.
+    #[arg(long, default_value_t = 8)]
+    heldout: usize,
+    /// Seed of everything random (noise, noise levels, embeddings without a text encoder).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Activation range: max, percentile[:P] (default P 99.99) or mse.
+    #[arg(long, default_value = "max")]
+    calibrator: String,
+    /// SmoothQuant alpha in [0, 1] (e.g. 0.5): move activation outliers into the weights.
+    #[arg(long)]
+    smoothquant: Option<f32>,
+    /// Largest held-out output NMSE allowed per graph; the most sensitive layers stay in float
+    /// until it is met.
+    #[arg(long, default_value_t = 1e-2)]
+    budget_nmse: f64,
+    /// Fail when a full generation's PSNR against float is more than this many dB below 58.92 dB
+    /// (the PSNR of 8-bit rounding alone), i.e. require PSNR >= 58.92 - D.
+    #[arg(long)]
+    max_psnr_drop: Option<f64>,
+    /// Trajectory sizes WxH (multiples of 16).
+    #[arg(long, value_delimiter = ',', default_value = "512x512,640x384,384x640")]
+    sizes: Vec<String>,
+    /// Trajectory step counts [default: the model's default and half of it, at least 4].
+    #[arg(long, value_delimiter = ',')]
+    steps: Option<Vec<usize>>,
+    /// Reference-image counts of the trajectories (references are earlier trajectories' latents).
+    #[arg(long, value_delimiter = ',', default_value = "0,1")]
+    references: Vec<usize>,
+    /// Prompt file, one prompt per line; every fifth is held out [default: 20 built-in prompts].
+    #[arg(long)]
+    prompts: Option<PathBuf>,
+    /// Text tokens per prompt.
+    #[arg(long, default_value_t = 512)]
+    max_sequence_length: usize,
+    /// Full generations compared with float in the report (0: none).
+    #[arg(long, default_value_t = 2)]
+    eval_images: usize,
+    /// Steps of those generations [default: the model's default].
+    #[arg(long)]
+    eval_steps: Option<usize>,
+    /// Keep layers whose name contains any of these (comma-separated) in float, e.g. proj_out.
+    #[arg(long, value_delimiter = ',')]
+    exclude: Vec<String>,
+    /// Also quantise layers applied once per forward (timestep embedding, modulation).
+    #[arg(long)]
+    quantize_vectors: bool,
+    /// Timed runs per graph for the report's CPU latency (median; 0 skips).
+    #[arg(long, default_value_t = 3)]
+    latency_runs: usize,
+    /// ONNX Runtime threads [default: all cores].
+    #[arg(long)]
+    threads: Option<usize>,
+    /// TensorRT version tag in calibration.cache (major*10000 + minor*100 + patch).
+    #[arg(long, default_value = flux2_calib::artifacts::TRT_CACHE_VERSION)]
+    trt_cache_version: String,
+}
+
+/// Noise-level distribution.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Dist {
+    Ts,
+    Ln,
+    Pln,
+}
+
+fn parse_size(s: &str) -> anyhow::Result<(usize, usize)> {
+    let (w, h) = s.trim().split_once(['x', 'X']).with_context(|| format!("--sizes: '{s}' is not WxH"))?;
+    let n = |v: &str| v.parse::<usize>().with_context(|| format!("--sizes: '{s}' is not WxH"));
+    Ok((n(w)?, n(h)?))
+}
+
+fn parse_component(s: &str) -> anyhow::Result<Component> {
+    Ok(match s.trim().replace('_', "-").as_str() {
+        "transformer" | "dit" => Component::Transformer,
+        "text-encoder" | "te" => Component::TextEncoder,
+        "vae" => Component::Vae,
+        other => bail!("--components: unknown component '{other}' (expected transformer, text-encoder, vae)"),
+    })
+}
+
+fn options(a: &Args) -> anyhow::Result<CalibrateOptions> {
+    let format = match a.precision.to_ascii_lowercase().as_str() {
+        "int8" => Format::Int8,
+        "fp8" | "float8" | "e4m3" => Format::Fp8,
+        other => bail!("--precision: '{other}' is not int8 or fp8"),
+    };
+    let mut o = CalibrateOptions::new(a.model.clone(), a.out.clone(), format);
+    o.components = a.components.as_ref().map(|c| c.iter().map(|s| parse_component(s)).collect()).transpose()?;
+    o.dist = match a.dist {
+        Dist::Ts => Kind::Ts,
+        Dist::Ln => Kind::Ln,
+        Dist::Pln => Kind::Pln,
+    };
+    (o.dist_mu, o.dist_sigma) = (a.dist_mu, a.dist_sigma);
+    (o.samples, o.heldout, o.seed) = (a.samples, a.heldout, a.seed);
+    o.calibrator = a.calibrator.parse::<Calibrator>()?;
+    o.smoothquant = a.smoothquant;
+    (o.budget_nmse, o.max_psnr_drop) = (a.budget_nmse, a.max_psnr_drop);
+    o.sizes = a.sizes.iter().map(|s| parse_size(s)).collect::<anyhow::Result<_>>()?;
+    o.steps = a.steps.clone();
+    o.references = a.references.clone();
+    if let Some(p) = &a.prompts {
+        let text = std::fs::read_to_string(p).with_context(|| format!("--prompts {}", p.display()))?;
+        o.prompts = Some(text.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect());
+    }
+    o.max_sequence_length = a.max_sequence_length;
+    (o.eval_images, o.eval_steps) = (a.eval_images, a.eval_steps);
+    o.exclude = a.exclude.clone();
+    o.quantize_vectors = a.quantize_vectors;
+    (o.latency_runs, o.threads) = (a.latency_runs, a.threads);
+    o.trt_cache_version = a.trt_cache_version.clone();
+    Ok(o)
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let opts = options(&args)?;
+    let mut pb: Option<indicatif::ProgressBar> = None;
+    let outcome = calibrate(&opts, &mut |e| match e {
+        Event::Stage { label, total } => {
+            if let Some(p) = pb.take() {
+                p.finish_and_clear();
+            }
+            eprintln!("{label}...");
+            pb = Some(bar(total as u64, label));
+        }
+        Event::Advance { done, total } => {
+            if let Some(p) = &pb {
+                p.set_length(total as u64);
+                p.set_position(done as u64);
+            }
+        }
+    });
+    if let Some(p) = pb.take() {
+        p.finish_and_clear();
+    }
+    let outcome = outcome?;
+    let r = &outcome.report;
+    for c in r.components.values() {
+        let lat = c
+            .latency
+            .as_ref()
+            .map(|l| format!(", CPU {:.1} -> {:.1} ms ({:.2}x)", l.float_ms, l.quantized_ms, l.speedup()))
+            .unwrap_or_default();
+        eprintln!(
+            "  {}: {}/{} layers {}, held-out NMSE {:.3e} (worst {:.3e}), cosine {:.6}{lat}",
+            c.graph,
+            c.layers_quantized,
+            c.layers_total,
+            r.precision,
+            c.nmse,
+            c.nmse_worst,
+            c.cosine
+        );
+    }
+    for g in &r.generations {
+        eprintln!("  generation {}x{} seed {}: PSNR {:.2} dB, SSIM {:.4}", g.width, g.height, g.seed, g.psnr_db, g.ssim);
+    }
+    eprintln!("  {}", r.gate.reason);
+    let md = outcome.out.join("report.md");
+    if !outcome.passed {
+        bail!("quality gate failed; no model written. Report: {}", md.display());
+    }
+    eprintln!("wrote {} ({} model; report {})", outcome.out.display(), r.precision, md.display());
+    Ok(())
+}

@@ -1,0 +1,196 @@
+//! Post-training quantisation of an exported model folder to explicit INT8 or FP8 Q/DQ graphs
+//! (`flux2 calibrate`). The math and graph rewriting live in `flux2-calib`; this module runs
+//! the graphs with ONNX Runtime:
+//!
+//! 1. **Data** (`calibrate_data.rs`): DiT inputs from real sampling trajectories of the exported
+//!    model over several sizes, step counts and with/without a reference, at noise levels drawn
+//!    from a training distribution (`ln` by default); text-encoder inputs from prompts; VAE
+//!    inputs from the trajectories' latents and their decoded images. All seeded.
+//! 2. **Statistics** (`calibrate_run.rs`): every quantisable layer's input is exposed as a graph
+//!    output, the float graph is run over the calibration samples, and histograms are filled in
+//!    sample order (a second pass sees the smoothed activations when SmoothQuant is on).
+//! 3. **Selection** (`calibrate_graph.rs`): per-forward vectors stay in float, then
+//!    layers are kept in float by sensitivity until the held-out output NMSE meets the budget.
+//! 4. **Output** (`calibrate_output.rs`): Q/DQ graphs, `scales.json`, `calibration.cache`
+//!    (INT8), `calibration.json`, `report.json` / `report.md`, full generations compared with
+//!    float (PSNR / SSIM) and the `--max-psnr-drop` gate. Everything is written into a staging
+//!    folder and renamed into place. When the gate fails, the folder gets only the report,
+//!    scales and calibration record: no `manifest.json`, so nothing can load it as a model.
+
+use std::path::PathBuf;
+
+use flux2_calib::calibrators::Calibrator;
+use flux2_calib::formats::Format;
+use flux2_calib::report::Report;
+use flux2_calib::timesteps::Kind;
+use flux2_calib::CalibError;
+use serde::Serialize;
+
+use crate::RuntimeError;
+
+#[path = "calibrate_data.rs"]
+mod data;
+#[path = "calibrate_eval.rs"]
+mod eval;
+#[path = "calibrate_graph.rs"]
+mod graph;
+#[path = "calibrate_output.rs"]
+mod output;
+#[path = "calibrate_plan.rs"]
+mod plan;
+#[path = "calibrate_run.rs"]
+mod run;
+
+pub use data::{built_in_prompts, CalibrationRecord};
+
+/// Errors of a calibration; each names the option, graph or file at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum CalibrateError {
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    #[error(transparent)]
+    Calib(#[from] CalibError),
+    #[error("invalid {option}: {msg}")]
+    Option { option: String, msg: String },
+    #[error("{path}: {msg}")]
+    Output { path: PathBuf, msg: String },
+    #[error("graph {graph}: {msg}")]
+    Graph { graph: String, msg: String },
+}
+
+pub(crate) fn opt_err(option: &str, msg: impl Into<String>) -> CalibrateError {
+    CalibrateError::Option { option: option.to_string(), msg: msg.into() }
+}
+
+/// A model component as named on the command line.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Component {
+    TextEncoder,
+    Transformer,
+    /// Both VAE graphs (encoder and decoder).
+    Vae,
+}
+
+impl Component {
+    /// The manifest graphs of the component.
+    pub fn graphs(self) -> &'static [&'static str] {
+        match self {
+            Component::TextEncoder => &["text_encoder"],
+            Component::Transformer => &["transformer"],
+            Component::Vae => &["vae_encoder", "vae_decoder"],
+        }
+    }
+}
+
+fn kind_name<S: serde::Serializer>(k: &Kind, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(match k {
+        Kind::Ts => "ts",
+        Kind::Ln => "ln",
+        Kind::Pln => "pln",
+    })
+}
+
+/// Everything `flux2 calibrate` takes.
+#[derive(Clone, Debug, Serialize)]
+pub struct CalibrateOptions {
+    pub model: PathBuf,
+    pub out: PathBuf,
+    pub format: Format,
+    /// None: every component the model has.
+    pub components: Option<Vec<Component>>,
+    /// Timestep distribution for the DiT's noise levels, and its μ and σ (α comes from each
+    /// trajectory's schedule).
+    #[serde(serialize_with = "kind_name")]
+    pub dist: Kind,
+    pub dist_mu: f64,
+    pub dist_sigma: f64,
+    /// Calibration samples per graph (DiT inputs; prompts and images are capped by what exists).
+    pub samples: usize,
+    /// Held-out samples per graph for sensitivity and the report.
+    pub heldout: usize,
+    pub seed: u64,
+    pub calibrator: Calibrator,
+    pub smoothquant: Option<f32>,
+    pub budget_nmse: f64,
+    pub max_psnr_drop: Option<f64>,
+    /// (width, height) of the calibration trajectories.
+    pub sizes: Vec<(usize, usize)>,
+    /// Step counts of the trajectories (None: the model's default and half of it, at least 4).
+    pub steps: Option<Vec<usize>>,
+    /// Reference counts of the trajectories (0 and 1 by default).
+    pub references: Vec<usize>,
+    /// Prompts (None: [`built_in_prompts`]); every fifth is held out.
+    pub prompts: Option<Vec<String>>,
+    pub max_sequence_length: usize,
+    /// Full generations compared with float in the report.
+    pub eval_images: usize,
+    pub eval_steps: Option<usize>,
+    /// Layers whose name contains any of these stay in float.
+    pub exclude: Vec<String>,
+    /// Also quantise per-forward vector layers (timestep embedding, modulation), which gain
+    /// no speed and shift every token.
+    pub quantize_vectors: bool,
+    /// Timed runs per graph for the latency table (0: skip).
+    pub latency_runs: usize,
+    /// ONNX Runtime intra-op threads (None: all cores).
+    pub threads: Option<usize>,
+    /// Version tag of `calibration.cache`.
+    pub trt_cache_version: String,
+}
+
+impl CalibrateOptions {
+    /// Defaults for everything but the model, output and format.
+    pub fn new(model: PathBuf, out: PathBuf, format: Format) -> CalibrateOptions {
+        CalibrateOptions {
+            model,
+            out,
+            format,
+            components: None,
+            dist: Kind::Ln,
+            dist_mu: 0.0,
+            dist_sigma: 1.0,
+            samples: 64,
+            heldout: 8,
+            seed: 0,
+            calibrator: Calibrator::Max,
+            smoothquant: None,
+            budget_nmse: 1e-2,
+            max_psnr_drop: None,
+            sizes: vec![(512, 512), (640, 384), (384, 640)],
+            steps: None,
+            references: vec![0, 1],
+            prompts: None,
+            max_sequence_length: 512,
+            eval_images: 2,
+            eval_steps: None,
+            exclude: vec![],
+            quantize_vectors: false,
+            latency_runs: 3,
+            threads: None,
+            trt_cache_version: flux2_calib::artifacts::TRT_CACHE_VERSION.into(),
+        }
+    }
+}
+
+/// Progress of [`calibrate`].
+pub enum Event<'a> {
+    /// A new stage starts; `total` units of work follow (0 when unknown).
+    Stage { label: &'a str, total: usize },
+    /// `done` of the current stage's units are finished.
+    Advance { done: usize, total: usize },
+}
+
+/// What [`calibrate`] produced.
+pub struct Outcome {
+    pub report: Report,
+    /// Where the output went.
+    pub out: PathBuf,
+    /// False when the quality gate failed (then `out` holds no usable model).
+    pub passed: bool,
+}
+
+/// Calibrates `opts.model` into `opts.out`. See the module docs.
+pub fn calibrate(opts: &CalibrateOptions, on_event: &mut dyn FnMut(Event)) -> Result<Outcome, CalibrateError> {
+    output::run(opts, on_event)
+}

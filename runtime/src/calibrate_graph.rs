@@ -1,0 +1,192 @@
+//! Calibrating one graph: statistics, ranges, SmoothQuant, layer selection by sensitivity,
+//! the final Q/DQ graph and its entries in `scales.json` and the report.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use flux2_calib::artifacts::{ActivationScale, GraphScales, KeptLayer, WeightEntry};
+use flux2_calib::consts::Consts;
+use flux2_calib::formats::Format;
+use flux2_calib::layers::{find_layers, Layer, LayerOp};
+use flux2_calib::onnx_file::{link_external_files, write_model, DataMode, OnnxFile};
+use flux2_calib::qdq::{insert_qdq, ActivationQuant, QdqPlan};
+use flux2_calib::report::{ComponentReport, Latency};
+use flux2_calib::sensitivity::choose;
+use flux2_calib::smoothquant::{factors, weight_input_amax};
+use flux2_calib::stats::TensorStats;
+
+use super::data::GraphData;
+use super::run::{collect_stats, describe, fidelity, latency, outputs, Observed};
+use super::{CalibrateError, CalibrateOptions, Event};
+use crate::model_dir::ModelDir;
+use crate::SessionOptions;
+
+/// The result of calibrating one graph.
+pub(super) struct GraphOutcome {
+    pub scales: GraphScales,
+    pub report: ComponentReport,
+    /// Unsmoothed INT8 ranges of the quantised layers' inputs (for `calibration.cache`).
+    pub cache_ranges: BTreeMap<String, f32>,
+}
+
+fn graph_err(stem: &str, msg: impl Into<String>) -> CalibrateError {
+    CalibrateError::Graph { graph: stem.to_string(), msg: msg.into() }
+}
+
+/// SmoothQuant factors per activation, pooling the weights of all its consuming layers.
+fn smoothing(
+    file: &OnnxFile,
+    layers: &[Layer],
+    stats: &BTreeMap<String, TensorStats>,
+    alpha: f32,
+) -> Result<BTreeMap<String, Vec<f32>>, CalibrateError> {
+    let consts = Consts::new(file);
+    let mut pooled: BTreeMap<String, Vec<f32>> = BTreeMap::new();
+    for l in layers {
+        let w = weight_input_amax(&consts.eval(&l.weight)?, l.op == LayerOp::Conv);
+        let p = pooled.entry(l.activation.clone()).or_insert_with(|| vec![0.0; w.len()]);
+        p.iter_mut().zip(&w).for_each(|(a, b)| *a = a.max(*b));
+    }
+    let mut out = BTreeMap::new();
+    for (act, w) in pooled {
+        let x = &stats.get(&act).ok_or_else(|| graph_err(&file.path.display().to_string(), format!("no stats for {act}")))?.channel_amax;
+        out.insert(act, factors(x, &w, alpha)?);
+    }
+    Ok(out)
+}
+
+/// Calibrates graph `stem` of `model` and writes its Q/DQ graph into `staging`.
+pub(super) fn calibrate_graph(
+    stem: &str,
+    model: &ModelDir,
+    data: &GraphData,
+    opts: &CalibrateOptions,
+    staging: &Path,
+    sess: &SessionOptions,
+    on_event: &mut dyn FnMut(Event),
+) -> Result<GraphOutcome, CalibrateError> {
+    let float_path = model.graph(stem)?;
+    let file = OnnxFile::read(&float_path)?;
+    let layers = find_layers(&file)?;
+    if layers.is_empty() {
+        return Err(graph_err(stem, "has no MatMul or Conv with a constant weight to quantise"));
+    }
+    let work: PathBuf = staging.join(".work").join(stem);
+    std::fs::create_dir_all(&work).map_err(|e| CalibrateError::Output { path: work.clone(), msg: e.to_string() })?;
+    link_external_files(&file, &work)?;
+
+    let mut observed: Vec<Observed> = Vec::new();
+    for l in &layers {
+        if !observed.iter().any(|(n, _)| n == &l.activation) {
+            observed.push((l.activation.clone(), l.channel_axis()));
+        }
+    }
+    on_event(Event::Stage { label: &format!("statistics {stem}"), total: data.calibration.len() });
+    let raw = collect_stats(&file, &work, &observed, &data.calibration, &BTreeMap::new(), sess, on_event)?;
+    let smooth = match opts.smoothquant {
+        Some(alpha) => smoothing(&file, &layers, &raw, alpha)?,
+        None => BTreeMap::new(),
+    };
+    let quant_stats = if smooth.is_empty() {
+        raw.clone()
+    } else {
+        on_event(Event::Stage { label: &format!("smoothed statistics {stem}"), total: data.calibration.len() });
+        collect_stats(&file, &work, &observed, &data.calibration, &smooth, sess, on_event)?
+    };
+    let mut activations: BTreeMap<String, ActivationQuant> = BTreeMap::new();
+    for (act, _) in &observed {
+        let st = &quant_stats[act];
+        if st.nonfinite > 0 {
+            log::warn!("{stem}: '{act}' had {} non-finite values during calibration (ignored)", st.nonfinite);
+        }
+        let amax = opts.calibrator.amax(st, opts.format);
+        activations.insert(act.clone(), ActivationQuant { amax, smooth: smooth.get(act).cloned() });
+    }
+
+    // layers that stay in float before any measurement
+    let mut kept: Vec<KeptLayer> = Vec::new();
+    let mut candidates: Vec<String> = Vec::new();
+    for l in &layers {
+        let pattern = opts.exclude.iter().find(|p| l.name.contains(p.as_str()));
+        if let Some(p) = pattern {
+            kept.push(KeptLayer { layer: l.name.clone(), reason: format!("excluded by --exclude '{p}'"), nmse_alone: None });
+        } else if raw[&l.activation].rows <= 1 && !opts.quantize_vectors {
+            let reason = "per-forward vector input (one row per sample: no speed to gain, shifts every token)";
+            kept.push(KeptLayer { layer: l.name.clone(), reason: reason.into(), nmse_alone: None });
+        } else {
+            candidates.push(l.name.clone());
+        }
+    }
+
+    let output_names: Vec<String> = file.graph().output.iter().map(|o| o.name.clone()).collect();
+    let reference = outputs(&float_path, &data.heldout, &output_names, sess)?;
+    let probe_path = work.join("probe.onnx");
+    let mut measure = |set: &BTreeSet<String>| -> Result<f64, CalibrateError> {
+        let q = insert_qdq(&file, &layers, &QdqPlan { format: opts.format, layers: set, activations: &activations })?;
+        write_model(&q.proto, &file, &work, "probe", DataMode::KeepExternal)?;
+        Ok(fidelity(&reference, &outputs(&probe_path, &data.heldout, &output_names, sess)?).nmse_mean)
+    };
+    let label = format!("sensitivity {stem}");
+    on_event(Event::Stage { label: &label, total: 1 });
+    let selection = choose(&candidates, opts.budget_nmse, &mut measure, &mut |done, total| {
+        on_event(Event::Advance { done, total })
+    })?;
+    for (name, e) in selection.per_layer.iter().filter(|(n, _)| selection.kept_float.contains(n)) {
+        kept.push(KeptLayer {
+            layer: name.clone(),
+            reason: format!("sensitivity: needed to meet --budget-nmse {}", opts.budget_nmse),
+            nmse_alone: Some(*e),
+        });
+    }
+
+    let chosen: BTreeSet<String> = selection.quantized.iter().cloned().collect();
+    let q = insert_qdq(&file, &layers, &QdqPlan { format: opts.format, layers: &chosen, activations: &activations })?;
+    let staged = write_model(&q.proto, &file, staging, stem, DataMode::SelfContained)?;
+    let fid = fidelity(&reference, &outputs(&staged, &data.heldout, &output_names, sess)?);
+    let lat = if opts.latency_runs > 0 {
+        on_event(Event::Stage { label: &format!("latency {stem}"), total: 2 });
+        let sample = &data.heldout[0];
+        let float_ms = latency(&float_path, sample, opts.latency_runs, sess)?;
+        on_event(Event::Advance { done: 1, total: 2 });
+        let quantized_ms = latency(&staged, sample, opts.latency_runs, sess)?;
+        on_event(Event::Advance { done: 2, total: 2 });
+        Some(Latency { float_ms, quantized_ms, runs: opts.latency_runs, input: describe(sample) })
+    } else {
+        None
+    };
+
+    let mut scales = GraphScales { kept_float: kept.clone(), ..Default::default() };
+    let mut cache_ranges = BTreeMap::new();
+    for l in layers.iter().filter(|l| chosen.contains(&l.name)) {
+        let aq = &activations[&l.activation];
+        scales.activations.entry(l.activation.clone()).or_insert_with(|| ActivationScale {
+            amax: aq.amax,
+            scale: opts.format.scale_for(aq.amax),
+            observed_amax: raw[&l.activation].amax,
+            smooth: aq.smooth.clone(),
+        });
+        if let Some(ws) = q.weights.get(&l.name) {
+            scales.weights.insert(l.name.clone(), WeightEntry { activation: l.activation.clone(), scales: ws.clone() });
+        }
+        if opts.format == Format::Int8 {
+            cache_ranges.insert(l.activation.clone(), opts.calibrator.amax(&raw[&l.activation], Format::Int8));
+        }
+    }
+    let report = ComponentReport {
+        graph: stem.to_string(),
+        calibration_samples: data.calibration.len(),
+        heldout_samples: data.heldout.len(),
+        data: data.source.clone(),
+        layers_total: layers.len(),
+        layers_quantized: chosen.len(),
+        kept_float: kept,
+        nmse: fid.nmse_mean,
+        nmse_worst: fid.nmse_worst,
+        cosine: fid.cosine_mean,
+        cosine_worst: fid.cosine_worst,
+        sensitivity: selection,
+        latency: lat,
+    };
+    let _ = std::fs::remove_dir_all(&work);
+    Ok(GraphOutcome { scales, report, cache_ranges })
+}

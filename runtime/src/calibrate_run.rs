@@ -1,0 +1,135 @@
+//! Running graphs for calibration: activation statistics through extra graph outputs,
+//! outputs over held-out samples, their fidelity against float, and latency.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Instant;
+
+use flux2_calib::layers::with_outputs;
+use flux2_calib::metrics::{cosine, nmse};
+use flux2_calib::onnx_file::{write_model, DataMode, OnnxFile};
+use flux2_calib::stats::TensorStats;
+
+use super::data::Sample;
+use super::{CalibrateError, Event};
+use crate::tensors::{run, Input};
+use crate::{cpu_session, SessionOptions};
+
+/// An activation to observe: tensor name and channel axis.
+pub(super) type Observed = (String, i64);
+
+/// Fills one [`TensorStats`] per observed tensor from the float graph over `samples`, in
+/// sample order. `divide` gives SmoothQuant factors per tensor (the stats then describe the
+/// smoothed activation). `work` must hold the model's external files (see `link_external_files`).
+pub(super) fn collect_stats(
+    file: &OnnxFile,
+    work: &Path,
+    observed: &[Observed],
+    samples: &[Sample],
+    divide: &BTreeMap<String, Vec<f32>>,
+    sess: &SessionOptions,
+    on_event: &mut dyn FnMut(Event),
+) -> Result<BTreeMap<String, TensorStats>, CalibrateError> {
+    let names: Vec<String> = observed.iter().map(|(n, _)| n.clone()).collect();
+    let proto = with_outputs(&file.proto, &names);
+    let path = write_model(&proto, file, work, "stats", DataMode::KeepExternal)?;
+    let mut session = cpu_session(&path, sess)?;
+    let mut stats: BTreeMap<String, TensorStats> = BTreeMap::new();
+    for (i, sample) in samples.iter().enumerate() {
+        let outputs = run(&mut session, sample.feed())?;
+        for (name, axis) in observed {
+            let (data, shape): (Vec<f32>, Vec<usize>) = match (outputs.get(name), sample.get(name)) {
+                (Some(a), _) => (a.iter().copied().collect(), a.shape().to_vec()),
+                (None, Some(Input::F32(a))) => (a.iter().copied().collect(), a.shape().to_vec()),
+                _ => {
+                    return Err(CalibrateError::Graph {
+                        graph: file.path.display().to_string(),
+                        msg: format!("tensor '{name}' was not produced as an f32 output"),
+                    })
+                }
+            };
+            let st = stats.entry(name.clone()).or_default();
+            st.observe(name, &data, &shape, Some(*axis), divide.get(name).map(|v| v.as_slice()))?;
+        }
+        on_event(Event::Advance { done: i + 1, total: samples.len() });
+    }
+    Ok(stats)
+}
+
+/// Runs the graph at `path` over `samples`; per sample, the named outputs concatenated.
+pub(super) fn outputs(
+    path: &Path,
+    samples: &[Sample],
+    names: &[String],
+    sess: &SessionOptions,
+) -> Result<Vec<Vec<f32>>, CalibrateError> {
+    let mut session = cpu_session(path, sess)?;
+    let mut all = Vec::with_capacity(samples.len());
+    for s in samples {
+        let mut o = run(&mut session, s.feed())?;
+        let mut v = Vec::new();
+        for n in names {
+            let a = o.remove(n).ok_or_else(|| CalibrateError::Graph {
+                graph: path.display().to_string(),
+                msg: format!("no f32 output '{n}'"),
+            })?;
+            v.extend(a.iter().copied());
+        }
+        all.push(v);
+    }
+    Ok(all)
+}
+
+/// Output error of a quantised graph against float over held-out samples.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(super) struct Fidelity {
+    pub nmse_mean: f64,
+    pub nmse_worst: f64,
+    pub cosine_mean: f64,
+    pub cosine_worst: f64,
+}
+
+pub(super) fn fidelity(reference: &[Vec<f32>], got: &[Vec<f32>]) -> Fidelity {
+    let n = reference.len().max(1) as f64;
+    let mut f = Fidelity { nmse_mean: 0.0, nmse_worst: 0.0, cosine_mean: 0.0, cosine_worst: 1.0 };
+    for (r, g) in reference.iter().zip(got) {
+        let (e, c) = (nmse(r, g), cosine(r, g));
+        let e = if e.is_nan() { f64::INFINITY } else { e };
+        f.nmse_mean += e / n;
+        f.nmse_worst = f.nmse_worst.max(e);
+        f.cosine_mean += c / n;
+        f.cosine_worst = f.cosine_worst.min(c);
+    }
+    f
+}
+
+/// Median wall time in ms of `runs` calls (after one warm-up call).
+pub(super) fn latency(path: &Path, sample: &Sample, runs: usize, sess: &SessionOptions) -> Result<f64, CalibrateError> {
+    let mut session = cpu_session(path, sess)?;
+    run(&mut session, sample.feed())?;
+    let mut times = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let feed = sample.feed();
+        let t = Instant::now();
+        run(&mut session, feed)?;
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(times.get(times.len() / 2).copied().unwrap_or(0.0))
+}
+
+/// Input shapes of a sample, for the report.
+pub(super) fn describe(sample: &Sample) -> String {
+    sample
+        .inputs
+        .iter()
+        .map(|(n, v)| {
+            let shape = match &**v {
+                Input::F32(a) => a.shape().to_vec(),
+                Input::I64(a) => a.shape().to_vec(),
+            };
+            format!("{n}{shape:?}")
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
