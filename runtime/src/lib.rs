@@ -2,14 +2,17 @@
 //! sampler, the end-to-end pipeline, the tokenizer and image I/O.
 
 pub mod images;
+pub mod lint;
 pub mod model_dir;
 pub mod noise;
 pub mod ort_env;
 pub mod pipeline;
+pub mod providers;
 pub mod schedule;
 pub mod tensor_file;
 pub mod tensors;
 pub mod tokenizer;
+pub mod trt;
 
 pub use ort_env::{cpu_session, environment, find_ort_library, SessionOptions};
 pub use tensors::{run, Input};
