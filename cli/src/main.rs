@@ -22,6 +22,8 @@ struct Cli {
 enum Command {
     // One line per command; each lives in cmd/<name>.rs with `Args` and `run`.
     // COMMANDS-BEGIN
+    /// Quantise an exported model to INT8/FP8 Q/DQ ONNX, calibrated on its own trajectories.
+    Calibrate(cmd::calibrate::Args),
     /// Print the sampler's noise schedule (sigmas) for a size and step count, as JSON.
     Schedule(cmd::schedule::Args),
     /// Export a checkpoint's components to ONNX (+ manifest.json).
@@ -47,6 +49,7 @@ fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level)).init();
     let result = match cli.command {
         // DISPATCH-BEGIN
+        Command::Calibrate(a) => cmd::calibrate::run(a),
         Command::Schedule(a) => cmd::schedule::run(a),
         Command::Export(a) => cmd::export::run(a),
         Command::Inspect(a) => cmd::inspect::run(a),

@@ -1,6 +1,7 @@
 //! flux2-runtime: ONNX Runtime sessions and execution providers, the flow-matching
 //! sampler, the end-to-end pipeline, the tokenizer and image I/O.
 
+pub mod calibrate;
 pub mod images;
 pub mod lint;
 pub mod model_dir;
