@@ -128,7 +128,9 @@ impl Drop for ScopeGuard<'_> {
 impl Graph {
     pub fn new(target: Target, dtype: DType) -> Graph {
         let mut inner = Inner::default();
-        inner.opsets.insert(String::new(), target.opset());
+        // bf16 Conv / InstanceNormalization / Sin / Cos need opset 22 (TensorRT 10.8+ parses it).
+        let opset = if target == Target::TensorRt && dtype == DType::BF16 { 22 } else { target.opset() };
+        inner.opsets.insert(String::new(), opset);
         Graph { inner: RefCell::new(inner), target, dtype }
     }
 
@@ -547,5 +549,52 @@ impl Model {
     /// Serialises the model to protobuf bytes.
     pub fn to_bytes(&self) -> Vec<u8> {
         prost::Message::encode_to_vec(&self.proto)
+    }
+}
+
+impl Model {
+    /// A short text dump: inputs, outputs, op histogram, weight count and parameters.
+    /// Stable across runs, so tests can compare it as a snapshot.
+    pub fn summary(&self) -> String {
+        let Some(g) = self.proto.graph.as_ref() else { return String::new() };
+        let io = |v: &crate::onnx::ValueInfoProto| {
+            let (dt, dims) = match v.r#type.as_ref().and_then(|t| t.value.as_ref()) {
+                Some(type_proto::Value::TensorType(t)) => (
+                    DType::from_onnx(t.elem_type).map(|d| d.name()).unwrap_or("?"),
+                    t.shape
+                        .as_ref()
+                        .map(|s| {
+                            s.dim
+                                .iter()
+                                .map(|d| match &d.value {
+                                    Some(tensor_shape_proto::dimension::Value::DimValue(n)) => n.to_string(),
+                                    Some(tensor_shape_proto::dimension::Value::DimParam(p)) => p.clone(),
+                                    None => "?".into(),
+                                })
+                                .collect::<Vec<_>>()
+                                .join(",")
+                        })
+                        .unwrap_or_default(),
+                ),
+                None => ("?", String::new()),
+            };
+            format!("{}: {dt} [{dims}]", v.name)
+        };
+        let mut ops: BTreeMap<&str, usize> = BTreeMap::new();
+        for n in &g.node {
+            *ops.entry(n.op_type.as_str()).or_insert(0) += 1;
+        }
+        let params: usize = self.weights.iter().map(|w| w.shape.iter().product::<usize>()).sum();
+        let mut s = String::new();
+        for i in &g.input {
+            s.push_str(&format!("in  {}\n", io(i)));
+        }
+        for o in &g.output {
+            s.push_str(&format!("out {}\n", io(o)));
+        }
+        s.push_str(&format!("weights {} ({} parameters)\n", self.weights.len(), params));
+        let ops: Vec<String> = ops.iter().map(|(k, v)| format!("{k}:{v}")).collect();
+        s.push_str(&format!("ops {}\n", ops.join(" ")));
+        s
     }
 }
