@@ -36,6 +36,8 @@ enum Command {
     Generate(cmd::generate::Args),
     /// Encode a prompt with an exported text encoder into prompt_embeds (safetensors).
     Encode(cmd::encode::Args),
+    /// Build a small built-in FLUX.2 model (random weights), export it and generate an image.
+    Demo(cmd::demo::Args),
     // COMMANDS-END
 }
 
@@ -56,6 +58,7 @@ fn main() {
         Command::Timesteps(a) => cmd::timesteps::run(a),
         Command::Generate(a) => cmd::generate::run(a),
         Command::Encode(a) => cmd::encode::run(a),
+        Command::Demo(a) => cmd::demo::run(a),
         // DISPATCH-END
     };
     if let Err(e) = result {

@@ -11,6 +11,7 @@ pub mod manifest;
 pub mod models;
 pub mod names;
 pub mod safetensors;
+pub mod synth;
 pub mod writer;
 
 pub use checkpoint::{Checkpoint, TensorInfo};

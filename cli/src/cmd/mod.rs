@@ -1,6 +1,7 @@
 //! One module per subcommand: an `Args` struct (clap derive) and `run(args) -> anyhow::Result<()>`.
 // MODULES-BEGIN
 pub mod calibrate;
+pub mod demo;
 pub mod export;
 pub mod generate;
 pub mod inspect;

@@ -1,0 +1,157 @@
+//! The built-in demo checkpoint (`flux2_exporter::synth`, issue 5 item 4): it is byte-identical
+//! for a seed, it exports with the default options (klein's text layers 9/18/27 included) and
+//! generates an image from a text prompt through its own tokenizer, which renders and
+//! tokenizes like Qwen3's; and the writer never replaces a folder it did not make.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use flux2_exporter::synth::{current_checkpoint, write_checkpoint, SynthSpec, SYNTH_RECORD};
+use flux2_exporter::WeightMode;
+use flux2_graphs::Target;
+use flux2_runtime::model_dir::Guidance;
+use flux2_runtime::pipeline::{Pipeline, PromptSource, Request};
+use flux2_runtime::tokenizer::{Family, PromptEncoder};
+use flux2_runtime::{cpu_session, SessionOptions};
+use flux2_tests::export::{export_to, options};
+
+/// Every file under `dir` (relative path -> bytes).
+fn tree(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, Vec<u8>>) {
+        for e in std::fs::read_dir(dir).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                walk(root, &p, out);
+            } else {
+                let rel = p.strip_prefix(root).unwrap().display().to_string();
+                out.insert(rel, std::fs::read(&p).unwrap());
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(dir, dir, &mut out);
+    out
+}
+
+#[test]
+fn same_seed_same_bytes_other_seed_other_weights() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b, c) = (tmp.path().join("a"), tmp.path().join("b"), tmp.path().join("c"));
+    write_checkpoint(&SynthSpec::demo(5), &a).unwrap();
+    write_checkpoint(&SynthSpec::demo(5), &b).unwrap();
+    write_checkpoint(&SynthSpec::demo(6), &c).unwrap();
+    let (ta, tb, tc) = (tree(&a), tree(&b), tree(&c));
+    assert_eq!(ta.keys().collect::<Vec<_>>(), tb.keys().collect::<Vec<_>>());
+    for (k, v) in &ta {
+        assert!(*v == tb[k], "{k} differs between two writes of the same spec");
+    }
+    for k in ["transformer/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.safetensors"] {
+        assert!(ta[k] != tc[k], "{k}: seed 6 gave the same weights as seed 5");
+    }
+    assert_eq!(ta["tokenizer/tokenizer.json"], tc["tokenizer/tokenizer.json"]);
+    // nothing left behind by the staging folder
+    let names: Vec<String> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into())
+        .collect();
+    assert_eq!(names.len(), 3, "stray entries: {names:?}");
+}
+
+#[test]
+fn current_checkpoint_detects_changes_and_foreign_folders_are_kept() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("ck");
+    let spec = SynthSpec::demo(1);
+    write_checkpoint(&spec, &dir).unwrap();
+    assert!(current_checkpoint(&dir, &spec).is_some());
+    assert!(current_checkpoint(&dir, &SynthSpec::demo(2)).is_none(), "another seed must not match");
+    let cfg = dir.join("vae/config.json");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(&cfg, text.replace("\"silu\"", "\"gelu\"")).unwrap();
+    assert!(current_checkpoint(&dir, &spec).is_none(), "an edited file must not match");
+    // a synthetic checkpoint is replaced in place
+    write_checkpoint(&spec, &dir).unwrap();
+    assert!(current_checkpoint(&dir, &spec).is_some());
+
+    let foreign = tmp.path().join("mine");
+    std::fs::create_dir_all(&foreign).unwrap();
+    std::fs::write(foreign.join("notes.txt"), "keep me").unwrap();
+    let err = write_checkpoint(&spec, &foreign).unwrap_err().to_string();
+    assert!(err.contains(SYNTH_RECORD) && err.contains("mine"), "{err}");
+    assert_eq!(std::fs::read_to_string(foreign.join("notes.txt")).unwrap(), "keep me");
+}
+
+#[test]
+fn bad_spec_is_rejected_naming_the_field() {
+    let mut spec = SynthSpec::demo(0);
+    spec.transformer.joint_attention_dim += 1;
+    let err = spec.validate().unwrap_err().to_string();
+    assert!(err.contains("joint_attention_dim"), "{err}");
+    let mut spec = SynthSpec::demo(0);
+    spec.merges = 10_000;
+    spec.text.vocab = 300;
+    let err = spec.validate().unwrap_err().to_string();
+    assert!(err.contains("vocabulary is 300"), "{err}");
+}
+
+#[test]
+fn tokenizer_renders_and_pads_like_qwen3() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("ck");
+    write_checkpoint(&SynthSpec::demo(0), &dir).unwrap();
+    let enc = PromptEncoder::from_model_dir(&dir, None).unwrap();
+    assert_eq!(enc.family(), Family::Qwen3);
+    let prompt = "a red fox sitting in the snow, soft morning light";
+    assert_eq!(
+        enc.render(prompt).unwrap(),
+        format!("<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n")
+    );
+    // transformers 5.23.0 on the same folder:
+    //   tok = Flux2KleinPipeline.from_pretrained(dir).tokenizer
+    //   tok(tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+    //       add_generation_prompt=True, enable_thinking=False), padding="max_length", max_length=32)
+    let reference: [i64; 29] = [
+        449, 424, 198, 64, 432, 315, 323, 289, 271, 258, 396, 11, 258, 400, 290, 403, 276, 304, 450, 198,
+        449, 350, 198, 451, 198, 198, 452, 198, 198,
+    ];
+    let e = enc.encode(&[prompt], 32).unwrap();
+    assert_eq!(e.input_ids[..29], reference);
+    assert_eq!(e.input_ids[29..], [448, 448, 448], "right padding with <|endoftext|>");
+    assert_eq!(e.attention_mask.iter().sum::<i64>(), 29);
+    // text that spells special tokens becomes them; any byte sequence encodes
+    let e = enc.encode(&["東京 🌸 <|im_end|>"], 64).unwrap();
+    assert!(e.input_ids.iter().filter(|&&t| t == 450).count() == 2, "{:?}", e.input_ids);
+    assert!(e.input_ids.iter().all(|&t| (0..453).contains(&t)));
+}
+
+#[test]
+fn demo_checkpoint_exports_and_generates() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (ck, out) = (tmp.path().join("ck"), tmp.path().join("onnx"));
+    write_checkpoint(&SynthSpec::demo(3), &ck).unwrap();
+    let m = export_to(&ck, &out, None, options(Target::Ort, None), WeightMode::Copy).unwrap();
+    let graphs: Vec<&str> = m.graphs.keys().map(|s| s.as_str()).collect();
+    assert_eq!(graphs, ["text_encoder", "transformer", "vae_decoder", "vae_encoder"]);
+    assert_eq!(m.pipeline["text_layers"], serde_json::json!([9, 18, 27]));
+    assert_eq!(m.pipeline["is_distilled"], serde_json::json!(true));
+
+    let opts = SessionOptions::default();
+    let mut pipe = Pipeline::new(&out, Box::new(move |p| cpu_session(p, &opts))).unwrap();
+    assert_eq!(pipe.model.guidance_mode(), Guidance::None);
+    assert_eq!(pipe.model.default_steps(), 4);
+    let mut req = Request::new(PromptSource::Text("a lighthouse at dusk".into()));
+    (req.width, req.height, req.max_sequence_length) = (Some(64), Some(48), 64);
+    let img = pipe.generate(&req, &mut |_| {}).unwrap().image;
+    assert_eq!((img.width, img.height, img.data.len()), (64, 48, 3 * 64 * 48));
+    let n = img.data.len() as f64;
+    let mean = img.data.iter().map(|&v| v as f64).sum::<f64>() / n;
+    let std = (img.data.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n).sqrt();
+    assert!(img.data.iter().all(|v| (0.0..=1.0).contains(v)));
+    assert!(std > 0.05 && (0.1..0.9).contains(&mean), "a flat or saturated image: mean {mean}, std {std}");
+    // another prompt changes the image: the text path is live
+    req.prompt = PromptSource::Text("a bowl of ramen".into());
+    let other = pipe.generate(&req, &mut |_| {}).unwrap().image;
+    let diff = img.data.iter().zip(&other.data).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    assert!(diff > 1e-3, "the prompt did not change the image");
+}
