@@ -28,6 +28,8 @@ mod rope;
 
 pub use rope::inv_freq;
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use serde::{Deserialize, Serialize};
 
 use crate::{shape, DType, Graph, GraphError, Model, Result, Target, T};
@@ -231,18 +233,18 @@ fn hidden_states(g: &Graph, c: &TextConfig, ids: T, attention_mask: T, table: DT
     let embed = g.weight_typed("embed_tokens.weight", &[c.vocab, c.hidden], table)?;
     let mut x = g.cast(g.gather(embed, ids, 0)?, g.dtype); // [B, L, D]
     let rope = rope::Rope::new(g, c, ids)?;
-    let full = mask::Mask::new(g, attention_mask, None)?;
-    let windowed = match c.sliding_window {
-        Some(w) if !c.sliding_layers.is_empty() => Some(mask::Mask::new(g, attention_mask, Some(w))?),
-        _ => None,
-    };
+    // One mask per kind the built layers use: full causal, and the sliding window if any.
+    let windows: BTreeSet<Option<usize>> = (0..c.layers_to_build()).map(|i| c.uses_window(i)).collect();
+    let mut masks = BTreeMap::new();
+    for w in windows {
+        masks.insert(w, mask::Mask::new(g, attention_mask, w)?);
+    }
     let mut hs = vec![x];
     for i in 0..c.layers_to_build() {
         let _s = g.scope(format!("layers.{i}"));
-        let m = match (c.uses_window(i), &windowed) {
-            (Some(_), Some(w)) => w,
-            _ => &full,
-        };
+        let m = masks
+            .get(&c.uses_window(i))
+            .ok_or_else(|| GraphError::Config(format!("no mask for layer {i}")))?;
         x = layer::decoder_layer(g, c, x, &rope, m)?;
         g.tap(x, &format!("hidden_states.{}", i + 1));
         hs.push(x);
