@@ -64,7 +64,12 @@ pub fn parse_size(s: &str) -> anyhow::Result<(usize, usize)> {
     let (w, h) = s.split_once(['x', 'X']).with_context(|| format!("--size '{s}': expected WIDTHxHEIGHT"))?;
     let num =
         |v: &str| v.trim().parse::<usize>().with_context(|| format!("--size '{s}': '{v}' is not a number"));
-    Ok((num(w)?, num(h)?))
+    let (w, h) = (num(w)?, num(h)?);
+    if w == 0 || h == 0 || w % 16 != 0 || h % 16 != 0 {
+        let fix = |v: usize| (v / 16).max(1) * 16;
+        bail!("--size {s}: width and height must be positive multiples of 16 (try {}x{})", fix(w), fix(h));
+    }
+    Ok((w, h))
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
