@@ -25,7 +25,7 @@ fn model(dir: &std::path::Path) -> OnnxFile {
         let c = g.linear(h, "c", 6, 4, false)?;
         g.output(g.add(b, c)?, "y")?;
         let img = g.input("img", DType::F32, shape!["B", 3, "H", "W"])?;
-        g.output(g.conv2d(img, "conv", 3, 5, 3, 1, 1)?, "z")
+        g.output(g.conv2d(img, "conv", (3, 5), 3, 1, 1)?, "z")
     };
     build().unwrap_or_else(|e| panic!("{e}"));
     let mut m = g.finish("t").unwrap_or_else(|e| panic!("{e}"));

@@ -69,9 +69,9 @@ fn strided_conv_after_asymmetric_pad_halves_the_symbol() {
     let x = g.input("x", DType::F32, shape!["B", 3, "H", "W"]).unwrap();
     let p = g.pad2d(x, 0, 1, 0, 1).unwrap();
     assert_eq!(shown(&g, p), "[B,3,H+1,W+1]");
-    let y = g.conv2d(p, "down", 3, 8, 3, 2, 0).unwrap();
+    let y = g.conv2d(p, "down", (3, 8), 3, 2, 0).unwrap();
     assert_eq!(shown(&g, y), "[B,8,H/2,W/2]");
-    let same = g.conv2d(y, "conv", 8, 8, 3, 1, 1).unwrap();
+    let same = g.conv2d(y, "conv", (8, 8), 3, 1, 1).unwrap();
     assert_eq!(shown(&g, same), "[B,8,H/2,W/2]");
     let up = g.upsample_nearest2x(same).unwrap();
     assert_eq!(shown(&g, up), "[B,8,H,W]", "2·(H/2) folds back to H");
@@ -197,10 +197,10 @@ fn layer_and_attention_mismatches_are_rejected() {
     let cos4 = g.input("cos4", DType::F32, shape!["S", 4]).unwrap();
     assert_rejected(g.rope(q, cos4, cos, RopeStyle::Halves), "attn.rotaryembedding", &["sin [S,3]"]);
     let img = g.input("img", DType::F32, shape!["B", 4, "H", "W"]).unwrap();
-    assert_rejected(g.conv2d(img, "conv_in", 3, 8, 3, 1, 1), "attn.conv", &["conv_in", "[B,4,H,W]"]);
+    assert_rejected(g.conv2d(img, "conv_in", (3, 8), 3, 1, 1), "attn.conv", &["conv_in", "[B,4,H,W]"]);
     assert_rejected(g.group_norm(img, "norm", 3, 4, 1e-6), "attn.groupnorm", &["norm", "3 groups"]);
     let tiny = g.input("tiny", DType::F32, shape![1, 4, 2, 2]).unwrap();
-    assert_rejected(g.conv2d(tiny, "conv", 4, 4, 3, 1, 0), "attn.conv", &["kernel 3"]);
+    assert_rejected(g.conv2d(tiny, "conv", (4, 4), 3, 1, 0), "attn.conv", &["kernel 3"]);
     assert_rejected(
         g.space_to_depth(g.input("odd", DType::F32, shape![1, 4, 3, 4]).unwrap(), 2),
         "attn.spacetodepth",

@@ -16,7 +16,8 @@ fn vae_weights_match_the_released_key_and_element_counts() {
     names.sort();
     names.dedup();
     assert_eq!(names.len() + 1, 251);
-    let count = |m: &flux2_graphs::Model| m.weights.iter().map(|w| w.shape.iter().product::<usize>()).sum::<usize>();
+    let count =
+        |m: &flux2_graphs::Model| m.weights.iter().map(|w| w.shape.iter().product::<usize>()).sum::<usize>();
     assert_eq!(count(&enc) + count(&dec) - 256 + 1, 84_046_372);
 }
 

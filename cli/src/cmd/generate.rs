@@ -82,7 +82,7 @@ pub fn factory(provider: &str) -> anyhow::Result<SessionFactory> {
     flux2_runtime::providers_factory(provider).with_context(|| format!("--provider {provider}"))
 }
 
-fn embeds(path: &PathBuf) -> anyhow::Result<PromptSource> {
+fn embeds(path: &std::path::Path) -> anyhow::Result<PromptSource> {
     Ok(PromptSource::Embeds(read_tensor(path, "prompt_embeds")?))
 }
 

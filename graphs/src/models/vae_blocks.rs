@@ -8,10 +8,10 @@ use crate::{Graph, Result, T};
 fn resnet(g: &Graph, cfg: &VaeConfig, x: T, cin: usize, cout: usize) -> Result<T> {
     let groups = cfg.norm_num_groups;
     let h = g.silu(g.group_norm(x, "norm1", groups, cin, GN_EPS)?)?;
-    let h = g.conv2d(h, "conv1", cin, cout, 3, 1, 1)?;
+    let h = g.conv2d(h, "conv1", (cin, cout), 3, 1, 1)?;
     let h = g.silu(g.group_norm(h, "norm2", groups, cout, GN_EPS)?)?;
-    let h = g.conv2d(h, "conv2", cout, cout, 3, 1, 1)?;
-    let skip = if cin != cout { g.conv2d(x, "conv_shortcut", cin, cout, 1, 1, 0)? } else { x };
+    let h = g.conv2d(h, "conv2", (cout, cout), 3, 1, 1)?;
+    let skip = if cin != cout { g.conv2d(x, "conv_shortcut", (cin, cout), 1, 1, 0)? } else { x };
     g.add(skip, h)
 }
 
@@ -54,14 +54,14 @@ fn mid_block(g: &Graph, cfg: &VaeConfig, x: T, c: usize) -> Result<T> {
 fn downsample(g: &Graph, x: T, c: usize) -> Result<T> {
     let _s = g.scope("downsamplers.0");
     let p = g.pad2d(x, 0, 1, 0, 1)?;
-    g.conv2d(p, "conv", c, c, 3, 2, 0)
+    g.conv2d(p, "conv", (c, c), 3, 2, 0)
 }
 
 /// Nearest ×2, then a 3×3 conv.
 fn upsample(g: &Graph, x: T, c: usize) -> Result<T> {
     let _s = g.scope("upsamplers.0");
     let u = g.upsample_nearest2x(x)?;
-    g.conv2d(u, "conv", c, c, 3, 1, 1)
+    g.conv2d(u, "conv", (c, c), 3, 1, 1)
 }
 
 /// Image [B,3,H,W] -> moments [B, 2·latent, H/8, W/8] (after `quant_conv` when present).
@@ -69,7 +69,7 @@ pub(super) fn encoder(g: &Graph, cfg: &VaeConfig, image: T) -> Result<T> {
     let boc = &cfg.block_out_channels;
     let moments = {
         let _e = g.scope("encoder");
-        let mut x = g.conv2d(image, "conv_in", cfg.in_channels, boc[0], 3, 1, 1)?;
+        let mut x = g.conv2d(image, "conv_in", (cfg.in_channels, boc[0]), 3, 1, 1)?;
         let mut cin = boc[0];
         for (i, &cout) in boc.iter().enumerate() {
             let _b = g.scope(format!("down_blocks.{i}"));
@@ -85,11 +85,11 @@ pub(super) fn encoder(g: &Graph, cfg: &VaeConfig, image: T) -> Result<T> {
         let c = cin;
         x = mid_block(g, cfg, x, c)?;
         let x = g.silu(g.group_norm(x, "conv_norm_out", cfg.norm_num_groups, c, GN_EPS)?)?;
-        g.conv2d(x, "conv_out", c, 2 * cfg.latent_channels, 3, 1, 1)?
+        g.conv2d(x, "conv_out", (c, 2 * cfg.latent_channels), 3, 1, 1)?
     };
     if cfg.use_quant_conv {
         let n = 2 * cfg.latent_channels;
-        g.conv2d(moments, "quant_conv", n, n, 1, 1, 0)
+        g.conv2d(moments, "quant_conv", (n, n), 1, 1, 0)
     } else {
         Ok(moments)
     }
@@ -98,10 +98,10 @@ pub(super) fn encoder(g: &Graph, cfg: &VaeConfig, image: T) -> Result<T> {
 /// Latent [B, latent, h, w] -> image [B, 3, 8h, 8w].
 pub(super) fn decoder(g: &Graph, cfg: &VaeConfig, z: T) -> Result<T> {
     let lc = cfg.latent_channels;
-    let z = if cfg.use_post_quant_conv { g.conv2d(z, "post_quant_conv", lc, lc, 1, 1, 0)? } else { z };
+    let z = if cfg.use_post_quant_conv { g.conv2d(z, "post_quant_conv", (lc, lc), 1, 1, 0)? } else { z };
     let _d = g.scope("decoder");
     let rev: Vec<usize> = cfg.block_out_channels.iter().rev().copied().collect();
-    let mut x = g.conv2d(z, "conv_in", lc, rev[0], 3, 1, 1)?;
+    let mut x = g.conv2d(z, "conv_in", (lc, rev[0]), 3, 1, 1)?;
     x = mid_block(g, cfg, x, rev[0])?;
     let mut cin = rev[0];
     for (i, &cout) in rev.iter().enumerate() {
@@ -116,5 +116,5 @@ pub(super) fn decoder(g: &Graph, cfg: &VaeConfig, z: T) -> Result<T> {
         }
     }
     let x = g.silu(g.group_norm(x, "conv_norm_out", cfg.norm_num_groups, cin, GN_EPS)?)?;
-    g.conv2d(x, "conv_out", cin, cfg.out_channels, 3, 1, 1)
+    g.conv2d(x, "conv_out", (cin, cfg.out_channels), 3, 1, 1)
 }

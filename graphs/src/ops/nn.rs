@@ -48,13 +48,12 @@ impl Graph {
         }
     }
 
-    /// 2-D convolution (NCHW) with weight `scope.{name}.weight` [cout, cin, k, k] and bias.
+    /// 2-D convolution (NCHW), `(cin, cout)` channels, with weight `scope.{name}.weight` [cout, cin, k, k] and bias.
     pub fn conv2d(
         &self,
         x: T,
         name: &str,
-        cin: usize,
-        cout: usize,
+        (cin, cout): (usize, usize),
         k: usize,
         stride: i64,
         pad: i64,

@@ -25,7 +25,7 @@ fn every_op(target: Target, dt: DType) -> flux2_graphs::Result<Model> {
     let x = {
         let _s = g.scope("down");
         let x = g.pad2d(img, 0, 1, 0, 1)?; // [B,4,H+1,W+1]
-        let x = g.conv2d(x, "conv", 4, 8, 3, 2, 0)?; // [B,8,H/2,W/2]
+        let x = g.conv2d(x, "conv", (4, 8), 3, 2, 0)?; // [B,8,H/2,W/2]
         let x = g.group_norm(x, "norm", 2, 8, 1e-6)?;
         let x = g.silu(x)?;
         let x = g.depth_to_space_crd(x, 2)?; // [B,2,H,W]

@@ -175,7 +175,7 @@ impl OpProblem for ConvProblem {
         let g = Graph::new(target, DType::F32);
         let (cout, cin, k) = (self.w.shape()[0], self.w.shape()[1], self.w.shape()[2]);
         let x = g.input("x", DType::F32, shape!["B", cin, "H", "W"])?;
-        let y = g.conv2d(x, "conv", cin, cout, k, self.stride as i64, self.pad as i64)?;
+        let y = g.conv2d(x, "conv", (cin, cout), k, self.stride as i64, self.pad as i64)?;
         g.output(y, "y0")?;
         let mut model = g.finish("conv")?;
         inline(&mut model, &[("conv.weight", &self.w), ("conv.bias", &self.b)])?;
