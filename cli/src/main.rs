@@ -38,6 +38,12 @@ enum Command {
     Encode(cmd::encode::Args),
     /// Build a small built-in FLUX.2 model (random weights), export it and generate an image.
     Demo(cmd::demo::Args),
+    /// Lint an export folder for TensorRT 10/11 or ONNX Runtime (ops, Q/DQ, profiles); no GPU needed.
+    Check(cmd::check::Args),
+    /// Build TensorRT engines (EPContext models + caches) for a GPU family through ONNX Runtime.
+    Build(cmd::build::Args),
+    /// Show ONNX Runtime providers, GPU, driver, CUDA/cuDNN/TensorRT libraries and what to install.
+    Doctor(cmd::doctor::Args),
     // COMMANDS-END
 }
 
@@ -59,6 +65,9 @@ fn main() {
         Command::Generate(a) => cmd::generate::run(a),
         Command::Encode(a) => cmd::encode::run(a),
         Command::Demo(a) => cmd::demo::run(a),
+        Command::Check(a) => cmd::check::run(a),
+        Command::Build(a) => cmd::build::run(a),
+        Command::Doctor(a) => cmd::doctor::run(a),
         // DISPATCH-END
     };
     if let Err(e) = result {

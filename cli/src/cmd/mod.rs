@@ -8,4 +8,7 @@ pub mod inspect;
 pub mod schedule;
 pub mod timesteps;
 pub mod encode;
+pub mod build;
+pub mod check;
+pub mod doctor;
 // MODULES-END
