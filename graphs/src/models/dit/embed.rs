@@ -45,7 +45,8 @@ impl Modulations {
 /// `Flux2Modulation`: `linear(SiLU(temb))` [B, 3·sets·D] split into `sets` triples.
 fn modulation(g: &Graph, config: &DitConfig, silu_temb: T, name: &str, sets: usize) -> Result<Vec<Mod>> {
     let d = config.inner_dim();
-    let m = g.linear(silu_temb, &format!("{name}.linear"), d, 3 * sets * d, false)?; // [B, 3·sets·D]
+    let _s = g.scope(name);
+    let m = g.linear(silu_temb, "linear", d, 3 * sets * d, false)?; // [B, 3·sets·D]
     let m = g.unsqueeze(m, &[1])?; // [B, 1, 3·sets·D]
     let chunks = g.split(m, -1, &vec![d as i64; 3 * sets])?;
     let one = g.scalar(1.0);
