@@ -175,7 +175,10 @@ pub fn session_factory(provider: ExecutionProvider, device_id: i32, opts: Sessio
 /// The folder is a `flux2 build` output made for this GPU and TensorRT.
 pub fn check_build_folder(dir: &Path, device_id: i32) -> Result<BuildManifest, RuntimeError> {
     let model = |msg: String| RuntimeError::Model { path: dir.join(BUILD_MANIFEST), msg };
-    let built = BuildManifest::read(dir).map_err(|e| model(e.to_string()))?;
+    let built = BuildManifest::read(dir).map_err(|e| match e {
+        crate::trt::TrtError::Model { msg, .. } => model(msg),
+        other => model(other.to_string()),
+    })?;
     let driver = probe::cuda_driver().map_err(|e| model(format!("cannot run TensorRT engines: {e}")))?;
     let device = driver
         .devices

@@ -53,7 +53,9 @@ pub fn run(_args: Args) -> anyhow::Result<()> {
         println!("  {}: available ({})", kind.ort_name(), provider.display());
         let needed = match required_libraries(&provider) {
             Ok(mut n) => {
-                n.push("libcuda.so.1".into());
+                if !n.iter().any(|x| x == "libcuda.so.1") {
+                    n.push("libcuda.so.1".into());
+                }
                 n
             }
             Err(e) => {

@@ -70,19 +70,16 @@ pub fn load_provider_libraries(ort_lib: &Path, provider: &Path, what: &str) -> R
         what: what.into(),
         msg: format!("cannot read {}: {e}", provider.display()),
     })?;
-    needed.push("libcuda.so.1".into());
+    if !needed.iter().any(|n| n == "libcuda.so.1") {
+        needed.push("libcuda.so.1".into());
+    }
     preload_from_wheels(&needed, &wheel_library_dirs(ort_lib));
     let missing: Vec<String> = needed
         .iter()
         .map(|s| probe(s))
         .filter(|s| !s.found())
         .map(|s| {
-            format!(
-                "  {}: {}\n    install: {}",
-                s.soname,
-                s.error.unwrap_or_default(),
-                install_hint(&s.soname)
-            )
+            format!("  {}\n    install: {}", s.error.clone().unwrap_or_default(), install_hint(&s.soname))
         })
         .collect();
     if missing.is_empty() {

@@ -1,0 +1,28 @@
+//! `flux2 doctor` end to end: it always reports (exit 0) what it found and what is missing.
+
+use std::process::Command;
+
+#[test]
+fn reports_runtime_gpu_and_libraries() {
+    let o = Command::new(env!("CARGO_BIN_EXE_flux2")).arg("doctor").output().expect("running flux2");
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{stdout}{}", String::from_utf8_lossy(&o.stderr));
+    for section in [
+        "ONNX Runtime",
+        "library: ",
+        "version: 1.31",
+        "GPU",
+        "Libraries",
+        "TensorRT",
+        "Ready: --provider cpu",
+    ] {
+        assert!(stdout.contains(section), "{section}: {stdout}");
+    }
+    // every provider is either ready or explained
+    for p in ["CUDAExecutionProvider", "TensorrtExecutionProvider"] {
+        assert!(stdout.contains(p), "{p}: {stdout}");
+    }
+    if !stdout.contains("--provider tensorrt") {
+        assert!(stdout.contains("To enable the rest") && stdout.contains("onnxruntime-gpu"), "{stdout}");
+    }
+}
