@@ -176,7 +176,7 @@ fn build_graph(
         .map(|f| format!("{ENGINE_DIR}/{f}"))
         .collect();
     let context_model = format!("{}_ctx.onnx", g.name);
-    verify_context_model(&staging.join(&context_model), staging, &g.name)?;
+    finish_context_model(&staging.join(&context_model), staging, &g.name)?;
     Ok(BuiltGraph {
         source: g.entry.file.clone(),
         context_model,
@@ -191,13 +191,17 @@ fn build_graph(
 }
 
 /// The dumped EPContext model exists, has only EPContext nodes, and each points at an engine
-/// file inside the build folder.
-fn verify_context_model(path: &Path, staging: &Path, graph: &str) -> Result<(), TrtError> {
+/// file inside the build folder by a relative path (an absolute path into the staging folder
+/// would break when the folder is published or copied, so it is rewritten).
+pub fn finish_context_model(path: &Path, staging: &Path, graph: &str) -> Result<(), TrtError> {
     let fail = |msg: String| TrtError::Build { graph: graph.into(), msg };
     let bytes =
         std::fs::read(path).map_err(|e| fail(format!("no EPContext model at {}: {e}", path.display())))?;
-    let model = ModelProto::decode(bytes.as_slice()).map_err(|e| fail(format!("{}: {e}", path.display())))?;
-    let nodes = model.graph.map(|g| g.node).unwrap_or_default();
+    let mut model =
+        ModelProto::decode(bytes.as_slice()).map_err(|e| fail(format!("{}: {e}", path.display())))?;
+    let root = staging.canonicalize().map_err(|e| fail(format!("{}: {e}", staging.display())))?;
+    let mut changed = false;
+    let nodes = model.graph.as_mut().map(|g| g.node.as_mut_slice()).unwrap_or_default();
     let others: Vec<String> = nodes
         .iter()
         .filter(|n| n.op_type != "EPContext")
@@ -209,15 +213,24 @@ fn verify_context_model(path: &Path, staging: &Path, graph: &str) -> Result<(), 
             others.into_iter().take(10).collect::<Vec<_>>().join(", ")
         )));
     }
-    for n in &nodes {
-        if let Some(rel) = attr_str(n, "ep_cache_context").filter(|_| attr_int0(n, "embed_mode") == 0) {
-            if !staging.join(&rel).is_file() {
-                return Err(fail(format!(
-                    "EPContext node '{}' points at {rel}, which was not written",
-                    n.name
-                )));
+    for n in nodes.iter_mut().filter(|n| attr_int0(n, "embed_mode") == 0) {
+        let Some(engine) = attr_str(n, "ep_cache_context") else { continue };
+        let file = staging.join(&engine);
+        let real = file.canonicalize().map_err(|e| {
+            fail(format!("EPContext node '{}' points at {engine}, which was not written ({e})", n.name))
+        })?;
+        let rel = real.strip_prefix(&root).map_err(|_| {
+            fail(format!("EPContext node '{}' points at {engine}, outside the build folder", n.name))
+        })?;
+        if Path::new(&engine).is_absolute() {
+            for a in n.attribute.iter_mut().filter(|a| a.name == "ep_cache_context") {
+                a.s = rel.to_string_lossy().into_owned().into_bytes();
+                changed = true;
             }
         }
+    }
+    if changed {
+        std::fs::write(path, model.encode_to_vec()).map_err(|e| out_err(path, e))?;
     }
     Ok(())
 }
@@ -275,4 +288,54 @@ fn publish(staging: &Path, out: &Path) -> Result<(), TrtError> {
         std::fs::rename(e.path(), &dst).map_err(|err| out_err(&dst, err))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flux2_graphs::attr;
+    use flux2_graphs::onnx::{GraphProto, NodeProto};
+
+    fn ctx_model(engine: &str, extra: Option<&str>) -> ModelProto {
+        let mut node = NodeProto {
+            op_type: "EPContext".into(),
+            name: "ctx0".into(),
+            domain: "com.microsoft".into(),
+            ..Default::default()
+        };
+        node.attribute = vec![attr::int("embed_mode", 0), attr::string("ep_cache_context", engine)];
+        let mut nodes = vec![node];
+        if let Some(op) = extra {
+            nodes.push(NodeProto { op_type: op.into(), name: "left_over".into(), ..Default::default() });
+        }
+        ModelProto { graph: Some(GraphProto { node: nodes, ..Default::default() }), ..Default::default() }
+    }
+
+    #[test]
+    fn context_models_end_up_with_relative_engine_paths() {
+        let dir = tempfile::tempdir().unwrap();
+        let staging = dir.path().canonicalize().unwrap();
+        std::fs::create_dir_all(staging.join(ENGINE_DIR)).unwrap();
+        std::fs::write(staging.join("engines/t_sm90.engine"), b"plan").unwrap();
+        let path = staging.join("t_ctx.onnx");
+        let abs = staging.join("engines/t_sm90.engine");
+        std::fs::write(&path, ctx_model(abs.to_str().unwrap(), None).encode_to_vec()).unwrap();
+        finish_context_model(&path, &staging, "t").unwrap();
+        let m = ModelProto::decode(std::fs::read(&path).unwrap().as_slice()).unwrap();
+        assert_eq!(
+            attr_str(&m.graph.unwrap().node[0], "ep_cache_context").as_deref(),
+            Some("engines/t_sm90.engine")
+        );
+
+        std::fs::write(&path, ctx_model("engines/t_sm90.engine", None).encode_to_vec()).unwrap();
+        finish_context_model(&path, &staging, "t").unwrap();
+        std::fs::write(&path, ctx_model("engines/missing.engine", None).encode_to_vec()).unwrap();
+        assert!(finish_context_model(&path, &staging, "t")
+            .unwrap_err()
+            .to_string()
+            .contains("missing.engine"));
+        std::fs::write(&path, ctx_model("engines/t_sm90.engine", Some("Unique")).encode_to_vec()).unwrap();
+        let e = finish_context_model(&path, &staging, "t").unwrap_err().to_string();
+        assert!(e.contains("Unique 'left_over'"), "{e}");
+    }
 }
