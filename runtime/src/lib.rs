@@ -39,14 +39,10 @@ pub enum RuntimeError {
     TensorFile { path: PathBuf, msg: String },
 }
 
-/// A session factory for a provider name (`cpu`; `cuda` and `tensorrt` need ONNX
-/// Runtime's GPU build and are handled by the providers module when present).
+/// A session factory for a provider name (`cpu`, `cuda`, `tensorrt`; see [`providers`]): GPU
+/// providers fail with what is missing instead of falling back to the CPU, and `tensorrt` needs
+/// a `flux2 build` folder made for this GPU and TensorRT.
 pub fn providers_factory(provider: &str) -> Result<pipeline::SessionFactory, RuntimeError> {
-    match provider {
-        "cpu" => Ok(Box::new(|p: &std::path::Path| cpu_session(p, &SessionOptions::default()))),
-        other => Err(RuntimeError::Input {
-            name: "--provider".into(),
-            msg: format!("'{other}' is not available in this build (expected cpu, cuda or tensorrt)"),
-        }),
-    }
+    let kind: providers::ExecutionProvider = provider.parse()?;
+    Ok(providers::session_factory(kind, 0, SessionOptions::default()))
 }
