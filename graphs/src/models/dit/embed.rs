@@ -83,9 +83,20 @@ fn sinusoid(g: &Graph, x: T, channels: usize) -> Result<T> {
     Ok(g.cast(emb, g.dtype))
 }
 
-/// `exp(-ln(10000) · i / half)` evaluated in f32 like torch (the product and quotient
-/// rounded to f32 before `exp`).
+/// `exp(-ln(10000) · i / half)` as diffusers computes it: the exponent in f32 (product and
+/// quotient rounded like torch), then exp rounded to f32.
+///
+/// torch's `exp` (MKL VML on x86) is not correctly rounded everywhere: for the released
+/// 256-channel embedding it returns the next f32 up at i = 12 and i = 106, and those two are
+/// patched here. It matters because the angle is `1000·guidance·f_i`: one ulp of f_12 moves
+/// it by ~1.5e-4 rad at guidance 5, which shows up as ~7e-5 in the velocity.
 fn timestep_freqs(half: usize) -> Vec<f32> {
     let c = -(10000f64.ln()) as f32;
-    (0..half).map(|i| (c * i as f32 / half as f32).exp()).collect()
+    let mut freqs: Vec<f32> = (0..half).map(|i| ((c * i as f32 / half as f32) as f64).exp() as f32).collect();
+    if half == 128 {
+        for i in [12, 106] {
+            freqs[i] = f32::from_bits(freqs[i].to_bits() + 1);
+        }
+    }
+    freqs
 }
