@@ -216,11 +216,12 @@ fn planted_qdq_type_axis_and_zero_point_errors() {
 }
 
 #[test]
-fn planted_input_without_profile_and_escaping_external_data() {
+fn planted_input_without_profile_escaping_external_data_and_false_precision() {
     let trt = export_pipeline(Target::TensorRt);
     let mut manifest = Manifest::read(trt.path()).unwrap();
     manifest.graphs.get_mut("vae_decoder").unwrap().dim_ranges.remove("w");
     manifest.graphs.get_mut("transformer").unwrap().dim_ranges.remove("S");
+    manifest.graphs.get_mut("text_encoder").unwrap().precision = Some("fp8".into());
     manifest.write(trt.path()).unwrap();
     let mut m = read_graph(trt.path(), "vae_encoder.onnx");
     let g = m.graph.as_mut().unwrap();
@@ -247,6 +248,8 @@ fn planted_input_without_profile_and_escaping_external_data() {
             r.errors().find(|f| f.rule == "external-data").unwrap_or_else(|| panic!("{:?}", errors(&r)));
         assert_eq!((ext.graph.as_str(), ext.node.as_deref()), ("vae_encoder.onnx", Some(victim.as_str())));
         assert!(ext.message.contains("../outside.data"), "{ext}");
+        let p = r.errors().find(|f| f.rule == "manifest-precision").expect("precision mismatch");
+        assert!(p.graph == "text_encoder.onnx" && p.message.contains("'fp8'"), "{p}");
     }
 }
 

@@ -342,6 +342,24 @@ pub fn check_model(
     let float = DType::parse(&entry.dtype).unwrap_or(DType::F32);
     let cx = qdq::Ctx { file, target: opts.target, gpu: opts.gpu, float_dtype: float.onnx() };
     let count = qdq::check(&ix, &cx, &mut out);
+    let said = match entry.precision.as_deref() {
+        Some("int8") => Some(crate::trt::Quant::Int8),
+        Some("fp8") => Some(crate::trt::Quant::Fp8),
+        _ => None,
+    };
+    if let Some(said) = said.filter(|q| *q != count.quant()) {
+        out.push(Finding {
+            severity: Severity::Error,
+            rule: "manifest-precision",
+            graph: file.to_string(),
+            node: None,
+            message: format!(
+                "manifest.json says precision '{}' but the graph's Q/DQ nodes are {}",
+                said.name(),
+                count.quant().name()
+            ),
+        });
+    }
     dtype_rules(opts.target, float, &ix, file, &mut out);
     let summary = GraphSummary {
         name: name.to_string(),
