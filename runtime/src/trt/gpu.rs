@@ -146,6 +146,12 @@ impl GpuTarget {
     }
 
     /// Refuses a quantized type the GPU cannot run; `what` names the graph for the message.
+    ///
+    /// ```
+    /// use flux2_runtime::trt::{GpuTarget, Quant};
+    /// assert!(GpuTarget::Hopper.check_quant(Quant::Fp8, "transformer.onnx").is_ok());
+    /// assert!(GpuTarget::Orin.check_quant(Quant::Fp8, "transformer.onnx").is_err());
+    /// ```
     pub fn check_quant(self, quant: Quant, what: &str) -> Result<(), TrtError> {
         if quant == Quant::Fp8 && !self.supports_fp8() {
             return Err(TrtError::Refused {

@@ -79,6 +79,14 @@ fn path_str(name: &str, p: &Path) -> Result<String, TrtError> {
 
 impl TrtOptions {
     /// The `(key, value)` list handed to `UpdateTensorRTProviderOptions`, after validation.
+    ///
+    /// ```
+    /// use flux2_runtime::trt::TrtOptions;
+    /// let o = TrtOptions { fp16: true, engine_cache: Some("engines".into()), ..Default::default() };
+    /// let kv = o.provider_options().unwrap();
+    /// assert!(kv.contains(&("trt_fp16_enable", "1".to_string())));
+    /// assert!(kv.contains(&("trt_engine_cache_path", "engines".to_string())));
+    /// ```
     pub fn provider_options(&self) -> Result<Vec<(&'static str, String)>, TrtError> {
         self.validate()?;
         let mut o: Vec<(&'static str, String)> = vec![("device_id", self.device_id.to_string())];

@@ -35,6 +35,13 @@ pub const DEFAULT_BUCKETS: &[&str] =
     &["1024x1024", "512x512", "768x768", "1360x768", "768x1360", "1152x896", "896x1152"];
 
 /// An output resolution, `WxH` in pixels.
+///
+/// ```
+/// use flux2_runtime::trt::Bucket;
+/// let b: Bucket = "1360x768".parse().unwrap();
+/// assert_eq!(b.tokens(), 85 * 48);
+/// assert!("1000x1000".parse::<Bucket>().is_err()); // not a multiple of 16
+/// ```
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct Bucket {
     pub width: u32,
