@@ -167,6 +167,9 @@ fn dla_only_on_orin() {
     let e = plan(&req).unwrap_err().to_string();
     assert!(e.contains("--dla") && e.contains("thor"), "{e}");
     req.gpu = GpuTarget::Orin;
+    req.trt_version = TrtVersion::parse("11.2");
+    assert!(plan(&req).unwrap_err().to_string().contains("no DLA support"));
+    req.trt_version = None;
     req.float = FloatPrecision::Bf16;
     assert!(plan(&req).unwrap_err().to_string().contains("FP16 and INT8 only"));
 }

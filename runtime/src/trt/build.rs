@@ -121,6 +121,16 @@ pub fn plan(req: &BuildRequest) -> Result<BuildPlan, TrtError> {
         let calib = calibration_hash(&ix).map_err(|e| model_err(&path, e))?;
         decoded.push((name.clone(), entry.clone(), quant, float, model_hash(&bytes, &manifest), calib));
     }
+    if let (Some(_), Some(v)) = (req.dla_core, req.trt_version) {
+        if v.major == 11 && v < (TrtVersion { major: 11, minor: 4, patch: 1 }) {
+            return Err(TrtError::Refused {
+                gpu: req.gpu.name().into(),
+                msg: format!(
+                    "--dla: TensorRT {v} has no DLA support (11.0-11.3 dropped it; 11.4.1 restores it)"
+                ),
+            });
+        }
+    }
     let target = match req.trt_version {
         Some(v) if v.major >= 11 => LintTarget::TensorRt11,
         _ => LintTarget::TensorRt10,
