@@ -44,6 +44,8 @@ enum Command {
     Build(cmd::build::Args),
     /// Show ONNX Runtime providers, GPU, driver, CUDA/cuDNN/TensorRT libraries and what to install.
     Doctor(cmd::doctor::Args),
+    /// Per-stage latency (min/median/p90), overhead outside ONNX Runtime and peak RSS of an exported model.
+    Bench(cmd::bench::Args),
     // COMMANDS-END
 }
 
@@ -68,6 +70,7 @@ fn main() {
         Command::Check(a) => cmd::check::run(a),
         Command::Build(a) => cmd::build::run(a),
         Command::Doctor(a) => cmd::doctor::run(a),
+        Command::Bench(a) => cmd::bench::run(a),
         // DISPATCH-END
     };
     if let Err(e) = result {

@@ -7,18 +7,18 @@
 //! Everything a request can get wrong is checked by [`Pipeline::plan`] before any model
 //! runs. Sessions are created once per pipeline and reused across steps and requests.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use ndarray::{ArrayD, IxDyn};
 use ort::session::Session;
 
 use crate::images::Chw;
 use crate::model_dir::{Guidance, ModelDir};
 use crate::schedule::{euler_step, Schedule, Shift};
 use crate::tensor_file::Tensor;
-use crate::tensors::{run, Input};
+use crate::tensors::{run_borrowed, InputRef};
 use crate::tokenizer::PromptEncoder;
 use crate::RuntimeError;
 
@@ -137,16 +137,17 @@ impl Pipeline {
         self.sessions.get_mut(name).ok_or_else(|| RuntimeError::Run(format!("session {name} vanished")))
     }
 
-    /// Runs graph `name`, accounting its time as ONNX Runtime time.
+    /// Runs graph `name` on borrowed inputs, accounting the time inside `Session::run` as
+    /// ONNX Runtime time.
     fn call(
         &mut self,
         name: &str,
-        inputs: Vec<(&str, Input)>,
-    ) -> Result<HashMap<String, ArrayD<f32>>, RuntimeError> {
+        inputs: &[(&str, InputRef<'_>)],
+    ) -> Result<HashMap<String, Tensor>, RuntimeError> {
         let s = self.session(name)?;
-        let t = Instant::now();
-        let out = run(s, inputs).map_err(|e| RuntimeError::Run(format!("{name}: {e}")))?;
-        self.ort_time += t.elapsed().as_secs_f64();
+        let (out, seconds) =
+            run_borrowed(s, inputs).map_err(|e| RuntimeError::Run(format!("{name}: {e}")))?;
+        self.ort_time += seconds;
         Ok(out)
     }
 
@@ -173,9 +174,9 @@ impl Pipeline {
         on_event(Event::Stage("text encoder"));
         let t = Instant::now();
         let cond = self.embeddings(&req.prompt, req.max_sequence_length)?;
+        let empty = PromptSource::Text(String::new());
         let uncond = if plan.cfg {
-            let neg = req.negative.clone().unwrap_or(PromptSource::Text(String::new()));
-            Some(self.embeddings(&neg, req.max_sequence_length)?)
+            Some(self.embeddings(req.negative.as_ref().unwrap_or(&empty), req.max_sequence_length)?)
         } else {
             None
         };
@@ -188,25 +189,27 @@ impl Pipeline {
 
         let (h, w) = (plan.height / 16, plan.width / 16);
         let c = self.model.latent_channels();
-        let noise = match &req.noise {
-            Some(n) => n.data.clone(),
-            None => crate::noise::noise(req.seed, &[1, c, h, w]),
-        };
-        let mut latents = steps::pack(&noise, c, h, w); // [h·w, C] tokens
+        // The DiT input [noisy tokens | reference tokens]: the noisy part is updated in place.
+        let mut x = match &req.noise {
+            Some(n) => steps::pack(&n.data, c, h, w),
+            None => steps::pack(&crate::noise::noise(req.seed, &[1, c, h, w]), c, h, w),
+        }; // [h·w, C] tokens
+        let n_img = x.len();
+        x.extend_from_slice(&ref_tokens);
         let img_ids = steps::image_ids(h, w, &ref_ids);
         let n = plan.schedule.steps();
         for i in 0..n {
             on_event(Event::Step { index: i, total: n });
             let t = Instant::now();
             let (sigma, next) = (plan.schedule.sigmas[i], plan.schedule.sigmas[i + 1]);
-            let v = self.velocity(&plan, &latents, &ref_tokens, &img_ids, sigma, &cond, uncond.as_ref())?;
-            euler_step(&mut latents, &v, sigma, next).map_err(|e| RuntimeError::Run(e.to_string()))?;
+            let v = self.velocity(&plan, &x, n_img, &img_ids, sigma, &cond, uncond.as_deref())?;
+            euler_step(&mut x[..n_img], &v, sigma, next).map_err(|e| RuntimeError::Run(e.to_string()))?;
             timings.dit_steps.push(t.elapsed().as_secs_f64());
         }
 
         on_event(Event::Stage("vae decode"));
         let t = Instant::now();
-        let image = self.decode(&latents, c, h, w)?;
+        let image = self.decode(&x[..n_img], c, h, w)?;
         timings.vae_decode = t.elapsed().as_secs_f64();
         timings.total = started.elapsed().as_secs_f64();
         timings.ort = self.ort_time;
@@ -228,10 +231,14 @@ impl Pipeline {
         Ok(())
     }
 
-    /// Prompt embeddings [1, L, ctx].
-    fn embeddings(&mut self, prompt: &PromptSource, max_len: usize) -> Result<Tensor, RuntimeError> {
+    /// Prompt embeddings [1, L, ctx] (given ones are borrowed, not copied).
+    fn embeddings<'p>(
+        &mut self,
+        prompt: &'p PromptSource,
+        max_len: usize,
+    ) -> Result<Cow<'p, Tensor>, RuntimeError> {
         match prompt {
-            PromptSource::Embeds(t) => Ok(t.clone()),
+            PromptSource::Embeds(t) => Ok(Cow::Borrowed(t)),
             PromptSource::Text(text) => {
                 if self.tokenizer.is_none() {
                     let dir = self.model.tokenizer_dir().ok_or_else(|| RuntimeError::Model {
@@ -255,15 +262,13 @@ impl Pipeline {
                         enc.truncated[0]
                     );
                 }
-                let ids =
-                    ArrayD::from_shape_vec(IxDyn(&[1, enc.len]), enc.input_ids).map_err(steps::shape_err)?;
-                let mask = ArrayD::from_shape_vec(IxDyn(&[1, enc.len]), enc.attention_mask)
-                    .map_err(steps::shape_err)?;
-                let out = self.call(
-                    "text_encoder",
-                    vec![("input_ids", Input::I64(ids)), ("attention_mask", Input::I64(mask))],
-                )?;
-                steps::take(out, "prompt_embeds")
+                let shape = vec![1, enc.len];
+                let inputs = [
+                    ("input_ids", InputRef::I64(shape.clone(), &enc.input_ids)),
+                    ("attention_mask", InputRef::I64(shape, &enc.attention_mask)),
+                ];
+                let out = self.call("text_encoder", &inputs)?;
+                steps::take(out, "prompt_embeds").map(Cow::Owned)
             }
         }
     }
@@ -273,9 +278,8 @@ impl Pipeline {
         let mut tokens = Vec::new();
         let mut ids = Vec::new();
         for (k, r) in refs.iter().enumerate() {
-            let x = ArrayD::from_shape_vec(IxDyn(&[1, 3, r.height, r.width]), r.data.clone())
-                .map_err(steps::shape_err)?;
-            let out = self.call("vae_encoder", vec![("image", Input::F32(x))])?;
+            let image = InputRef::F32(vec![1, 3, r.height, r.width], &r.data);
+            let out = self.call("vae_encoder", &[("image", image)])?;
             let lat = steps::take(out, "latents")?;
             let (c, h, w) = (lat.shape[1], lat.shape[2], lat.shape[3]);
             tokens.extend(steps::pack(&lat.data, c, h, w));
@@ -289,53 +293,72 @@ impl Pipeline {
         Ok((tokens, ids))
     }
 
+    /// The velocity of the noisy tokens `x[..n_img]` (with CFG: v_u + g·(v_c − v_u)).
     #[allow(clippy::too_many_arguments)]
     fn velocity(
         &mut self,
         plan: &Plan,
-        latents: &[f32],
-        refs: &[f32],
-        img_ids: &ArrayD<i64>,
+        x: &[f32],
+        n_img: usize,
+        img_ids: &[i64],
         sigma: f32,
         cond: &Tensor,
         uncond: Option<&Tensor>,
     ) -> Result<Vec<f32>, RuntimeError> {
-        let n = latents.len();
-        let v_c = self.dit_call(plan, latents, refs, img_ids, sigma, cond)?;
-        match uncond {
-            Some(u) => {
-                let v_u = self.dit_call(plan, latents, refs, img_ids, sigma, u)?;
-                let g = plan.guidance;
-                Ok((0..n).map(|i| v_u[i] + g * (v_c[i] - v_u[i])).collect())
+        let mut v = self.dit_call(plan, x, n_img, img_ids, sigma, cond)?;
+        if let Some(u) = uncond {
+            let v_u = self.dit_call(plan, x, n_img, img_ids, sigma, u)?;
+            let g = plan.guidance;
+            for (c, u) in v.iter_mut().zip(&v_u) {
+                *c = u + g * (*c - u);
             }
-            None => Ok(v_c),
         }
+        Ok(v)
     }
 
-    /// One DiT call; returns the velocity of the noisy tokens only.
+    /// One DiT call on `x` = [noisy tokens | reference tokens]; returns the velocity of the
+    /// first `n_img` values (the noisy tokens) only.
     fn dit_call(
         &mut self,
         plan: &Plan,
-        latents: &[f32],
-        refs: &[f32],
-        img_ids: &ArrayD<i64>,
+        x: &[f32],
+        n_img: usize,
+        img_ids: &[i64],
         sigma: f32,
         text: &Tensor,
     ) -> Result<Vec<f32>, RuntimeError> {
         let c = self.model.latent_channels();
-        let inputs = steps::dit_inputs(plan, latents, refs, img_ids, sigma, text, c)?;
-        let out = self.call("transformer", inputs)?;
-        let v = steps::take(out, "velocity")?;
-        Ok(v.data[..latents.len()].to_vec())
+        let txt_ids = steps::text_ids(text.shape.get(1).copied().unwrap_or(0));
+        // diffusers passes (σ·1000 in float32) / 1000
+        let scalars = [(sigma * 1000.0) / 1000.0, plan.guidance];
+        let inputs = steps::dit_inputs(plan, x, img_ids, &txt_ids, &scalars, text, c)?;
+        let out = self.call("transformer", &inputs)?;
+        let mut v = steps::take(out, "velocity")?.data;
+        if v.len() < n_img {
+            return Err(RuntimeError::Run(format!(
+                "velocity has {} values, expected {n_img} or more",
+                v.len()
+            )));
+        }
+        v.truncate(n_img);
+        Ok(v)
     }
 
     /// Unpacks tokens and decodes: [3, H, W] in [0, 1].
     fn decode(&mut self, tokens: &[f32], c: usize, h: usize, w: usize) -> Result<Chw, RuntimeError> {
         let lat = steps::unpack(tokens, c, h, w);
-        let x = ArrayD::from_shape_vec(IxDyn(&[1, c, h, w]), lat).map_err(steps::shape_err)?;
-        let out = self.call("vae_decoder", vec![("latents", Input::F32(x))])?;
+        let out = self.call("vae_decoder", &[("latents", InputRef::F32(vec![1, c, h, w], &lat))])?;
         let img = steps::take(out, "image")?;
-        let data = img.data.iter().map(|v| (v / 2.0 + 0.5).clamp(0.0, 1.0)).collect();
-        Ok(Chw { width: img.shape[3], height: img.shape[2], data })
+        let [_, 3, height, width] = img.shape[..] else {
+            return Err(RuntimeError::Run(format!(
+                "decoded image has shape {:?}, expected [1, 3, H, W]",
+                img.shape
+            )));
+        };
+        let mut data = img.data;
+        for v in data.iter_mut() {
+            *v = (*v / 2.0 + 0.5).clamp(0.0, 1.0);
+        }
+        Ok(Chw { width, height, data })
     }
 }

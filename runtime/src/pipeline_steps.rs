@@ -3,29 +3,22 @@
 
 use std::collections::HashMap;
 
-use ndarray::{ArrayD, IxDyn};
-
 use super::{Plan, PromptSource, Request};
 use crate::images::load_reference;
 use crate::model_dir::{Guidance, ModelDir};
 use crate::schedule::Schedule;
 use crate::tensor_file::Tensor;
-use crate::tensors::Input;
+use crate::tensors::InputRef;
 use crate::tokenizer::Family;
 use crate::RuntimeError;
-
-pub(super) fn shape_err(e: ndarray::ShapeError) -> RuntimeError {
-    RuntimeError::Run(format!("tensor shape: {e}"))
-}
 
 fn input_err(name: &str, msg: impl Into<String>) -> RuntimeError {
     RuntimeError::Input { name: name.into(), msg: msg.into() }
 }
 
-/// Takes a named output as a [`Tensor`].
-pub(super) fn take(mut out: HashMap<String, ArrayD<f32>>, name: &str) -> Result<Tensor, RuntimeError> {
-    let a = out.remove(name).ok_or_else(|| RuntimeError::Run(format!("graph has no output '{name}'")))?;
-    Ok(Tensor { shape: a.shape().to_vec(), data: a.into_iter().collect() })
+/// Takes a named output.
+pub(super) fn take(mut out: HashMap<String, Tensor>, name: &str) -> Result<Tensor, RuntimeError> {
+    out.remove(name).ok_or_else(|| RuntimeError::Run(format!("graph has no output '{name}'")))
 }
 
 /// [C, h, w] (channels first) -> [h·w, C] tokens, row-major over the grid.
@@ -50,8 +43,8 @@ pub(super) fn unpack(tokens: &[f32], c: usize, h: usize, w: usize) -> Vec<f32> {
     out
 }
 
-/// Position ids [1, h·w + refs, 4]: noisy tokens (0, i, j, 0) then the references' ids.
-pub(super) fn image_ids(h: usize, w: usize, refs: &[[i64; 4]]) -> ArrayD<i64> {
+/// Position ids [1, h·w + refs, 4] (flattened): noisy tokens (0, i, j, 0) then the references' ids.
+pub(super) fn image_ids(h: usize, w: usize, refs: &[[i64; 4]]) -> Vec<i64> {
     let mut ids = Vec::with_capacity((h * w + refs.len()) * 4);
     for i in 0..h {
         for j in 0..w {
@@ -61,46 +54,44 @@ pub(super) fn image_ids(h: usize, w: usize, refs: &[[i64; 4]]) -> ArrayD<i64> {
     for r in refs {
         ids.extend(r);
     }
-    let n = ids.len() / 4;
-    ArrayD::from_shape_vec(IxDyn(&[1, n, 4]), ids).unwrap_or_else(|_| ArrayD::zeros(IxDyn(&[1, 0, 4])))
+    ids
 }
 
-/// Inputs of one DiT call.
+/// Text position ids [1, L, 4] (flattened): (0, 0, 0, l).
+pub(super) fn text_ids(len: usize) -> Vec<i64> {
+    (0..len as i64).flat_map(|l| [0, 0, 0, l]).collect()
+}
+
+/// Inputs of one DiT call, borrowed: `x` = [noisy | reference tokens] (S·C values), their
+/// ids (S·4), the text ids (L·4) and `scalars` = [timestep, guidance].
 pub(super) fn dit_inputs<'a>(
     plan: &Plan,
-    latents: &[f32],
-    refs: &[f32],
-    img_ids: &ArrayD<i64>,
-    sigma: f32,
-    text: &Tensor,
+    x: &'a [f32],
+    img_ids: &'a [i64],
+    txt_ids: &'a [i64],
+    scalars: &'a [f32; 2],
+    text: &'a Tensor,
     c: usize,
-) -> Result<Vec<(&'a str, Input)>, RuntimeError> {
-    let s = (latents.len() + refs.len()) / c;
-    let mut x = Vec::with_capacity(latents.len() + refs.len());
-    x.extend_from_slice(latents);
-    x.extend_from_slice(refs);
-    let l = text.shape[1];
-    let mut txt_ids = Vec::with_capacity(l * 4);
-    for n in 0..l {
-        txt_ids.extend([0, 0, 0, n as i64]);
+) -> Result<Vec<(&'static str, InputRef<'a>)>, RuntimeError> {
+    let s = x.len() / c;
+    let l = txt_ids.len() / 4;
+    if s * c != x.len() || img_ids.len() != s * 4 || text.shape.len() != 3 || text.shape[1] != l {
+        return Err(RuntimeError::Run(format!(
+            "DiT inputs disagree: {} latent values for {c} channels, {} image ids, text {:?}, {l} text ids",
+            x.len(),
+            img_ids.len() / 4,
+            text.shape
+        )));
     }
-    // diffusers passes (σ·1000 in float32) / 1000
-    let timestep = (sigma * 1000.0) / 1000.0;
     let mut inputs = vec![
-        ("hidden_states", Input::F32(ArrayD::from_shape_vec(IxDyn(&[1, s, c]), x).map_err(shape_err)?)),
-        (
-            "encoder_hidden_states",
-            Input::F32(ArrayD::from_shape_vec(IxDyn(&text.shape), text.data.clone()).map_err(shape_err)?),
-        ),
-        ("timestep", Input::F32(ArrayD::from_shape_vec(IxDyn(&[1]), vec![timestep]).map_err(shape_err)?)),
-        ("img_ids", Input::I64(img_ids.clone())),
-        ("txt_ids", Input::I64(ArrayD::from_shape_vec(IxDyn(&[1, l, 4]), txt_ids).map_err(shape_err)?)),
+        ("hidden_states", InputRef::F32(vec![1, s, c], x)),
+        ("encoder_hidden_states", InputRef::F32(text.shape.clone(), &text.data)),
+        ("timestep", InputRef::F32(vec![1], &scalars[..1])),
+        ("img_ids", InputRef::I64(vec![1, s, 4], img_ids)),
+        ("txt_ids", InputRef::I64(vec![1, l, 4], txt_ids)),
     ];
     if plan.mode == Guidance::Embedded {
-        inputs.push((
-            "guidance",
-            Input::F32(ArrayD::from_shape_vec(IxDyn(&[1]), vec![plan.guidance]).map_err(shape_err)?),
-        ));
+        inputs.push(("guidance", InputRef::F32(vec![1], &scalars[1..])));
     }
     Ok(inputs)
 }

@@ -1,5 +1,6 @@
 //! One module per subcommand: an `Args` struct (clap derive) and `run(args) -> anyhow::Result<()>`.
 // MODULES-BEGIN
+pub mod bench;
 pub mod calibrate;
 pub mod demo;
 pub mod export;

@@ -1,0 +1,317 @@
+//! `flux2 bench`: per-stage latency of the pipeline on an exported model, with sessions built
+//! once and reused, as a serving process would run it.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use flux2_runtime::images::{write_png, Chw};
+use flux2_runtime::pipeline::{Pipeline, PromptSource, Request, Timings};
+use flux2_runtime::tensor_file::{read_tensor, Tensor};
+use serde_json::json;
+
+use crate::plot::{self, Bar, Figure};
+
+/// Measure per-stage latency of an exported model (sessions created once, then reused).
+///
+/// Runs --warmup untimed generations, then --runs timed ones, and reports min / median / p90
+/// of: the text encoder, each DiT step (pooled over runs), the VAE encoder (per generation,
+/// all references), the VAE decoder and the whole generation, plus the share of time spent
+/// outside ONNX Runtime calls (our own overhead), session creation and peak RSS. --refs N
+/// benchmarks editing with N synthetic reference images of the output size.
+///
+/// Without a text encoder in the export (or with --prompt-embeds), random embeddings of the
+/// model's context width and --max-sequence-length tokens stand in for the prompt.
+///
+/// Examples:
+///   flux2 bench --model klein-onnx
+///   flux2 bench --model klein-onnx --width 512 --height 512 --runs 10 --json bench.json --plot bench.png
+///   flux2 bench --model klein-onnx --refs 2 --steps 4
+#[derive(clap::Args)]
+#[command(verbatim_doc_comment)]
+pub struct Args {
+    /// Export folder (with manifest.json).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Width in pixels (multiple of 16).
+    #[arg(long, default_value_t = 256)]
+    pub width: usize,
+    /// Height in pixels (multiple of 16).
+    #[arg(long, default_value_t = 256)]
+    pub height: usize,
+    /// Sampling steps [default: 4 for distilled klein, 50 otherwise].
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// Timed generations.
+    #[arg(long, default_value_t = 5)]
+    pub runs: usize,
+    /// Untimed generations first (warm caches and allocator).
+    #[arg(long, default_value_t = 1)]
+    pub warmup: usize,
+    /// Synthetic reference images (editing), each of the output size.
+    #[arg(long, default_value_t = 0)]
+    pub refs: usize,
+    /// Prompt text.
+    #[arg(long, default_value = "a red fox sitting in the snow, soft morning light")]
+    pub prompt: String,
+    /// Prompt embeddings (safetensors, tensor `prompt_embeds` [1, L, ctx]) instead of text.
+    #[arg(long, conflicts_with = "prompt")]
+    pub prompt_embeds: Option<PathBuf>,
+    /// Prompt length in tokens (the text encoder pads to it).
+    #[arg(long, default_value_t = 512)]
+    pub max_sequence_length: usize,
+    /// Guidance (dev: embedded; klein base: CFG scale).
+    #[arg(long)]
+    pub guidance: Option<f32>,
+    /// Execution provider: cpu, cuda or tensorrt.
+    #[arg(long, default_value = "cpu")]
+    pub provider: String,
+    /// Also write the results as JSON here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Also plot median latency per stage (bars) with min–p90 whiskers as a PNG here.
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
+}
+
+/// min / median / p90 of a sample set (nearest-rank percentiles), seconds.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Stats {
+    pub n: usize,
+    pub min: f64,
+    pub median: f64,
+    pub p90: f64,
+    pub max: f64,
+    pub mean: f64,
+}
+
+impl Stats {
+    pub fn of(samples: &[f64]) -> Option<Stats> {
+        if samples.is_empty() {
+            return None;
+        }
+        let mut s = samples.to_vec();
+        s.sort_by(f64::total_cmp);
+        let rank = |q: f64| s[((q * s.len() as f64).ceil() as usize).clamp(1, s.len()) - 1];
+        let median =
+            if s.len() % 2 == 1 { s[s.len() / 2] } else { (s[s.len() / 2 - 1] + s[s.len() / 2]) / 2.0 };
+        Some(Stats {
+            n: s.len(),
+            min: s[0],
+            median,
+            p90: rank(0.9),
+            max: s[s.len() - 1],
+            mean: s.iter().sum::<f64>() / s.len() as f64,
+        })
+    }
+}
+
+/// Peak resident set size of this process in bytes (`VmHWM` of /proc/self/status), if known.
+pub fn peak_rss() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// Writes `n` deterministic smooth-gradient PNGs of the output size into `dir`.
+fn synthetic_refs(dir: &Path, n: usize, width: usize, height: usize) -> anyhow::Result<Vec<PathBuf>> {
+    let mut paths = Vec::new();
+    for k in 0..n {
+        let (w, h) = (width, height);
+        let mut data = vec![0f32; 3 * w * h];
+        for y in 0..h {
+            for x in 0..w {
+                let (u, v) = (x as f32 / w as f32, y as f32 / h as f32);
+                let phase = k as f32 * 1.7;
+                data[y * w + x] = 0.5 + 0.5 * (6.0 * u + phase).sin();
+                data[w * h + y * w + x] = 0.5 + 0.5 * (5.0 * v - phase).cos();
+                data[2 * w * h + y * w + x] = 0.5 + 0.5 * (4.0 * (u + v) + phase).sin();
+            }
+        }
+        let p = dir.join(format!("ref{k}.png"));
+        write_png(&p, &Chw { width: w, height: h, data }, &[])?;
+        paths.push(p);
+    }
+    Ok(paths)
+}
+
+/// Random prompt embeddings [1, L, ctx] (seeded).
+fn random_embeds(pipe: &Pipeline, len: usize) -> anyhow::Result<PromptSource> {
+    let ctx = pipe.model.context_dim().context("the transformer has no encoder_hidden_states input")?;
+    let shape = vec![1, len, ctx];
+    Ok(PromptSource::Embeds(Tensor { data: flux2_runtime::noise::noise(1, &shape), shape }))
+}
+
+/// The timed stages of one generation: name -> samples (seconds).
+fn stage_samples(runs: &[Timings], refs: bool) -> Vec<(&'static str, Vec<f64>)> {
+    let per_run = |f: fn(&Timings) -> f64| runs.iter().map(f).collect::<Vec<f64>>();
+    let mut stages = vec![("text_encoder", per_run(|t| t.text_encoder))];
+    stages.push(("dit_step", runs.iter().flat_map(|t| t.dit_steps.iter().copied()).collect()));
+    stages.push(("denoise", per_run(|t| t.dit_steps.iter().sum())));
+    if refs {
+        stages.push(("vae_encode", per_run(|t| t.vae_encode)));
+    }
+    stages.push(("vae_decode", per_run(|t| t.vae_decode)));
+    stages.push(("end_to_end", per_run(|t| t.total)));
+    stages.push(("outside_ort", per_run(|t| t.total - t.ort)));
+    stages
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    if args.runs == 0 {
+        bail!("--runs must be at least 1");
+    }
+    let mut pipe = Pipeline::new(&args.model, super::generate::factory(&args.provider)?)?;
+    let has_text = pipe.model.entry("text_encoder").is_some();
+    let prompt = match (&args.prompt_embeds, has_text) {
+        (Some(p), _) => PromptSource::Embeds(read_tensor(p, "prompt_embeds")?),
+        (None, true) => PromptSource::Text(args.prompt.clone()),
+        (None, false) => random_embeds(&pipe, args.max_sequence_length)?,
+    };
+    let tmp = std::env::temp_dir().join(format!("flux2-bench-{}", std::process::id()));
+    let refs = if args.refs > 0 {
+        std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        synthetic_refs(&tmp, args.refs, args.width, args.height)?
+    } else {
+        vec![]
+    };
+    let mut req = Request::new(prompt);
+    (req.width, req.height, req.steps, req.guidance) =
+        (Some(args.width), Some(args.height), args.steps, args.guidance);
+    req.max_sequence_length = args.max_sequence_length;
+    req.references = refs;
+    let result = measure(&mut pipe, &req, &args);
+    if tmp.exists() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    let (runs, load, steps) = result?;
+    report(&args, &pipe, &runs, load, steps, matches!(req.prompt, PromptSource::Text(_)))
+}
+
+/// Warm-up and timed runs: (timings of the timed runs, session creation seconds, steps).
+fn measure(pipe: &mut Pipeline, req: &Request, args: &Args) -> anyhow::Result<(Vec<Timings>, f64, usize)> {
+    let plan = pipe.plan(req)?;
+    let steps = plan.schedule.steps();
+    let total = (args.warmup + args.runs) as u64;
+    let pb = crate::progress::bar(total, "bench");
+    let mut load = 0.0;
+    let mut runs = Vec::new();
+    for i in 0..args.warmup + args.runs {
+        pb.set_message(if i < args.warmup { "warm-up" } else { "timed" });
+        let out = pipe.generate(req, &mut |_| {})?;
+        if i == 0 {
+            load = out.timings.load;
+        }
+        if i >= args.warmup {
+            runs.push(out.timings);
+        }
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
+    Ok((runs, load, steps))
+}
+
+fn report(
+    args: &Args,
+    pipe: &Pipeline,
+    runs: &[Timings],
+    load: f64,
+    steps: usize,
+    text: bool,
+) -> anyhow::Result<()> {
+    let stages = stage_samples(runs, args.refs > 0);
+    let rss = peak_rss();
+    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    println!(
+        "{} — {}×{}, {steps} steps, {} ref(s), prompt {}, provider {}, {threads} CPU threads; {} warm-up + {} timed runs",
+        args.model.display(),
+        args.width,
+        args.height,
+        args.refs,
+        if text { "text" } else { "embeddings" },
+        args.provider,
+        args.warmup,
+        args.runs
+    );
+    println!("{:<14} {:>5} {:>11} {:>11} {:>11}", "stage", "n", "min ms", "median ms", "p90 ms");
+    let mut json_stages = serde_json::Map::new();
+    for (name, samples) in &stages {
+        if let Some(s) = Stats::of(samples) {
+            println!(
+                "{name:<14} {:>5} {:>11.2} {:>11.2} {:>11.2}",
+                s.n,
+                s.min * 1e3,
+                s.median * 1e3,
+                s.p90 * 1e3
+            );
+            json_stages.insert(name.to_string(), json!({"stats": s, "samples": samples}));
+        }
+    }
+    let outside: Vec<f64> = runs.iter().map(|t| (t.total - t.ort) / t.total.max(1e-12)).collect();
+    let frac = Stats::of(&outside);
+    if let Some(f) = &frac {
+        println!(
+            "time outside ONNX Runtime calls: median {:.2}% (max {:.2}%) of end to end",
+            100.0 * f.median,
+            100.0 * f.max
+        );
+    }
+    println!("session creation (once): {:.1} ms", load * 1e3);
+    match rss {
+        Some(b) => println!("peak RSS: {:.1} MiB", b as f64 / (1 << 20) as f64),
+        None => println!("peak RSS: unknown (no /proc/self/status)"),
+    }
+    if let Some(path) = &args.json {
+        let doc = json!({
+            "model": args.model.display().to_string(),
+            "variant": pipe.model.manifest.variant,
+            "width": args.width, "height": args.height, "steps": steps, "refs": args.refs,
+            "runs": args.runs, "warmup": args.warmup, "provider": args.provider, "threads": threads,
+            "prompt": if text { json!(args.prompt) } else { json!(null) },
+            "max_sequence_length": args.max_sequence_length,
+            "unit": "seconds",
+            "stages": json_stages,
+            "outside_ort_fraction": {"stats": frac, "samples": outside},
+            "session_creation": load,
+            "peak_rss_bytes": rss,
+        });
+        write_atomic(path, &(serde_json::to_string_pretty(&doc)? + "\n"))?;
+        println!("wrote {}", path.display());
+    }
+    if let Some(path) = &args.plot {
+        plot_stages(path, &stages)?;
+    }
+    Ok(())
+}
+
+fn write_atomic(path: &Path, text: &str) -> anyhow::Result<()> {
+    let tmp = flux2_runtime::images::tmp_path(path);
+    std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
+}
+
+/// Bars of the median (ms) per stage at x = 1, 2, …, with a min–p90 whisker; the stage names
+/// are printed since the plot's font has digits only.
+fn plot_stages(path: &Path, stages: &[(&str, Vec<f64>)]) -> anyhow::Result<()> {
+    let shown: Vec<(&str, Stats)> = stages
+        .iter()
+        .filter(|(n, _)| *n != "denoise" && *n != "outside_ort")
+        .filter_map(|(n, s)| Some((*n, Stats::of(s)?)))
+        .collect();
+    let mut fig = Figure::new(720, 420).x_range(0.4, shown.len() as f64 + 0.6);
+    let bars: Vec<Bar> = (0..shown.len())
+        .map(|i| Bar { x0: i as f64 + 0.7, x1: i as f64 + 1.3, height: shown[i].1.median * 1e3 })
+        .collect();
+    fig = fig.bars(bars, plot::BLUE);
+    for (i, (_, s)) in shown.iter().enumerate() {
+        let x = i as f64 + 1.0;
+        fig = fig.line(vec![(x, s.min * 1e3), (x, s.p90 * 1e3)], plot::RED);
+        fig = fig.line(vec![(x - 0.1, s.p90 * 1e3), (x + 0.1, s.p90 * 1e3)], plot::RED);
+        fig = fig.line(vec![(x - 0.1, s.min * 1e3), (x + 0.1, s.min * 1e3)], plot::RED);
+    }
+    fig.write_png(path)?;
+    let legend: Vec<String> =
+        shown.iter().enumerate().map(|(i, (n, _))| format!("{} = {n}", i + 1)).collect();
+    println!("wrote {} (ms; bars: median, whiskers: min–p90; x: {})", path.display(), legend.join(", "));
+    Ok(())
+}
