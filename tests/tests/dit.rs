@@ -181,6 +181,7 @@ fn export_err(ckpt: &Path, cfg: Option<&Path>) -> String {
         .unwrap_err()
         .to_string();
     assert_eq!(std::fs::read_dir(out.path()).unwrap().count(), 0, "nothing may be written: {err}");
+    eprintln!("{err}\n");
     err
 }
 
@@ -239,6 +240,13 @@ fn inconsistent_config_names_field_and_values() {
     std::fs::write(&path, cfg.to_string()).unwrap();
     let err = export_err(&fixture("dit/guided/bfl.safetensors"), Some(&path));
     assert!(err.contains("axes_dims_rope") && err.contains("32"), "{err}");
+
+    // A FLUX.1 config (or any other class) is refused by name.
+    cfg["axes_dims_rope"] = serde_json::json!([8, 8, 8, 8]);
+    cfg["_class_name"] = "FluxTransformer2DModel".into();
+    std::fs::write(&path, cfg.to_string()).unwrap();
+    let err = export_err(&fixture("dit/guided/bfl.safetensors"), Some(&path));
+    assert!(err.contains("FluxTransformer2DModel") && err.contains("--config"), "{err}");
 }
 
 #[test]

@@ -23,6 +23,10 @@ use crate::layout::{Component, Layout};
 use crate::names::Source;
 use crate::{ExportError, Result};
 
+#[path = "dit_bfl.rs"]
+mod bfl;
+pub use bfl::bfl_source;
+
 /// Canonical (diffusers) and BFL names of the tensors that detection reads.
 struct Probe {
     x_embedder: &'static str,
@@ -82,66 +86,28 @@ pub fn detect(component: &Component, config_json: Option<&Value>) -> Result<DitC
     };
 
     let x_emb = matrix(p.x_embedder)?;
-    let (d, in_channels) = (x_emb[0], x_emb[1]);
-    let ctx = matrix(p.context_embedder)?;
-    let time = matrix(p.time_linear_1)?;
-    let proj_out = matrix(p.proj_out)?;
+    let d = x_emb[0];
     let doubles = block_indices(ck.tensors.keys(), p.double);
     let singles = block_indices(ck.tensors.keys(), p.single);
+    // Probes inside the first block present of each kind.
+    let first_double = |suffix: &str| doubles.first().map(|i| format!("{}.{i}.{suffix}", p.double));
+    let first_single = |suffix: &str| singles.first().map(|i| format!("{}.{i}.{suffix}", p.single));
+    let probe = |name: Option<String>| name.and_then(|n| shape(&n).map(|s| (n, s)));
 
-    // Head dim: the QK-norm weight of the first block present.
-    let norm = doubles
-        .first()
-        .map(|i| format!("{}.{i}.{}", p.double, p.double_norm_q))
-        .into_iter()
-        .chain(singles.first().map(|i| format!("{}.{i}.{}", p.single, p.single_norm_q)))
-        .find_map(|n| shape(&n).map(|s| (n, s)));
-    let head_dim = match (&norm, num(config_json, &["attention_head_dim"])) {
-        (Some((_, s)), _) if s.len() == 1 => s[0],
-        (Some((n, s)), _) => return Err(err(format!("tensor '{n}' has shape {s:?}, expected [head_dim]"))),
-        (None, Some(h)) => h,
-        (None, None) => 128,
-    };
-    if head_dim == 0 || d % head_dim != 0 || head_dim % 2 != 0 {
-        let from = norm.as_ref().map(|(n, _)| format!(" ('{n}')")).unwrap_or_default();
-        return Err(err(format!(
-            "hidden size {d} ('{}' {x_emb:?}) is not a multiple of an even head dim {head_dim}{from}",
-            p.x_embedder
-        )));
-    }
-
-    // SwiGLU width: from the first double block's ff.linear_in (2F rows), else the single
-    // blocks' fused projection (3D + 2F rows).
-    let ff_in = doubles.first().map(|i| format!("{}.{i}.{}", p.double, p.double_ff_in));
-    let fused = singles.first().map(|i| format!("{}.{i}.{}", p.single, p.single_proj));
-    let mlp_hidden_dim = match (ff_in.as_deref().and_then(shape), fused.as_deref().and_then(shape)) {
-        (Some(s), _) if s.len() == 2 && s[0] % 2 == 0 => s[0] / 2,
-        (Some(s), _) => {
-            return Err(err(format!(
-                "tensor '{}' has shape {s:?}, expected (2·mlp_hidden, {d})",
-                ff_in.unwrap_or_default()
-            )))
-        }
-        (None, Some(s)) if s.len() == 2 && s[0] > 3 * d && (s[0] - 3 * d) % 2 == 0 => (s[0] - 3 * d) / 2,
-        (None, Some(s)) => {
-            return Err(err(format!(
-                "tensor '{}' has shape {s:?}, expected (3·{d} + 2·mlp_hidden, {d})",
-                fused.unwrap_or_default()
-            )))
-        }
-        (None, None) => 3 * d,
-    };
-
+    let norm = probe(first_double(p.double_norm_q)).or_else(|| probe(first_single(p.single_norm_q)));
+    let head_dim = head_dim(norm, num(config_json, &["attention_head_dim"]), d, p.x_embedder).map_err(err)?;
+    let ff_in = probe(first_double(p.double_ff_in));
+    let fused = probe(first_single(p.single_proj));
     let mut config = DitConfig {
-        in_channels,
-        out_channels: proj_out[0],
+        in_channels: x_emb[1],
+        out_channels: matrix(p.proj_out)?[0],
         num_layers: doubles.last().map_or(0, |i| i + 1),
         num_single_layers: singles.last().map_or(0, |i| i + 1),
         attention_head_dim: head_dim,
         num_attention_heads: d / head_dim,
-        joint_attention_dim: ctx[1],
-        timestep_guidance_channels: time[1],
-        mlp_hidden_dim,
+        joint_attention_dim: matrix(p.context_embedder)?[1],
+        timestep_guidance_channels: matrix(p.time_linear_1)?[1],
+        mlp_hidden_dim: mlp_hidden_dim(ff_in, fused, d).map_err(err)?,
         axes_dims_rope: default_axes(head_dim),
         rope_theta: 2000.0,
         eps: 1e-6,
@@ -174,6 +140,49 @@ pub fn detect(component: &Component, config_json: Option<&Value>) -> Result<DitC
     Ok(config)
 }
 
+/// The head dim: the length of a QK-norm weight, else the config's, else FLUX.2's 128. It
+/// must be even and divide the hidden size `d` (the rows of `x_embedder`).
+fn head_dim(
+    norm: Option<(String, Vec<usize>)>,
+    from_config: Option<usize>,
+    d: usize,
+    x_embedder: &str,
+) -> std::result::Result<usize, String> {
+    let head_dim = match (&norm, from_config) {
+        (Some((_, s)), _) if s.len() == 1 => s[0],
+        (Some((n, s)), _) => return Err(format!("tensor '{n}' has shape {s:?}, expected [head_dim]")),
+        (None, Some(h)) => h,
+        (None, None) => 128,
+    };
+    if head_dim == 0 || !d.is_multiple_of(head_dim) || !head_dim.is_multiple_of(2) {
+        let from = norm.map(|(n, s)| format!(" (from '{n}' {s:?})")).unwrap_or_default();
+        return Err(format!(
+            "hidden size {d} (rows of '{x_embedder}') is not a multiple of the even head dim {head_dim}{from}"
+        ));
+    }
+    Ok(head_dim)
+}
+
+/// The SwiGLU width F: half the rows of a double block's `ff.linear_in` (2F, D), else from a
+/// single block's fused projection (3D + 2F, D); 3D when there are no blocks at all.
+fn mlp_hidden_dim(
+    ff_in: Option<(String, Vec<usize>)>,
+    fused: Option<(String, Vec<usize>)>,
+    d: usize,
+) -> std::result::Result<usize, String> {
+    match (ff_in, fused) {
+        (Some((_, s)), _) if s.len() == 2 && s[0].is_multiple_of(2) => Ok(s[0] / 2),
+        (Some((n, s)), _) => Err(format!("tensor '{n}' has shape {s:?}, expected (2·mlp_hidden, {d})")),
+        (None, Some((_, s))) if s.len() == 2 && s[0] > 3 * d && (s[0] - 3 * d).is_multiple_of(2) => {
+            Ok((s[0] - 3 * d) / 2)
+        }
+        (None, Some((n, s))) => {
+            Err(format!("tensor '{n}' has shape {s:?}, expected (3·{d} + 2·mlp_hidden, {d})"))
+        }
+        (None, None) => Ok(3 * d),
+    }
+}
+
 /// Sorted distinct `i` of tensors named `{prefix}.{i}.…`.
 fn block_indices<'a>(names: impl Iterator<Item = &'a String>, prefix: &str) -> Vec<usize> {
     let mut idx: Vec<usize> = names
@@ -197,7 +206,11 @@ fn num(json: Option<&Value>, keys: &[&str]) -> Option<usize> {
 /// Checks every structural field the config states against the weights (diffusers or BFL
 /// field names) and adopts the RoPE axes, theta and eps. Returns whether axes were given.
 fn cross_check(config: &mut DitConfig, json: &Value) -> std::result::Result<bool, String> {
-    let err = |msg: String| msg;
+    if let Some(class) = json.get("_class_name").and_then(Value::as_str) {
+        if class != "Flux2Transformer2DModel" {
+            return Err(format!("_class_name = {class}, expected Flux2Transformer2DModel (FLUX.2)"));
+        }
+    }
     let d = config.inner_dim();
     let checks: [(&[&str], usize, &str); 8] = [
         (&["num_attention_heads", "num_heads"], config.num_attention_heads, "hidden size / QK-norm length"),
@@ -212,50 +225,50 @@ fn cross_check(config: &mut DitConfig, json: &Value) -> std::result::Result<bool
     for (keys, detected, what) in checks {
         if let Some(v) = num(Some(json), keys) {
             if v != detected {
-                return Err(err(format!(
+                return Err(format!(
                     "{} = {v} in the config, but the weights have {detected} ({what})",
                     keys[0]
-                )));
+                ));
             }
         }
     }
     match json.get("out_channels") {
         Some(Value::Null) | None if config.out_channels != config.in_channels => {
-            return Err(err(format!(
+            return Err(format!(
                 "out_channels = in_channels = {} in the config, but proj_out has {} rows",
                 config.in_channels, config.out_channels
-            )))
+            ))
         }
         Some(v) if v.as_u64().is_some_and(|v| v as usize != config.out_channels) => {
-            return Err(err(format!(
+            return Err(format!(
                 "out_channels = {v} in the config, but proj_out has {} rows",
                 config.out_channels
-            )))
+            ))
         }
         _ => {}
     }
     if let Some(ps) = num(Some(json), &["patch_size"]) {
         if ps != 1 {
-            return Err(err(format!("patch_size = {ps}: only patch size 1 (FLUX.2) is supported")));
+            return Err(format!("patch_size = {ps}: only patch size 1 (FLUX.2) is supported"));
         }
     }
     if let Some(r) = json.get("mlp_ratio").and_then(Value::as_f64) {
         // diffusers: mlp_hidden_dim = int(D * mlp_ratio)
         if (d as f64 * r) as usize != config.mlp_hidden_dim {
-            return Err(err(format!(
+            return Err(format!(
                 "mlp_ratio = {r} in the config gives {} hidden units, but the weights have {}",
                 (d as f64 * r) as usize,
                 config.mlp_hidden_dim
-            )));
+            ));
         }
     }
     for key in ["guidance_embeds", "guidance_embed"] {
         if let Some(b) = json.get(key).and_then(Value::as_bool) {
             if b != config.guidance_embeds {
-                return Err(err(format!(
+                return Err(format!(
                     "{key} = {b} in the config, but the weights {} a guidance embedder",
                     if config.guidance_embeds { "have" } else { "do not have" }
-                )));
+                ));
             }
         }
     }
@@ -265,18 +278,19 @@ fn cross_check(config: &mut DitConfig, json: &Value) -> std::result::Result<bool
     if let Some(e) = json.get("eps").and_then(Value::as_f64) {
         config.eps = e;
     }
-    let axes = ["axes_dims_rope", "axes_dim"].iter().find_map(|k| Some((*k, json.get(*k)?.as_array()?)));
-    let Some((key, arr)) = axes else { return Ok(false) };
-    let dims: Option<Vec<usize>> = arr.iter().map(|v| v.as_u64().map(|v| v as usize)).collect();
+    let axes = ["axes_dims_rope", "axes_dim"].iter().find_map(|k| Some((*k, json.get(*k)?)));
+    let Some((key, given)) = axes else { return Ok(false) };
+    let dims: Option<Vec<usize>> =
+        given.as_array().and_then(|a| a.iter().map(|v| v.as_u64().map(|v| v as usize)).collect());
     match dims {
         Some(v) if v.iter().sum::<usize>() == config.attention_head_dim && v.iter().all(|a| a % 2 == 0) => {
             config.axes_dims_rope = v;
             Ok(true)
         }
-        _ => Err(err(format!(
-            "{key} = {arr:?} in the config must be even integers summing to the head dim {}",
+        _ => Err(format!(
+            "{key} = {given} in the config must be even integers summing to the head dim {}",
             config.attention_head_dim
-        ))),
+        )),
     }
 }
 
@@ -286,82 +300,6 @@ pub fn variant_name(config: &DitConfig) -> &'static str {
         .into_iter()
         .find(|(_, c)| c == config)
         .map_or("custom", |(n, _)| n)
-}
-
-/// Where the BFL single file keeps the diffusers weight `name` (flux2-arch.md §3); `d` is
-/// the hidden size (row count of each part of a fused tensor).
-pub fn bfl_source(name: &str, d: usize) -> Source {
-    let parts: Vec<&str> = name.split('.').collect();
-    let t = |s: String| Source::Tensor(s);
-    match parts.as_slice() {
-        ["x_embedder", w] => t(format!("img_in.{w}")),
-        ["context_embedder", w] => t(format!("txt_in.{w}")),
-        ["time_guidance_embed", emb @ ("timestep_embedder" | "guidance_embedder"), lin, w] => {
-            let m = if *emb == "timestep_embedder" { "time_in" } else { "guidance_in" };
-            let l = if *lin == "linear_1" { "in_layer" } else { "out_layer" };
-            t(format!("{m}.{l}.{w}"))
-        }
-        [m
-        @ ("double_stream_modulation_img" | "double_stream_modulation_txt" | "single_stream_modulation"), "linear", w] => {
-            t(format!("{m}.lin.{w}"))
-        }
-        // diffusers chunks norm_out as (scale, shift); BFL's final layer as (shift, scale).
-        ["norm_out", "linear", "weight"] => {
-            let n = "final_layer.adaLN_modulation.1.weight".to_string();
-            Source::Concat(vec![
-                Source::Rows { name: n.clone(), start: d, end: 2 * d },
-                Source::Rows { name: n, start: 0, end: d },
-            ])
-        }
-        ["proj_out", w] => t(format!("final_layer.linear.{w}")),
-        ["transformer_blocks", i, rest @ ..] => double_source(i, rest, d).unwrap_or_else(|| t(name.into())),
-        ["single_transformer_blocks", i, "attn", rest @ ..] => {
-            let s = match rest {
-                ["to_qkv_mlp_proj", w] => format!("linear1.{w}"),
-                ["to_out", w] => format!("linear2.{w}"),
-                ["norm_q", "weight"] => "norm.query_norm.scale".into(),
-                ["norm_k", "weight"] => "norm.key_norm.scale".into(),
-                _ => return t(name.into()),
-            };
-            t(format!("single_blocks.{i}.{s}"))
-        }
-        _ => t(name.into()),
-    }
-}
-
-fn double_source(i: &str, rest: &[&str], d: usize) -> Option<Source> {
-    let b = format!("double_blocks.{i}");
-    let qkv = |stream: &str, k: usize| Source::Rows {
-        name: format!("{b}.{stream}_attn.qkv.weight"),
-        start: k * d,
-        end: (k + 1) * d,
-    };
-    let s = match rest {
-        ["attn", p @ ("to_q" | "to_k" | "to_v"), "weight"] => return Some(qkv("img", qkv_index(p))),
-        ["attn", p @ ("add_q_proj" | "add_k_proj" | "add_v_proj"), "weight"] => {
-            return Some(qkv("txt", qkv_index(p)))
-        }
-        ["attn", "norm_q", "weight"] => "img_attn.norm.query_norm.scale".to_string(),
-        ["attn", "norm_k", "weight"] => "img_attn.norm.key_norm.scale".into(),
-        ["attn", "norm_added_q", "weight"] => "txt_attn.norm.query_norm.scale".into(),
-        ["attn", "norm_added_k", "weight"] => "txt_attn.norm.key_norm.scale".into(),
-        ["attn", "to_out", "0", w] => format!("img_attn.proj.{w}"),
-        ["attn", "to_add_out", w] => format!("txt_attn.proj.{w}"),
-        [ff @ ("ff" | "ff_context"), lin @ ("linear_in" | "linear_out"), w] => {
-            let stream = if *ff == "ff" { "img" } else { "txt" };
-            format!("{stream}_mlp.{}.{w}", if *lin == "linear_in" { 0 } else { 2 })
-        }
-        _ => return None,
-    };
-    Some(Source::Tensor(format!("{b}.{s}")))
-}
-
-fn qkv_index(p: &str) -> usize {
-    match p {
-        "to_q" | "add_q_proj" => 0,
-        "to_k" | "add_k_proj" => 1,
-        _ => 2,
-    }
 }
 
 /// The transformer graph of a DiT component.

@@ -166,7 +166,7 @@ pub fn build_transformer(config: &DitConfig, target: Target, dtype: DType) -> Re
 
 /// Declares the inputs and wires the whole forward pass; returns the velocity [B, S, C].
 pub fn transformer(g: &Graph, config: &DitConfig) -> Result<T> {
-    let (d, eps) = (config.inner_dim(), config.eps as f32);
+    let d = config.inner_dim();
     let n_axes = config.axes_dims_rope.len();
     let x = g.input("hidden_states", g.dtype, shape!["B", "S", config.in_channels])?;
     let c = g.input("encoder_hidden_states", g.dtype, shape!["B", "L", config.joint_attention_dim])?;
@@ -199,11 +199,17 @@ pub fn transformer(g: &Graph, config: &DitConfig) -> Result<T> {
     let end = g.ints(&[i64::MAX]);
     let img = g.slice_dyn(z, 1, text_len, end, "S".into())?; // [B, S, D]: drop the text tokens
 
-    // norm_out (AdaLayerNormContinuous): chunks are (scale, shift), the reverse of the blocks.
-    let emb = g.linear(mods.silu_temb, "norm_out.linear", d, 2 * d, false)?; // [B, 2D]
+    final_layer(g, config, img, mods.silu_temb)
+}
+
+/// `proj_out(LN(h)·(1 + scale) + shift)` with `[scale | shift] = norm_out.linear(SiLU(temb))`:
+/// `AdaLayerNormContinuous` chunks (scale, shift), the reverse of the blocks' order.
+fn final_layer(g: &Graph, config: &DitConfig, img: T, silu_temb: T) -> Result<T> {
+    let d = config.inner_dim();
+    let emb = g.linear(silu_temb, "norm_out.linear", d, 2 * d, false)?; // [B, 2D]
     let emb = g.unsqueeze(emb, &[1])?; // [B, 1, 2D]
     let parts = g.split(emb, -1, &[d as i64, d as i64])?;
     let scale1 = g.add(g.scalar(1.0), parts[0])?;
-    let y = modulate(g, g.layer_norm(img, eps)?, parts[1], scale1)?; // LN(h)·(1 + scale) + shift
+    let y = modulate(g, g.layer_norm(img, config.eps as f32)?, parts[1], scale1)?;
     g.linear(y, "proj_out", d, config.out_channels, false)
 }
