@@ -309,3 +309,55 @@ fn graph_structure_per_target() {
     assert!(f64_casts(&build_transformer(&config, Target::Ort, DType::F32).unwrap()) > 0);
     assert_eq!(f64_casts(&m), 0);
 }
+
+/// The in-graph RoPE tables at real positions (text up to 511, a 64×64 grid, reference time
+/// offsets up to 40) against float64 angles: exact to f32 rounding on ONNX Runtime (float64
+/// angles, as diffusers), and within a few f32 ulps on the TensorRT target (split
+/// frequencies + explicit 2π reduction; a plain f32 product would be off by 3e-5).
+#[test]
+fn rope_tables_are_accurate_at_real_positions() {
+    use flux2_graphs::models::dit::{pair_frequencies, rope_tables};
+    use flux2_graphs::{shape, Graph};
+    use ndarray::{ArrayD, IxDyn};
+    let config = DitConfig::dev();
+    let (l, grid) = (512usize, 64usize);
+    let mut img = Vec::new();
+    for t in [0i64, 10, 40] {
+        for i in 0..grid as i64 {
+            for j in 0..grid as i64 {
+                img.extend([t, i, j, 0]);
+            }
+        }
+    }
+    let txt: Vec<i64> = (0..l as i64).flat_map(|n| [0, 0, 0, n]).collect();
+    let s = img.len() / 4;
+    for (target, tol) in [(Target::Ort, 1e-7f32), (Target::TensorRt, 1e-6)] {
+        let g = Graph::new(target, DType::F32);
+        let txt_ids = g.input("txt_ids", DType::I64, shape![1, "L", 4]).unwrap();
+        let img_ids = g.input("img_ids", DType::I64, shape![1, "S", 4]).unwrap();
+        let pe = rope_tables(&g, &config, txt_ids, img_ids).unwrap();
+        g.output(pe.cos, "cos").unwrap();
+        g.output(pe.sin, "sin").unwrap();
+        let model = g.finish("rope").unwrap();
+        let out = flux2_tests::run_model(
+            &model,
+            vec![
+                ("txt_ids", Input::I64(ArrayD::from_shape_vec(IxDyn(&[1, l, 4]), txt.clone()).unwrap())),
+                ("img_ids", Input::I64(ArrayD::from_shape_vec(IxDyn(&[1, s, 4]), img.clone()).unwrap())),
+            ],
+        )
+        .unwrap();
+        let (axis_of, freqs) = pair_frequencies(&config);
+        let ids: Vec<&[i64]> = txt.chunks(4).chain(img.chunks(4)).collect();
+        let mut worst = 0f32;
+        for (row, id) in ids.iter().enumerate() {
+            for (j, (&a, &f)) in axis_of.iter().zip(&freqs).enumerate() {
+                let theta = id[a as usize] as f64 * f;
+                let (c, sn) = (out["cos"][[row, j]], out["sin"][[row, j]]);
+                worst = worst.max((c - theta.cos() as f32).abs()).max((sn - theta.sin() as f32).abs());
+            }
+        }
+        eprintln!("{target:?}: worst cos/sin error {worst:.2e}");
+        assert!(worst <= tol, "{target:?}: RoPE table error {worst:e} > {tol:e}");
+    }
+}

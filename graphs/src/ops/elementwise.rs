@@ -89,6 +89,10 @@ impl Graph {
     pub fn reciprocal(&self, x: T) -> T {
         self.unary("Reciprocal", x)
     }
+    /// Round half to even.
+    pub fn round(&self, x: T) -> T {
+        self.unary("Round", x)
+    }
     pub fn not(&self, x: T) -> T {
         self.unary("Not", x)
     }

@@ -28,7 +28,7 @@ use crate::{shape, DType, Graph, GraphError, Model, Result, Target, T};
 
 pub use blocks::{double_block, single_block};
 pub use embed::{modulate, Mod, Modulations};
-pub use rope::{rope_tables, Rope};
+pub use rope::{pair_frequencies, rope_tables, Rope};
 
 /// Shape of a FLUX.2 DiT. Field names follow the diffusers `config.json`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
