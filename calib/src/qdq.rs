@@ -13,8 +13,9 @@
 //!   fuse `DQ → MatMul ← DQ` into `MatMulIntegerToFloat` (platform-notes §3).
 //! * INT8 weights: symmetric per output channel (MatMul axis 1, Conv axis 0), scale amax/127,
 //!   zero point 0. FP8 weights: one per-tensor scale amax/448 (E4M3FN, saturating).
-//! * Activations: one per-tensor scale from the calibrator; one `QuantizeLinear` per activation
-//!   tensor (shared by every quantised consumer) and one `DequantizeLinear` per consumer.
+//! * Activations: one per-tensor scale from the calibrator and a Q/DQ pair per consumer (ONNX
+//!   Runtime fuses only when a Q feeds a single DQ; measured: a Q shared by q/k/v projections
+//!   left all three unfused). TensorRT merges the duplicates.
 //! * SmoothQuant factors, when given for an activation, become a `Mul` by 1/s in front of its
 //!   quantiser and are folded into each consumer's weight rows.
 //!
@@ -162,7 +163,7 @@ pub fn insert_qdq(file: &OnnxFile, layers: &[Layer], plan: &QdqPlan) -> Result<Q
     let zp_bytes = |n: usize| vec![0u8; n]; // int8 0 and FP8 +0.0 are both byte 0
     let mut out_nodes: Vec<NodeProto> = Vec::with_capacity(file.graph().node.len() + 4 * by_node.len());
     let mut new_inits: Vec<TensorProto> = Vec::new();
-    let mut quantized_acts: HashMap<String, (String, String, String)> = HashMap::new(); // act -> (q, scale, zp)
+    let mut smoothed_acts: HashMap<String, String> = HashMap::new(); // activation -> smoothed name
     let mut weights = BTreeMap::new();
     for n in &file.graph().node {
         let Some(layer) = by_node.get(n.name.as_str()) else {
@@ -174,7 +175,7 @@ pub fn insert_qdq(file: &OnnxFile, layers: &[Layer], plan: &QdqPlan) -> Result<Q
             name: act.clone(),
             msg: format!("no activation range for layer '{}'", layer.name),
         })?;
-        if !quantized_acts.contains_key(act) {
+        if !smoothed_acts.contains_key(act) {
             let mut cur = act.clone();
             if let Some(s) = &aq.smooth {
                 if s.len() != layer.in_channels() {
@@ -201,24 +202,28 @@ pub fn insert_qdq(file: &OnnxFile, layers: &[Layer], plan: &QdqPlan) -> Result<Q
                 ));
                 cur = smoothed;
             }
-            let (scale, zp) = (fresh(format!("{act}.qdq_scale")), fresh(format!("{act}.qdq_zero_point")));
-            new_inits.push(f32_tensor(&scale, &[], &[fmt.scale_for(aq.amax)]));
-            new_inits.push(const_tensor(&zp, fmt.onnx_type(), &[], zp_bytes(1)));
-            let q = fresh(format!("{act}.quantized"));
-            out_nodes.push(node(
-                "QuantizeLinear",
-                fresh(format!("{act}.quantize")),
-                vec![cur, scale.clone(), zp.clone()],
-                q.clone(),
-                vec![],
-            ));
-            quantized_acts.insert(act.clone(), (q, scale, zp));
+            smoothed_acts.insert(act.clone(), cur);
         }
-        let (q, scale, zp) = quantized_acts[act].clone();
-        let act_dq = fresh(format!("{}.input_dq", layer.name));
+        // a Q/DQ pair per consumer, with its own scale and zero-point initializers: ONNX
+        // Runtime fuses DQ → MatMul only when the Q feeds that one DQ, and identical
+        // initializer names would let common-subexpression elimination merge the pairs again
+        let cur = smoothed_acts[act].clone();
+        let l = &layer.name;
+        let (scale, zp) = (fresh(format!("{l}.input_scale")), fresh(format!("{l}.input_zero_point")));
+        new_inits.push(f32_tensor(&scale, &[], &[fmt.scale_for(aq.amax)]));
+        new_inits.push(const_tensor(&zp, fmt.onnx_type(), &[], zp_bytes(1)));
+        let q = fresh(format!("{l}.input_quantized"));
+        out_nodes.push(node(
+            "QuantizeLinear",
+            fresh(format!("{l}.input_quantize")),
+            vec![cur, scale.clone(), zp.clone()],
+            q.clone(),
+            vec![],
+        ));
+        let act_dq = fresh(format!("{l}.input_dq"));
         out_nodes.push(node(
             "DequantizeLinear",
-            fresh(format!("{}.input_dequantize", layer.name)),
+            fresh(format!("{l}.input_dequantize")),
             vec![q, scale, zp],
             act_dq.clone(),
             vec![],

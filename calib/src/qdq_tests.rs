@@ -82,10 +82,14 @@ fn int8_weights_are_per_channel_pre_transposed_and_feed_the_matmul() {
     let g = q.proto.graph.as_ref().unwrap_or_else(|| unreachable!());
     assert!(!g.node.iter().any(|n| n.op_type == "Transpose"), "weight transposes are folded");
     assert!(!g.initializer.iter().any(|t| t.name == "a.weight"), "float weight pruned");
-    // one Q per activation tensor (b and c share theirs), one DQ per consumer and per weight
+    // a Q/DQ pair per consumer (b and c share their input but not their quantiser), a DQ per weight
     let count = |op: &str| g.node.iter().filter(|n| n.op_type == op).count();
-    assert_eq!(count("QuantizeLinear"), 3);
+    assert_eq!(count("QuantizeLinear"), 4);
     assert_eq!(count("DequantizeLinear"), 8);
+    for n in g.node.iter().filter(|n| n.op_type == "QuantizeLinear") {
+        let readers = g.node.iter().filter(|m| m.input.contains(&n.output[0])).count();
+        assert_eq!(readers, 1, "{} feeds one DQ", n.name);
+    }
     for l in &layers {
         let node = g.node.iter().find(|n| n.name == l.node).unwrap_or_else(|| panic!("{}", l.node));
         for input in &node.input[..2] {

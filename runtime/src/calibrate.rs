@@ -191,6 +191,9 @@ pub struct Outcome {
 }
 
 /// Calibrates `opts.model` into `opts.out`. See the module docs.
-pub fn calibrate(opts: &CalibrateOptions, on_event: &mut dyn FnMut(Event)) -> Result<Outcome, CalibrateError> {
+pub fn calibrate(
+    opts: &CalibrateOptions,
+    on_event: &mut dyn FnMut(Event),
+) -> Result<Outcome, CalibrateError> {
     output::run(opts, on_event)
 }

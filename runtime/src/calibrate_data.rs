@@ -113,17 +113,20 @@ pub fn built_in_prompts() -> Vec<String> {
 
 /// A seed for item `i` of stream `tag`, independent across streams.
 pub(super) fn derive_seed(seed: u64, tag: u64, i: u64) -> u64 {
-    let mut r = Rng::new(seed ^ tag.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ i.wrapping_mul(0xD1B5_4A32_D192_ED03));
+    let mut r =
+        Rng::new(seed ^ tag.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ i.wrapping_mul(0xD1B5_4A32_D192_ED03));
     r.next_u64()
 }
 
 fn f32_input(shape: &[usize], data: Vec<f32>) -> Result<Arc<Input>, CalibrateError> {
-    let a = ArrayD::from_shape_vec(IxDyn(shape), data).map_err(|e| opt_err("calibration data", e.to_string()))?;
+    let a =
+        ArrayD::from_shape_vec(IxDyn(shape), data).map_err(|e| opt_err("calibration data", e.to_string()))?;
     Ok(Arc::new(Input::F32(a)))
 }
 
 fn i64_input(shape: &[usize], data: Vec<i64>) -> Result<Arc<Input>, CalibrateError> {
-    let a = ArrayD::from_shape_vec(IxDyn(shape), data).map_err(|e| opt_err("calibration data", e.to_string()))?;
+    let a =
+        ArrayD::from_shape_vec(IxDyn(shape), data).map_err(|e| opt_err("calibration data", e.to_string()))?;
     Ok(Arc::new(Input::I64(a)))
 }
 
@@ -160,13 +163,22 @@ pub(super) fn split_prompts(n: usize) -> (Vec<usize>, Vec<usize>) {
 }
 
 /// Token ids and masks of each prompt (needs the exported tokenizer).
-pub(super) fn tokenize(model: &ModelDir, prompts: &[String], max_len: usize) -> Result<Vec<Sample>, CalibrateError> {
+pub(super) fn tokenize(
+    model: &ModelDir,
+    prompts: &[String],
+    max_len: usize,
+) -> Result<Vec<Sample>, CalibrateError> {
     let dir = model.tokenizer_dir().ok_or_else(|| {
-        opt_err("--components", "the text encoder was exported without tokenizer/ (export from a diffusers folder)")
+        opt_err(
+            "--components",
+            "the text encoder was exported without tokenizer/ (export from a diffusers folder)",
+        )
     })?;
     let cfg = model.dir.join("text_encoder_config.json");
-    let family = Family::from_config_file(&cfg).map_err(|e| opt_err("text encoder", format!("{}: {e}", cfg.display())))?;
-    let enc = PromptEncoder::from_tokenizer_dir(&dir, family).map_err(|e| opt_err("tokenizer", e.to_string()))?;
+    let family = Family::from_config_file(&cfg)
+        .map_err(|e| opt_err("text encoder", format!("{}: {e}", cfg.display())))?;
+    let enc =
+        PromptEncoder::from_tokenizer_dir(&dir, family).map_err(|e| opt_err("tokenizer", e.to_string()))?;
     let mut out = Vec::new();
     for p in prompts {
         let e = enc.encode(&[p.as_str()], max_len).map_err(|e| opt_err("--prompts", e.to_string()))?;
@@ -189,7 +201,9 @@ pub(super) fn embeddings(
     opts: &CalibrateOptions,
     sess: &SessionOptions,
 ) -> Result<(Vec<Arc<Input>>, String), CalibrateError> {
-    let ctx = model.context_dim().ok_or_else(|| opt_err("model", "the transformer has no encoder_hidden_states input"))?;
+    let ctx = model
+        .context_dim()
+        .ok_or_else(|| opt_err("model", "the transformer has no encoder_hidden_states input"))?;
     match tokens {
         Some(tokens) => {
             let mut s = cpu_session(&model.graph("text_encoder")?, sess)?;
@@ -203,7 +217,10 @@ pub(super) fn embeddings(
                 if e.shape().last() != Some(&ctx) {
                     return Err(CalibrateError::Graph {
                         graph: "text_encoder".into(),
-                        msg: format!("prompt_embeds {:?} do not match the transformer's context width {ctx}", e.shape()),
+                        msg: format!(
+                            "prompt_embeds {:?} do not match the transformer's context width {ctx}",
+                            e.shape()
+                        ),
                     });
                 }
                 out.push(Arc::new(Input::F32(e)));
@@ -213,9 +230,17 @@ pub(super) fn embeddings(
         None => {
             let l = opts.max_sequence_length;
             let out = (0..n)
-                .map(|i| f32_input(&[1, l, ctx], crate::noise::noise(derive_seed(opts.seed, 1, i as u64), &[1, l, ctx])))
+                .map(|i| {
+                    f32_input(
+                        &[1, l, ctx],
+                        crate::noise::noise(derive_seed(opts.seed, 1, i as u64), &[1, l, ctx]),
+                    )
+                })
                 .collect::<Result<Vec<_>, _>>()?;
-            Ok((out, format!("seeded N(0,1) prompt embeddings [1, {l}, {ctx}] (the model has no text encoder)")))
+            Ok((
+                out,
+                format!("seeded N(0,1) prompt embeddings [1, {l}, {ctx}] (the model has no text encoder)"),
+            ))
         }
     }
 }
@@ -274,7 +299,11 @@ pub(super) fn trajectories(
     let (c, mode) = (model.latent_channels(), model.guidance_mode());
     let n_split = |s: &str| plan.iter().filter(|p| p.0 == s).count();
     let per = |split: &str, i: usize| {
-        let (total, n) = if split == "calibration" { (opts.samples, n_split(split)) } else { (opts.heldout, n_split(split)) };
+        let (total, n) = if split == "calibration" {
+            (opts.samples, n_split(split))
+        } else {
+            (opts.heldout, n_split(split))
+        };
         total / n + usize::from(i < total % n)
     };
     let kind = opts.dist;
@@ -285,7 +314,8 @@ pub(super) fn trajectories(
     for (t, &(split, width, height, n_steps, n_refs, prompt)) in plan.iter().enumerate() {
         let (h, w) = (height / 16, width / 16);
         let seed = derive_seed(opts.seed, 2, t as u64);
-        let schedule = Schedule::for_tokens(h * w, n_steps, Shift::Empirical).map_err(|e| opt_err("--steps", e.to_string()))?;
+        let schedule = Schedule::for_tokens(h * w, n_steps, Shift::Empirical)
+            .map_err(|e| opt_err("--steps", e.to_string()))?;
         // references: the latest earlier finals (or seeded noise when there are none yet)
         let mut ref_ids: Vec<i64> = Vec::new();
         let mut ref_tokens: Vec<f32> = Vec::new();
@@ -296,7 +326,15 @@ pub(super) fn trajectories(
                     ref_from.push(j);
                     finals[j].clone()
                 }
-                None => (h, w, pack(&crate::noise::noise(derive_seed(opts.seed, 3, (t * 8 + k) as u64), &[1, c, h, w]), c, h * w)),
+                None => (
+                    h,
+                    w,
+                    pack(
+                        &crate::noise::noise(derive_seed(opts.seed, 3, (t * 8 + k) as u64), &[1, c, h, w]),
+                        c,
+                        h * w,
+                    ),
+                ),
             };
             ref_tokens.extend(tokens);
             for i in 0..rh {
@@ -367,10 +405,14 @@ pub(super) fn trajectories(
         let k = index_in_split.entry(split).or_insert(0);
         let count = per(split, *k);
         *k += 1;
-        let dist = TimestepDist::new(kind, Params { alpha: schedule.alpha, mu: opts.dist_mu, sigma: opts.dist_sigma })
-            .map_err(|e| opt_err(&format!("--dist-{}", e.parameter()), e.to_string()))?;
+        let dist = TimestepDist::new(
+            kind,
+            Params { alpha: schedule.alpha, mu: opts.dist_mu, sigma: opts.dist_sigma },
+        )
+        .map_err(|e| opt_err(&format!("--dist-{}", e.parameter()), e.to_string()))?;
         let drawn: Vec<f32> = if count > 0 {
-            dist.sample(count, derive_seed(opts.seed, 4, t as u64)).map_err(|e| opt_err("--samples", e.to_string()))?
+            dist.sample(count, derive_seed(opts.seed, 4, t as u64))
+                .map_err(|e| opt_err("--samples", e.to_string()))?
         } else {
             vec![]
         }

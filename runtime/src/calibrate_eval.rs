@@ -51,7 +51,11 @@ pub(super) fn generations(
             let shape = vec![1, opts.max_sequence_length, ctx];
             Tensor { data: crate::noise::noise(derive_seed(opts.seed, tag, k as u64), &shape), shape }
         };
-        let mut req = Request::new(if has_text { PromptSource::Text(text.clone()) } else { PromptSource::Embeds(random_embeds(8)) });
+        let mut req = Request::new(if has_text {
+            PromptSource::Text(text.clone())
+        } else {
+            PromptSource::Embeds(random_embeds(8))
+        });
         if !has_text {
             req.negative = Some(PromptSource::Embeds(random_embeds(9)));
         }
@@ -66,7 +70,11 @@ pub(super) fn generations(
         on_event(Event::Advance { done: 2 * k + 2, total: 2 * n });
         let p = psnr(&a.data, &b.data, 1.0);
         out.push(GenerationReport {
-            prompt: if has_text { text } else { format!("(random embeddings, held-out prompt {prompt_index})") },
+            prompt: if has_text {
+                text
+            } else {
+                format!("(random embeddings, held-out prompt {prompt_index})")
+            },
             width,
             height,
             steps,

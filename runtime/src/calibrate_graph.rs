@@ -16,7 +16,7 @@ use flux2_calib::smoothquant::{factors, weight_input_amax};
 use flux2_calib::stats::TensorStats;
 
 use super::data::GraphData;
-use super::run::{collect_stats, describe, fidelity, latency, outputs, Observed};
+use super::run::{collect_stats, describe, fidelity, latency_pair, outputs, Observed};
 use super::{CalibrateError, CalibrateOptions, Event};
 use crate::model_dir::ModelDir;
 use crate::SessionOptions;
@@ -49,7 +49,10 @@ fn smoothing(
     }
     let mut out = BTreeMap::new();
     for (act, w) in pooled {
-        let x = &stats.get(&act).ok_or_else(|| graph_err(&file.path.display().to_string(), format!("no stats for {act}")))?.channel_amax;
+        let x = &stats
+            .get(&act)
+            .ok_or_else(|| graph_err(&file.path.display().to_string(), format!("no stats for {act}")))?
+            .channel_amax;
         out.insert(act, factors(x, &w, alpha)?);
     }
     Ok(out)
@@ -72,7 +75,8 @@ pub(super) fn calibrate_graph(
         return Err(graph_err(stem, "has no MatMul or Conv with a constant weight to quantise"));
     }
     let work: PathBuf = staging.join(".work").join(stem);
-    std::fs::create_dir_all(&work).map_err(|e| CalibrateError::Output { path: work.clone(), msg: e.to_string() })?;
+    std::fs::create_dir_all(&work)
+        .map_err(|e| CalibrateError::Output { path: work.clone(), msg: e.to_string() })?;
     link_external_files(&file, &work)?;
 
     let mut observed: Vec<Observed> = Vec::new();
@@ -90,7 +94,10 @@ pub(super) fn calibrate_graph(
     let quant_stats = if smooth.is_empty() {
         raw.clone()
     } else {
-        on_event(Event::Stage { label: &format!("smoothed statistics {stem}"), total: data.calibration.len() });
+        on_event(Event::Stage {
+            label: &format!("smoothed statistics {stem}"),
+            total: data.calibration.len(),
+        });
         collect_stats(&file, &work, &observed, &data.calibration, &smooth, sess, on_event)?
     };
     let mut activations: BTreeMap<String, ActivationQuant> = BTreeMap::new();
@@ -109,9 +116,14 @@ pub(super) fn calibrate_graph(
     for l in &layers {
         let pattern = opts.exclude.iter().find(|p| l.name.contains(p.as_str()));
         if let Some(p) = pattern {
-            kept.push(KeptLayer { layer: l.name.clone(), reason: format!("excluded by --exclude '{p}'"), nmse_alone: None });
+            kept.push(KeptLayer {
+                layer: l.name.clone(),
+                reason: format!("excluded by --exclude '{p}'"),
+                nmse_alone: None,
+            });
         } else if raw[&l.activation].rows <= 1 && !opts.quantize_vectors {
-            let reason = "per-forward vector input (one row per sample: no speed to gain, shifts every token)";
+            let reason =
+                "per-forward vector input (one row per sample: no speed to gain, shifts every token)";
             kept.push(KeptLayer { layer: l.name.clone(), reason: reason.into(), nmse_alone: None });
         } else {
             candidates.push(l.name.clone());
@@ -122,7 +134,11 @@ pub(super) fn calibrate_graph(
     let reference = outputs(&float_path, &data.heldout, &output_names, sess)?;
     let probe_path = work.join("probe.onnx");
     let mut measure = |set: &BTreeSet<String>| -> Result<f64, CalibrateError> {
-        let q = insert_qdq(&file, &layers, &QdqPlan { format: opts.format, layers: set, activations: &activations })?;
+        let q = insert_qdq(
+            &file,
+            &layers,
+            &QdqPlan { format: opts.format, layers: set, activations: &activations },
+        )?;
         write_model(&q.proto, &file, &work, "probe", DataMode::KeepExternal)?;
         Ok(fidelity(&reference, &outputs(&probe_path, &data.heldout, &output_names, sess)?).nmse_mean)
     };
@@ -140,16 +156,17 @@ pub(super) fn calibrate_graph(
     }
 
     let chosen: BTreeSet<String> = selection.quantized.iter().cloned().collect();
-    let q = insert_qdq(&file, &layers, &QdqPlan { format: opts.format, layers: &chosen, activations: &activations })?;
+    let q = insert_qdq(
+        &file,
+        &layers,
+        &QdqPlan { format: opts.format, layers: &chosen, activations: &activations },
+    )?;
     let staged = write_model(&q.proto, &file, staging, stem, DataMode::SelfContained)?;
     let fid = fidelity(&reference, &outputs(&staged, &data.heldout, &output_names, sess)?);
     let lat = if opts.latency_runs > 0 {
-        on_event(Event::Stage { label: &format!("latency {stem}"), total: 2 });
+        on_event(Event::Stage { label: &format!("latency {stem}"), total: 0 });
         let sample = &data.heldout[0];
-        let float_ms = latency(&float_path, sample, opts.latency_runs, sess)?;
-        on_event(Event::Advance { done: 1, total: 2 });
-        let quantized_ms = latency(&staged, sample, opts.latency_runs, sess)?;
-        on_event(Event::Advance { done: 2, total: 2 });
+        let (float_ms, quantized_ms) = latency_pair(&float_path, &staged, sample, opts.latency_runs, sess)?;
         Some(Latency { float_ms, quantized_ms, runs: opts.latency_runs, input: describe(sample) })
     } else {
         None
@@ -166,10 +183,13 @@ pub(super) fn calibrate_graph(
             smooth: aq.smooth.clone(),
         });
         if let Some(ws) = q.weights.get(&l.name) {
-            scales.weights.insert(l.name.clone(), WeightEntry { activation: l.activation.clone(), scales: ws.clone() });
+            scales
+                .weights
+                .insert(l.name.clone(), WeightEntry { activation: l.activation.clone(), scales: ws.clone() });
         }
         if opts.format == Format::Int8 {
-            cache_ranges.insert(l.activation.clone(), opts.calibrator.amax(&raw[&l.activation], Format::Int8));
+            cache_ranges
+                .insert(l.activation.clone(), opts.calibrator.amax(&raw[&l.activation], Format::Int8));
         }
     }
     let report = ComponentReport {

@@ -38,7 +38,11 @@ impl Drop for Staging {
 /// Checks every option and the model before any work; returns the graphs to calibrate and
 /// the trajectory step counts.
 fn validate(opts: &CalibrateOptions, model: &ModelDir) -> Result<(Vec<String>, Vec<usize>), CalibrateError> {
-    let positive = [("--samples", opts.samples), ("--heldout", opts.heldout), ("--max-sequence-length", opts.max_sequence_length)];
+    let positive = [
+        ("--samples", opts.samples),
+        ("--heldout", opts.heldout),
+        ("--max-sequence-length", opts.max_sequence_length),
+    ];
     for (name, v) in positive {
         if v == 0 {
             return Err(opt_err(name, "must be at least 1"));
@@ -56,7 +60,10 @@ fn validate(opts: &CalibrateOptions, model: &ModelDir) -> Result<(Vec<String>, V
         }
         for g in ["transformer", "vae_decoder"] {
             if model.entry(g).is_none() {
-                return Err(opt_err("--max-psnr-drop", format!("full generations need the {g} graph, which the model lacks")));
+                return Err(opt_err(
+                    "--max-psnr-drop",
+                    format!("full generations need the {g} graph, which the model lacks"),
+                ));
             }
         }
     }
@@ -88,7 +95,10 @@ fn validate(opts: &CalibrateOptions, model: &ModelDir) -> Result<(Vec<String>, V
         let present: Vec<&str> = c.graphs().iter().copied().filter(|g| model.entry(g).is_some()).collect();
         if present.is_empty() && opts.components.is_some() {
             let have: Vec<&String> = model.manifest.graphs.keys().collect();
-            return Err(opt_err("--components", format!("the model has no {:?} graph (it has {have:?})", c.graphs())));
+            return Err(opt_err(
+                "--components",
+                format!("the model has no {:?} graph (it has {have:?})", c.graphs()),
+            ));
         }
         graphs.extend(present.into_iter().map(String::from));
     }
@@ -98,10 +108,19 @@ fn validate(opts: &CalibrateOptions, model: &ModelDir) -> Result<(Vec<String>, V
     for g in &graphs {
         let e = model.entry(g).ok_or_else(|| opt_err("--components", format!("no graph {g}")))?;
         if e.dtype != "f32" {
-            return Err(opt_err("--model", format!("graph {g} is {}; calibration starts from an f32 export (flux2 export --dtype f32)", e.dtype)));
+            return Err(opt_err(
+                "--model",
+                format!(
+                    "graph {g} is {}; calibration starts from an f32 export (flux2 export --dtype f32)",
+                    e.dtype
+                ),
+            ));
         }
         if let Some(p) = e.precision.as_deref().filter(|p| *p != "fp32") {
-            return Err(opt_err("--model", format!("graph {g} is already quantised ({p}); calibrate the float export")));
+            return Err(opt_err(
+                "--model",
+                format!("graph {g} is already quantised ({p}); calibrate the float export"),
+            ));
         }
         model.graph(g)?;
     }
@@ -120,7 +139,10 @@ fn check_out(opts: &CalibrateOptions) -> Result<(), CalibrateError> {
     let model = opts.model.canonicalize().map_err(|e| out_err(&opts.model, e.to_string()))?;
     let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent).map_err(|e| out_err(parent, format!("cannot create: {e}")))?;
-    let out_abs = parent.canonicalize().map_err(|e| out_err(parent, e.to_string()))?.join(out.file_name().unwrap_or_default());
+    let out_abs = parent
+        .canonicalize()
+        .map_err(|e| out_err(parent, e.to_string()))?
+        .join(out.file_name().unwrap_or_default());
     if out_abs.starts_with(&model) || model.starts_with(&out_abs) {
         return Err(out_err(out, format!("--out must not overlap the model folder {}", model.display())));
     }
@@ -131,7 +153,14 @@ fn check_out(opts: &CalibrateOptions) -> Result<(), CalibrateError> {
 /// files in `skip` (the float graphs that were quantised, with their weights) and, at the top,
 /// the manifest and earlier calibration outputs.
 fn link_tree(src: &Path, dst: &Path, skip: &[PathBuf], top: bool) -> Result<(), CalibrateError> {
-    const REPLACED: &[&str] = &["manifest.json", "scales.json", "calibration.json", "calibration.cache", "report.json", "report.md"];
+    const REPLACED: &[&str] = &[
+        "manifest.json",
+        "scales.json",
+        "calibration.json",
+        "calibration.cache",
+        "report.json",
+        "report.md",
+    ];
     for e in std::fs::read_dir(src).map_err(|e| out_err(src, e.to_string()))?.flatten() {
         let (p, name) = (e.path(), e.file_name());
         let n = name.to_string_lossy();
@@ -157,11 +186,17 @@ fn json<T: serde::Serialize>(v: &T) -> Result<String, CalibrateError> {
     serde_json::to_string_pretty(v).map_err(|e| opt_err("json", e.to_string()))
 }
 
-pub(super) fn run(opts: &CalibrateOptions, on_event: &mut dyn FnMut(Event)) -> Result<Outcome, CalibrateError> {
+pub(super) fn run(
+    opts: &CalibrateOptions,
+    on_event: &mut dyn FnMut(Event),
+) -> Result<Outcome, CalibrateError> {
     let model = ModelDir::open(&opts.model)?;
     let (graphs, steps) = validate(opts, &model)?;
     check_out(opts)?;
-    let sess = SessionOptions { intra_threads: opts.threads.unwrap_or(SessionOptions::default().intra_threads), optimization: true };
+    let sess = SessionOptions {
+        intra_threads: opts.threads.unwrap_or(SessionOptions::default().intra_threads),
+        optimization: true,
+    };
     let parent = opts.out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let name = opts.out.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| "out".into());
     let staging_path = parent.join(format!(".{name}.flux2-calib-{}", std::process::id()));
@@ -170,7 +205,12 @@ pub(super) fn run(opts: &CalibrateOptions, on_event: &mut dyn FnMut(Event)) -> R
     let mut staging = Staging(Some(staging_path.clone()));
 
     let (data, record) = plan::collect(&model, opts, &graphs, &steps, &sess, on_event)?;
-    let mut scales = ScalesFile { format: opts.format, calibrator: opts.calibrator, smoothquant_alpha: opts.smoothquant, graphs: BTreeMap::new() };
+    let mut scales = ScalesFile {
+        format: opts.format,
+        calibrator: opts.calibrator,
+        smoothquant_alpha: opts.smoothquant,
+        graphs: BTreeMap::new(),
+    };
     let mut components = BTreeMap::new();
     let mut caches: BTreeMap<String, BTreeMap<String, f32>> = BTreeMap::new();
     let mut skip = Vec::new();
@@ -191,7 +231,10 @@ pub(super) fn run(opts: &CalibrateOptions, on_event: &mut dyn FnMut(Event)) -> R
         let mut merged: BTreeMap<String, f32> = BTreeMap::new();
         let mut clash = false;
         for (g, ranges) in &caches {
-            write(&staging_path.join(format!("{g}.calibration.cache")), &trt_calibration_cache(&opts.trt_cache_version, ranges))?;
+            write(
+                &staging_path.join(format!("{g}.calibration.cache")),
+                &trt_calibration_cache(&opts.trt_cache_version, ranges),
+            )?;
             for (t, v) in ranges {
                 clash |= merged.insert(t.clone(), *v).is_some_and(|old| old != *v);
             }
@@ -199,7 +242,10 @@ pub(super) fn run(opts: &CalibrateOptions, on_event: &mut dyn FnMut(Event)) -> R
         if clash {
             notes.push("calibration.cache not written: a tensor name has different ranges in two graphs; use the per-graph <graph>.calibration.cache files".into());
         } else {
-            write(&staging_path.join("calibration.cache"), &trt_calibration_cache(&opts.trt_cache_version, &merged))?;
+            write(
+                &staging_path.join("calibration.cache"),
+                &trt_calibration_cache(&opts.trt_cache_version, &merged),
+            )?;
         }
     }
     link_tree(&model.dir, &staging_path, &skip, true)?;
@@ -218,7 +264,8 @@ pub(super) fn run(opts: &CalibrateOptions, on_event: &mut dyn FnMut(Event)) -> R
         notes.push("FP8 Q/DQ is simulated on CPU (ONNX Runtime runs DequantizeLinear + float MatMul); latency is not representative of FP8 hardware".into());
     }
 
-    let can_generate = model.entry("transformer").is_some() && model.entry("vae_decoder").is_some() && opts.eval_images > 0;
+    let can_generate =
+        model.entry("transformer").is_some() && model.entry("vae_decoder").is_some() && opts.eval_images > 0;
     let generations = if can_generate {
         eval::generations(&model, &staging_path, opts, &record, &sess, on_event)?
     } else {
@@ -241,12 +288,20 @@ pub(super) fn run(opts: &CalibrateOptions, on_event: &mut dyn FnMut(Event)) -> R
         seed: opts.seed,
         components,
         generations,
-        gate: Gate { max_psnr_drop_db: opts.max_psnr_drop, psnr_floor_db: floor, worst_psnr_drop_db: worst, passed, reason },
+        gate: Gate {
+            max_psnr_drop_db: opts.max_psnr_drop,
+            psnr_floor_db: floor,
+            worst_psnr_drop_db: worst,
+            passed,
+            reason,
+        },
         model_written: passed,
         notes,
     };
     if !passed {
-        for e in std::fs::read_dir(&staging_path).map_err(|e| out_err(&staging_path, e.to_string()))?.flatten() {
+        for e in
+            std::fs::read_dir(&staging_path).map_err(|e| out_err(&staging_path, e.to_string()))?.flatten()
+        {
             if !REPORT_FILES.iter().any(|f| e.file_name() == *f) {
                 let p = e.path();
                 let _ = if p.is_dir() { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) };

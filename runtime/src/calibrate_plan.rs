@@ -33,7 +33,12 @@ fn latent_sample(x: Arc<Input>) -> Sample {
 }
 
 /// Seeded N(0, 1) latents at the calibration sizes (when the model has no DiT).
-fn random_latents(model: &ModelDir, opts: &CalibrateOptions, tag: u64, per_size: usize) -> Result<Vec<Arc<Input>>, CalibrateError> {
+fn random_latents(
+    model: &ModelDir,
+    opts: &CalibrateOptions,
+    tag: u64,
+    per_size: usize,
+) -> Result<Vec<Arc<Input>>, CalibrateError> {
     let c = decoder_channels(model);
     let mut out = Vec::new();
     for k in 0..per_size {
@@ -49,14 +54,19 @@ fn random_latents(model: &ModelDir, opts: &CalibrateOptions, tag: u64, per_size:
 }
 
 /// Float VAE decodings of `latents`, clamped to [−1, 1], as encoder inputs.
-fn decode_all(model: &ModelDir, latents: &[Arc<Input>], sess: &SessionOptions) -> Result<Vec<Sample>, CalibrateError> {
+fn decode_all(
+    model: &ModelDir,
+    latents: &[Arc<Input>],
+    sess: &SessionOptions,
+) -> Result<Vec<Sample>, CalibrateError> {
     let mut s = cpu_session(&model.graph("vae_decoder")?, sess)?;
     let mut out = Vec::new();
     for l in latents {
         let mut o = run(&mut s, latent_sample(l.clone()).feed())?;
-        let img = o
-            .remove("image")
-            .ok_or_else(|| CalibrateError::Graph { graph: "vae_decoder".into(), msg: "no image output".into() })?;
+        let img = o.remove("image").ok_or_else(|| CalibrateError::Graph {
+            graph: "vae_decoder".into(),
+            msg: "no image output".into(),
+        })?;
         let img = img.mapv(|v| v.clamp(-1.0, 1.0));
         out.push(Sample { inputs: vec![("image".into(), Arc::new(Input::F32(img)))] });
     }
@@ -76,7 +86,10 @@ pub(super) fn collect(
     let prompts = opts.prompts.clone().unwrap_or_else(built_in_prompts);
     let (cal_idx, held_idx) = split_prompts(prompts.len());
     if cal_idx.is_empty() || held_idx.is_empty() {
-        return Err(opt_err("--prompts", format!("{} prompt(s); need at least 2 (one is held out)", prompts.len())));
+        return Err(opt_err(
+            "--prompts",
+            format!("{} prompt(s); need at least 2 (one is held out)", prompts.len()),
+        ));
     }
     let needs_traj = has(model, "transformer") && graphs.iter().any(|g| g != "text_encoder");
     let has_te = has(model, "text_encoder");
@@ -123,7 +136,16 @@ pub(super) fn collect(
             _ => None,
         };
         record.text_embeddings = how;
-        let t = trajectories(model, opts, steps, (&cal_idx, &held_idx), &embeds, uncond.as_ref(), sess, on_event)?;
+        let t = trajectories(
+            model,
+            opts,
+            steps,
+            (&cal_idx, &held_idx),
+            &embeds,
+            uncond.as_ref(),
+            sess,
+            on_event,
+        )?;
         record.trajectories = t.records;
         latents = t.latents;
         latent_source = "final latents of the calibration trajectories".into();
@@ -132,7 +154,8 @@ pub(super) fn collect(
         }
     } else if wants("vae_decoder") || wants("vae_encoder") {
         latents = (random_latents(model, opts, 6, 2)?, random_latents(model, opts, 7, 1)?);
-        latent_source = "seeded N(0,1) latents at the calibration sizes (the model has no transformer)".into();
+        latent_source =
+            "seeded N(0,1) latents at the calibration sizes (the model has no transformer)".into();
     }
     latents.0.truncate(opts.samples.max(1));
     latents.1.truncate(opts.heldout.max(1));
@@ -148,7 +171,10 @@ pub(super) fn collect(
     }
     if wants("vae_encoder") {
         if !has(model, "vae_decoder") {
-            return Err(opt_err("--components vae", "calibrating the VAE encoder needs the VAE decoder to make images"));
+            return Err(opt_err(
+                "--components vae",
+                "calibrating the VAE encoder needs the VAE decoder to make images",
+            ));
         }
         on_event(Event::Stage { label: "decoding images", total: 0 });
         out.insert(
@@ -164,7 +190,11 @@ pub(super) fn collect(
         if d.calibration.is_empty() || d.heldout.is_empty() {
             return Err(CalibrateError::Graph {
                 graph: g.clone(),
-                msg: format!("{} calibration / {} held-out samples; need at least one of each", d.calibration.len(), d.heldout.len()),
+                msg: format!(
+                    "{} calibration / {} held-out samples; need at least one of each",
+                    d.calibration.len(),
+                    d.heldout.len()
+                ),
             });
         }
         record.graphs.insert(g.clone(), (d.calibration.len(), d.heldout.len(), d.source.clone()));

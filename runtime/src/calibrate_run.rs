@@ -103,19 +103,35 @@ pub(super) fn fidelity(reference: &[Vec<f32>], got: &[Vec<f32>]) -> Fidelity {
     f
 }
 
-/// Median wall time in ms of `runs` calls (after one warm-up call).
-pub(super) fn latency(path: &Path, sample: &Sample, runs: usize, sess: &SessionOptions) -> Result<f64, CalibrateError> {
-    let mut session = cpu_session(path, sess)?;
-    run(&mut session, sample.feed())?;
-    let mut times = Vec::with_capacity(runs);
-    for _ in 0..runs {
-        let feed = sample.feed();
-        let t = Instant::now();
-        run(&mut session, feed)?;
-        times.push(t.elapsed().as_secs_f64() * 1e3);
+/// Median wall times in ms of the float and the quantised graph on `sample`: one warm-up call
+/// each, then `runs` calls alternating between the two, so that load changes on a shared
+/// machine hit both alike.
+pub(super) fn latency_pair(
+    float: &Path,
+    quantized: &Path,
+    sample: &Sample,
+    runs: usize,
+    sess: &SessionOptions,
+) -> Result<(f64, f64), CalibrateError> {
+    let mut sessions = [cpu_session(float, sess)?, cpu_session(quantized, sess)?];
+    let mut times = [Vec::with_capacity(runs), Vec::with_capacity(runs)];
+    for s in sessions.iter_mut() {
+        run(s, sample.feed())?;
     }
-    times.sort_by(f64::total_cmp);
-    Ok(times.get(times.len() / 2).copied().unwrap_or(0.0))
+    for _ in 0..runs {
+        for (s, t) in sessions.iter_mut().zip(times.iter_mut()) {
+            let feed = sample.feed();
+            let start = Instant::now();
+            run(s, feed)?;
+            t.push(start.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied().unwrap_or(0.0)
+    };
+    let [mut a, mut b] = times;
+    Ok((median(&mut a), median(&mut b)))
 }
 
 /// Input shapes of a sample, for the report.

@@ -157,7 +157,8 @@ fn options(a: &Args) -> anyhow::Result<CalibrateOptions> {
         other => bail!("--precision: '{other}' is not int8 or fp8"),
     };
     let mut o = CalibrateOptions::new(a.model.clone(), a.out.clone(), format);
-    o.components = a.components.as_ref().map(|c| c.iter().map(|s| parse_component(s)).collect()).transpose()?;
+    o.components =
+        a.components.as_ref().map(|c| c.iter().map(|s| parse_component(s)).collect()).transpose()?;
     o.dist = match a.dist {
         Dist::Ts => Kind::Ts,
         Dist::Ln => Kind::Ln,
@@ -215,17 +216,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .unwrap_or_default();
         eprintln!(
             "  {}: {}/{} layers {}, held-out NMSE {:.3e} (worst {:.3e}), cosine {:.6}{lat}",
-            c.graph,
-            c.layers_quantized,
-            c.layers_total,
-            r.precision,
-            c.nmse,
-            c.nmse_worst,
-            c.cosine
+            c.graph, c.layers_quantized, c.layers_total, r.precision, c.nmse, c.nmse_worst, c.cosine
         );
     }
     for g in &r.generations {
-        eprintln!("  generation {}x{} seed {}: PSNR {:.2} dB, SSIM {:.4}", g.width, g.height, g.seed, g.psnr_db, g.ssim);
+        eprintln!(
+            "  generation {}x{} seed {}: PSNR {:.2} dB, SSIM {:.4}",
+            g.width, g.height, g.seed, g.psnr_db, g.ssim
+        );
     }
     eprintln!("  {}", r.gate.reason);
     let md = outcome.out.join("report.md");
