@@ -28,14 +28,14 @@ pub fn double_block(
     let img_n = modulate(g, g.layer_norm(img, eps)?, img1.shift, img1.scale1)?;
     let txt_n = modulate(g, g.layer_norm(txt, eps)?, txt1.shift, txt1.scale1)?;
 
-    let q = heads(g, config, g.linear(img_n, "attn.to_q", d, d, false)?, Some("attn.norm_q.weight"))?;
-    let k = heads(g, config, g.linear(img_n, "attn.to_k", d, d, false)?, Some("attn.norm_k.weight"))?;
-    let v = heads(g, config, g.linear(img_n, "attn.to_v", d, d, false)?, None)?;
-    let cq =
-        heads(g, config, g.linear(txt_n, "attn.add_q_proj", d, d, false)?, Some("attn.norm_added_q.weight"))?;
-    let ck =
-        heads(g, config, g.linear(txt_n, "attn.add_k_proj", d, d, false)?, Some("attn.norm_added_k.weight"))?;
-    let cv = heads(g, config, g.linear(txt_n, "attn.add_v_proj", d, d, false)?, None)?;
+    // [B, H, N, Dh] projections; q and k get the QK RMSNorm of their stream
+    let proj = |x: T, name: &str, norm: Option<&str>| heads(g, config, g.linear(x, name, d, d, false)?, norm);
+    let q = proj(img_n, "attn.to_q", Some("attn.norm_q.weight"))?;
+    let k = proj(img_n, "attn.to_k", Some("attn.norm_k.weight"))?;
+    let v = proj(img_n, "attn.to_v", None)?;
+    let cq = proj(txt_n, "attn.add_q_proj", Some("attn.norm_added_q.weight"))?;
+    let ck = proj(txt_n, "attn.add_k_proj", Some("attn.norm_added_k.weight"))?;
+    let cv = proj(txt_n, "attn.add_v_proj", None)?;
     let joint = |a: T, b: T| g.concat(&[a, b], 2); // [B, H, L+S, Dh], text first
     let attn = attend(g, config, joint(cq, q)?, joint(ck, k)?, joint(cv, v)?, pe)?; // [B, L+S, D]
 
