@@ -50,6 +50,12 @@ enum Command {
 }
 
 fn main() {
+    // Die quietly on a closed pipe (`flux2 inspect | head`) like other Unix tools, instead
+    // of panicking in println!.
+    // SAFETY: setting a signal disposition at start-up, before any thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     let level = match cli.verbose {
         0 => "warn",
