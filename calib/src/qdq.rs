@@ -19,6 +19,18 @@
 //! * SmoothQuant factors, when given for an activation, become a `Mul` by 1/s in front of its
 //!   quantiser and are folded into each consumer's weight rows.
 //!
+//! **FP8 and ONNX Runtime.** ONNX Runtime 1.31's QDQ fusions accept FLOAT8E4M3FN pairs and build
+//! a `MatMulIntegerToFloat` / `QLinearConv` with float8 inputs, which fails to load ("Type
+//! 'tensor(float8e4m3fn)' ... of operator (MatMulIntegerToFloat) is invalid"; measured with
+//! per-tensor and per-channel scales, opset 21 and 23). An FP8 weight therefore reaches its
+//! MatMul or Conv through a same-shape `Reshape` (DQ → Reshape → op), which ONNX Runtime leaves
+//! alone (it runs DQ + the float op, i.e. simulated FP8) and TensorRT folds into the weight (it
+//! propagates DQ through shuffles, as for the DQ → Transpose → MatMul that PyTorch exports).
+//!
+//! Likewise ONNX Runtime moves FP8 Q/DQ across Squeeze / Unsqueeze / Slice and then finds no
+//! FLOAT8 kernel for them; an FP8 activation produced by such an op is quantised after a `Mul` by
+//! ones (the SmoothQuant `Mul` with s = 1), which stops the move.
+//!
 //! Q/DQ with FLOAT8E4M3FN needs opset ≥ 19 and per-axis DQ opset ≥ 13; our graphs are opset 23
 //! (ONNX Runtime) or 21 (TensorRT). Nodes left without readers are pruned.
 
@@ -34,6 +46,25 @@ use crate::formats::Format;
 use crate::layers::{prune, Layer, LayerOp};
 use crate::onnx_file::{dtype, OnnxFile};
 use crate::smoothquant::fold_into_weight;
+
+/// Producers after which an FP8 activation quantiser gets a `Mul` by ones first: ONNX Runtime
+/// 1.31 moves FP8 Q/DQ across these data-movement ops and then has no FLOAT8 kernel for them
+/// (measured for Squeeze, Unsqueeze and Slice; Reshape, Transpose, Flatten and Concat are fine).
+const FP8_BARRIER_AFTER: &[&str] = &[
+    "Squeeze",
+    "Unsqueeze",
+    "Slice",
+    "Gather",
+    "GatherElements",
+    "Expand",
+    "Tile",
+    "Split",
+    "MaxPool",
+    "Resize",
+    "Pad",
+    "SpaceToDepth",
+    "DepthToSpace",
+];
 
 /// How one activation tensor is quantised.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -177,19 +208,25 @@ pub fn insert_qdq(file: &OnnxFile, layers: &[Layer], plan: &QdqPlan) -> Result<Q
         })?;
         if !smoothed_acts.contains_key(act) {
             let mut cur = act.clone();
-            if let Some(s) = &aq.smooth {
-                if s.len() != layer.in_channels() {
+            let producer = consts.producer(act).map(|p| p.op_type.as_str()).unwrap_or("");
+            let barrier = fmt == Format::Fp8 && FP8_BARRIER_AFTER.contains(&producer);
+            let factors: Option<Vec<f32>> = match &aq.smooth {
+                Some(s) => Some(s.iter().map(|v| 1.0 / v).collect()),
+                None if barrier => Some(vec![1.0; layer.in_channels()]),
+                None => None,
+            };
+            if let Some(inv) = factors {
+                if inv.len() != layer.in_channels() {
                     return Err(CalibError::Node {
                         node: n.name.clone(),
                         msg: format!(
                             "{} smoothing factors for {} input channels",
-                            s.len(),
+                            inv.len(),
                             layer.in_channels()
                         ),
                     });
                 }
-                let inv: Vec<f32> = s.iter().map(|v| 1.0 / v).collect();
-                let dims = if layer.op == LayerOp::Conv { vec![s.len(), 1, 1] } else { vec![s.len()] };
+                let dims = if layer.op == LayerOp::Conv { vec![inv.len(), 1, 1] } else { vec![inv.len()] };
                 let inv_name = fresh(format!("{act}.smooth_inv"));
                 new_inits.push(f32_tensor(&inv_name, &dims, &inv));
                 let smoothed = fresh(format!("{act}.smoothed"));
@@ -254,10 +291,26 @@ pub fn insert_qdq(file: &OnnxFile, layers: &[Layer], plan: &QdqPlan) -> Result<Q
             attrs,
         ));
         weights.insert(layer.name.clone(), ws);
+        let mut w_in = w_dq;
+        if fmt == Format::Fp8 {
+            // see the module docs: a same-shape Reshape keeps ONNX Runtime from fusing FP8 pairs
+            let shape = fresh(format!("{}.weight_shape", layer.name));
+            let dims: Vec<u8> = w.shape.iter().flat_map(|&d| (d as i64).to_le_bytes()).collect();
+            new_inits.push(const_tensor(&shape, dtype::INT64, &[w.shape.len()], dims));
+            let reshaped = fresh(format!("{}.weight_dq_reshaped", layer.name));
+            out_nodes.push(node(
+                "Reshape",
+                fresh(format!("{}.weight_reshape", layer.name)),
+                vec![w_in, shape],
+                reshaped.clone(),
+                vec![],
+            ));
+            w_in = reshaped;
+        }
 
         let mut rewired = n.clone();
         rewired.input[0] = act_dq;
-        rewired.input[1] = w_dq;
+        rewired.input[1] = w_in;
         out_nodes.push(rewired);
     }
     let mut proto = file.proto.clone();

@@ -148,6 +148,11 @@ fn fp8_uses_per_tensor_scales_and_float8_types() {
         assert_eq!(init(&q, &n.input[1]).dims, Vec::<i64>::new(), "{} scale is a scalar", n.name);
         assert_eq!(init(&q, &n.input[2]).data_type, 17, "{} zero point is FLOAT8E4M3FN", n.name);
     }
+    // FP8 weights pass through a same-shape Reshape (ONNX Runtime fusion workaround)
+    for op in g.node.iter().filter(|n| n.op_type == "MatMul" || n.op_type == "Conv") {
+        let r = g.node.iter().find(|n| n.output[0] == op.input[1]).unwrap_or_else(|| unreachable!());
+        assert_eq!(r.op_type, "Reshape", "{}", op.name);
+    }
     let wq = init(&q, "conv.weight_quantized");
     assert_eq!(wq.data_type, 17);
     let w = weight_values("conv.weight", 135);

@@ -1,0 +1,266 @@
+//! `flux2 calibrate` end to end on the fixture exports (DiT klein fixture + VAE fixture, merged
+//! into one model folder): Q/DQ graphs pass `onnx.checker` and run in ONNX Runtime, carry INT8
+//! or FLOAT8E4M3FN Q/DQ pairs, keep INT8 weights per channel; the same seed gives byte-identical
+//! scales; a failed quality gate leaves a report but no model; bad options name themselves.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use flux2_calib::artifacts::{parse_trt_calibration_cache, ScalesFile};
+use flux2_calib::formats::Format;
+use flux2_calib::onnx_file::OnnxFile;
+use flux2_calib::report::Report;
+use flux2_exporter::manifest::Manifest;
+use flux2_exporter::{Kind, WeightMode};
+use flux2_graphs::Target;
+use flux2_runtime::calibrate::{calibrate, CalibrateError, CalibrateOptions, Component};
+use flux2_runtime::pipeline::{Pipeline, PromptSource, Request};
+use flux2_runtime::tensor_file::Tensor;
+use flux2_runtime::{cpu_session, SessionOptions};
+use flux2_tests::export::{export_to, onnx_check, options};
+use flux2_tests::fixture;
+
+/// Exports the klein DiT fixture and the VAE fixture into one model folder.
+fn model_dir(root: &Path, weights: WeightMode) -> PathBuf {
+    let (dit, vae, both) = (root.join("dit"), root.join("vae"), root.join("model"));
+    let opts = || options(Target::Ort, None);
+    let m_dit = export_to(&fixture("dit/klein"), &dit, Some(vec![Kind::Transformer]), opts(), weights)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let m_vae = export_to(&fixture("vae/diffusers"), &vae, Some(vec![Kind::Vae]), opts(), WeightMode::Copy)
+        .unwrap_or_else(|e| panic!("{e}"));
+    copy_tree(&dit, &both);
+    copy_tree(&vae, &both);
+    let mut m: Manifest = m_dit;
+    m.graphs.extend(m_vae.graphs);
+    m.configs.extend(m_vae.configs);
+    m.sources.extend(m_vae.sources);
+    m.write(&both).unwrap_or_else(|e| panic!("{e}"));
+    both
+}
+
+fn copy_tree(src: &Path, dst: &Path) {
+    std::fs::create_dir_all(dst).unwrap_or_else(|e| panic!("{e}"));
+    for e in std::fs::read_dir(src).unwrap_or_else(|e| panic!("{e}")).flatten() {
+        let to = dst.join(e.file_name());
+        if e.path().is_dir() {
+            copy_tree(&e.path(), &to);
+        } else if e.file_name() != "manifest.json" {
+            std::fs::copy(e.path(), &to).unwrap_or_else(|e| panic!("{e}"));
+        }
+    }
+}
+
+fn small(model: &Path, out: &Path, format: Format) -> CalibrateOptions {
+    let mut o = CalibrateOptions::new(model.to_path_buf(), out.to_path_buf(), format);
+    o.sizes = vec![(64, 64), (96, 64)];
+    o.samples = 8;
+    o.heldout = 2;
+    o.latency_runs = 0;
+    o.eval_images = 1;
+    o.threads = Some(2);
+    o
+}
+
+fn read_scales(dir: &Path) -> ScalesFile {
+    let text = std::fs::read_to_string(dir.join("scales.json")).unwrap_or_else(|e| panic!("{e}"));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Every Q/DQ zero point of a graph has `want` type; INT8 weight DQs are per output channel.
+fn check_qdq_types(path: &Path, want: i32) {
+    let f = OnnxFile::read(path).unwrap_or_else(|e| panic!("{e}"));
+    let g = f.graph();
+    let init = |n: &str| g.initializer.iter().find(|t| t.name == n);
+    let mut pairs = 0;
+    for n in g.node.iter().filter(|n| n.op_type == "QuantizeLinear" || n.op_type == "DequantizeLinear") {
+        let zp = init(&n.input[2]).unwrap_or_else(|| panic!("{}: zero point is not an initializer", n.name));
+        assert_eq!(zp.data_type, want, "{}", n.name);
+        if n.op_type == "DequantizeLinear" && n.input[0].ends_with("weight_quantized") {
+            let (w, s) = (
+                init(&n.input[0]).unwrap_or_else(|| unreachable!()),
+                init(&n.input[1]).unwrap_or_else(|| unreachable!()),
+            );
+            let axis = n.attribute.iter().find(|a| a.name == "axis").map(|a| a.i as usize);
+            if want == 3 {
+                let axis = axis.unwrap_or_else(|| panic!("{}: INT8 weight DQ without an axis", n.name));
+                assert_eq!(s.dims, vec![w.dims[axis]], "{}: one scale per output channel", n.name);
+            } else {
+                assert!(axis.is_none() && s.dims.is_empty(), "{}: FP8 weights are per-tensor", n.name);
+            }
+        }
+        pairs += 1;
+    }
+    assert!(pairs > 0, "{}: no Q/DQ nodes", path.display());
+}
+
+#[test]
+fn int8_and_fp8_model_folders_check_run_and_carry_their_types() {
+    let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let model = model_dir(tmp.path(), WeightMode::Copy);
+    for (format, onnx_type) in [(Format::Int8, 3), (Format::Fp8, 17)] {
+        let out = tmp.path().join(format.name());
+        let o = calibrate(&small(&model, &out, format), &mut |_| {}).unwrap_or_else(|e| panic!("{e}"));
+        assert!(o.passed);
+        let manifest = Manifest::read(&out).unwrap_or_else(|e| panic!("{e}"));
+        for (name, entry) in &manifest.graphs {
+            assert_eq!(entry.precision.as_deref(), Some(format.name()), "{name}");
+            let path = out.join(&entry.file);
+            if !onnx_check(&path) {
+                eprintln!("note: onnx.checker skipped");
+            }
+            check_qdq_types(&path, onnx_type);
+        }
+        // the output folder is a model the pipeline runs, and its images stay close to float
+        let gen = &o.report.generations;
+        assert_eq!(gen.len(), 1);
+        assert!(gen[0].psnr_db > 20.0 && gen[0].ssim > 0.5, "{format:?}: {:?}", gen[0]);
+        let sess = SessionOptions { intra_threads: 2, optimization: true };
+        let mut p = Pipeline::new(&out, Box::new(move |path: &Path| cpu_session(path, &sess)))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let embeds =
+            Tensor { shape: vec![1, 8, 40], data: (0..320).map(|i| (i as f32 * 0.37).sin()).collect() };
+        let mut req = Request::new(PromptSource::Embeds(embeds));
+        (req.width, req.height) = (Some(64), Some(64));
+        let img = p.generate(&req, &mut |_| {}).unwrap_or_else(|e| panic!("{e}")).image;
+        assert!(img.data.iter().all(|v| v.is_finite()));
+        // every component met the budget on held-out samples
+        for c in o.report.components.values() {
+            assert!(c.nmse <= 1e-2, "{}: {}", c.graph, c.nmse);
+            assert!(c.layers_quantized > 0, "{}", c.graph);
+        }
+        let scales = read_scales(&out);
+        assert_eq!(scales.format, format);
+        if format == Format::Int8 {
+            // the TensorRT cache holds the same activation ranges as scales.json (calibrator max)
+            let text =
+                std::fs::read_to_string(out.join("calibration.cache")).unwrap_or_else(|e| panic!("{e}"));
+            assert!(text.starts_with("TRT-"), "{text}");
+            let cache = parse_trt_calibration_cache(&text).unwrap_or_else(|| panic!("bad cache: {text}"));
+            let mut want = BTreeMap::new();
+            for g in scales.graphs.values() {
+                for (t, a) in &g.activations {
+                    want.insert(t.clone(), a.observed_amax);
+                }
+            }
+            assert_eq!(cache.len(), want.len());
+            for (t, v) in &want {
+                let got = cache[t];
+                assert!((got - v).abs() <= v * 1e-6, "{t}: cache {got} vs scales {v}");
+            }
+        } else {
+            assert!(!out.join("calibration.cache").exists());
+        }
+        assert!(out.join("report.md").is_file() && out.join("calibration.json").is_file());
+    }
+}
+
+#[test]
+fn same_seed_same_scales_bit_for_bit() {
+    let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let model = model_dir(tmp.path(), WeightMode::Copy);
+    let run = |name: &str, seed: u64, calibrator: &str| {
+        let out = tmp.path().join(name);
+        let mut o = small(&model, &out, Format::Int8);
+        (o.seed, o.eval_images) = (seed, 0);
+        o.components = Some(vec![Component::Transformer]);
+        o.calibrator = calibrator.parse().unwrap_or_else(|e| panic!("{e}"));
+        o.smoothquant = Some(0.5);
+        calibrate(&o, &mut |_| {}).unwrap_or_else(|e| panic!("{e}"));
+        let bytes = |f: &str| std::fs::read(out.join(f)).unwrap_or_else(|e| panic!("{f}: {e}"));
+        (bytes("scales.json"), bytes("calibration.cache"), bytes("transformer.onnx.data"))
+    };
+    let a = run("a", 3, "mse");
+    let b = run("b", 3, "mse");
+    assert!(a == b, "same seed: scales, cache or quantised weights differ");
+    let c = run("c", 4, "mse");
+    assert_ne!(a.0, c.0, "another seed draws other samples and gives other scales");
+}
+
+#[test]
+fn failed_gate_writes_the_report_but_no_model() {
+    let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let model = model_dir(tmp.path(), WeightMode::Copy);
+    let out = tmp.path().join("gated");
+    let mut o = small(&model, &out, Format::Int8);
+    o.components = Some(vec![Component::Transformer]);
+    o.max_psnr_drop = Some(0.0); // only a generation as exact as 8-bit rounding passes
+    let r = calibrate(&o, &mut |_| {}).unwrap_or_else(|e| panic!("{e}"));
+    assert!(!r.passed, "{:?}", r.report.gate);
+    assert!(!out.join("manifest.json").exists() && !out.join("transformer.onnx").exists());
+    let report: Report =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap_or_default())
+            .unwrap_or_else(|e| panic!("{e}"));
+    assert!(!report.gate.passed && !report.model_written);
+    assert!(report.gate.worst_psnr_drop_db.is_some_and(|d| d > 0.0));
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap_or_default();
+    assert!(md.contains("FAILED"), "{md}");
+}
+
+#[test]
+fn link_mode_weights_are_folded_through_their_assembly_chain() {
+    let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let model = model_dir(tmp.path(), WeightMode::Link);
+    let out = tmp.path().join("q");
+    let mut o = small(&model, &out, Format::Int8);
+    (o.components, o.eval_images) = (Some(vec![Component::Transformer]), 0);
+    let r = calibrate(&o, &mut |_| {}).unwrap_or_else(|e| panic!("{e}"));
+    let c = &r.report.components["transformer"];
+    assert!(c.layers_quantized > 10 && c.nmse < 1e-2, "{c:?}");
+    // the quantised graph is self-contained: no linked checkpoint files
+    let f = OnnxFile::read(&out.join("transformer.onnx")).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        f.external_locations().into_iter().collect::<Vec<_>>(),
+        vec!["transformer.onnx.data".to_string()]
+    );
+    assert!(!f.graph().node.iter().any(|n| n.op_type == "Transpose"
+        && n.input[0].ends_with(".weight")
+        && c.kept_float.iter().all(|k| !n.input[0].starts_with(&k.layer))));
+}
+
+fn err_of(o: &CalibrateOptions) -> String {
+    match calibrate(o, &mut |_| {}) {
+        Ok(_) => panic!("expected an error"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn bad_options_fail_early_and_name_the_culprit() {
+    let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let model = model_dir(tmp.path(), WeightMode::Copy);
+    let out = tmp.path().join("o");
+    let base = small(&model, &out, Format::Int8);
+    let mut o = base.clone();
+    o.sizes = vec![(64, 70)];
+    assert!(err_of(&o).contains("--sizes"), "{}", err_of(&o));
+    let mut o = base.clone();
+    o.components = Some(vec![Component::TextEncoder]);
+    assert!(err_of(&o).contains("--components"));
+    let mut o = base.clone();
+    o.smoothquant = Some(1.5);
+    assert!(err_of(&o).contains("--smoothquant"));
+    let mut o = base.clone();
+    o.budget_nmse = 0.0;
+    assert!(err_of(&o).contains("--budget-nmse"));
+    let mut o = base.clone();
+    o.out = model.clone();
+    assert!(err_of(&o).contains("--out"));
+    std::fs::create_dir_all(&out).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(out.join("keep.txt"), "x").unwrap_or_else(|e| panic!("{e}"));
+    let e = err_of(&base);
+    assert!(e.contains("not an empty folder"), "{e}");
+    assert_eq!(std::fs::read_to_string(out.join("keep.txt")).ok().as_deref(), Some("x"), "nothing touched");
+    let mut o = base.clone();
+    o.model = tmp.path().join("missing");
+    o.out = tmp.path().join("o2");
+    assert!(matches!(calibrate(&o, &mut |_| {}), Err(CalibrateError::Runtime(_))));
+    // a quantised folder is not calibrated again
+    let q = tmp.path().join("q");
+    let mut o = base.clone();
+    (o.out, o.components, o.eval_images) = (q.clone(), Some(vec![Component::Vae]), 0);
+    calibrate(&o, &mut |_| {}).unwrap_or_else(|e| panic!("{e}"));
+    let mut again = base.clone();
+    (again.model, again.out, again.components) = (q, tmp.path().join("qq"), Some(vec![Component::Vae]));
+    let e = err_of(&again);
+    assert!(e.contains("already quantised"), "{e}");
+}
