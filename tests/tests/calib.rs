@@ -264,3 +264,33 @@ fn bad_options_fail_early_and_name_the_culprit() {
     let e = err_of(&again);
     assert!(e.contains("already quantised"), "{e}");
 }
+
+#[test]
+fn text_encoder_calibrates_on_tokenised_prompts() {
+    let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let src = tmp.path().join("src");
+    copy_tree(&fixture("text/qwen3/text_encoder"), &src.join("text_encoder"));
+    copy_tree(&fixture("text/qwen3/tokenizer"), &src.join("tokenizer"));
+    let index = r#"{"_class_name": "Flux2KleinPipeline", "text_encoder": ["transformers", "Qwen3ForCausalLM"],
+        "tokenizer": ["transformers", "Qwen2TokenizerFast"], "is_distilled": true}"#;
+    std::fs::write(src.join("model_index.json"), index).unwrap_or_else(|e| panic!("{e}"));
+    let mut opts = options(Target::Ort, None);
+    opts.text_layers = Some(vec![1, 3, 5]); // the fixture has 5 layers
+    let model = tmp.path().join("te");
+    export_to(&src, &model, None, opts, WeightMode::Copy).unwrap_or_else(|e| panic!("{e}"));
+    for format in [Format::Int8, Format::Fp8] {
+        let out = tmp.path().join(format.name());
+        let mut o = small(&model, &out, format);
+        o.max_sequence_length = 32;
+        o.prompts = Some((0..6).map(|i| format!("prompt number {i} about a cat")).collect());
+        let r = calibrate(&o, &mut |_| {}).unwrap_or_else(|e| panic!("{e}"));
+        let c = &r.report.components["text_encoder"];
+        // 6 prompts: every fifth (index 4) held out
+        assert_eq!((c.calibration_samples, c.heldout_samples), (5, 1));
+        assert!(c.layers_quantized > 0 && c.nmse <= 1e-2, "{c:?}");
+        assert!(r.report.generations.is_empty(), "no DiT, no generations");
+        assert!(out.join("tokenizer").is_dir() && out.join("text_encoder_config.json").is_file());
+        onnx_check(&out.join("text_encoder.onnx"));
+        check_qdq_types(&out.join("text_encoder.onnx"), format.onnx_type());
+    }
+}
