@@ -5,8 +5,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use flux2_runtime::images::{write_png, Chw};
-use flux2_runtime::pipeline::{Pipeline, PromptSource, Request, Timings};
+use flux2_runtime::pipeline::{Pipeline, PromptSource, Request, SessionFactory, Timings};
 use flux2_runtime::tensor_file::{read_tensor, Tensor};
+use flux2_runtime::{cpu_session, SessionOptions};
 use serde_json::json;
 
 use crate::plot::{self, Bar, Figure};
@@ -47,7 +48,7 @@ pub struct Args {
     /// Untimed generations first (warm caches and allocator).
     #[arg(long, default_value_t = 1)]
     pub warmup: usize,
-    /// Synthetic reference images (editing), each of the output size.
+    /// Synthetic reference images (editing), each of the output size (at least 64×64).
     #[arg(long, default_value_t = 0)]
     pub refs: usize,
     /// Prompt text.
@@ -65,6 +66,9 @@ pub struct Args {
     /// Execution provider: cpu, cuda or tensorrt.
     #[arg(long, default_value = "cpu")]
     pub provider: String,
+    /// ONNX Runtime intra-op threads for the cpu provider [default: one per core].
+    #[arg(long)]
+    pub threads: Option<usize>,
     /// Also write the results as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -113,11 +117,12 @@ pub fn peak_rss() -> Option<u64> {
     Some(kb * 1024)
 }
 
-/// Writes `n` deterministic smooth-gradient PNGs of the output size into `dir`.
+/// Writes `n` deterministic smooth-gradient PNGs of the output size (at least the pipeline's
+/// 64 px a side) into `dir`.
 fn synthetic_refs(dir: &Path, n: usize, width: usize, height: usize) -> anyhow::Result<Vec<PathBuf>> {
     let mut paths = Vec::new();
     for k in 0..n {
-        let (w, h) = (width, height);
+        let (w, h) = (width.max(64), height.max(64));
         let mut data = vec![0f32; 3 * w * h];
         for y in 0..h {
             for x in 0..w {
@@ -143,9 +148,12 @@ fn random_embeds(pipe: &Pipeline, len: usize) -> anyhow::Result<PromptSource> {
 }
 
 /// The timed stages of one generation: name -> samples (seconds).
-fn stage_samples(runs: &[Timings], refs: bool) -> Vec<(&'static str, Vec<f64>)> {
+fn stage_samples(runs: &[Timings], text: bool, refs: bool) -> Vec<(&'static str, Vec<f64>)> {
     let per_run = |f: fn(&Timings) -> f64| runs.iter().map(f).collect::<Vec<f64>>();
-    let mut stages = vec![("text_encoder", per_run(|t| t.text_encoder))];
+    let mut stages = vec![];
+    if text {
+        stages.push(("text_encoder", per_run(|t| t.text_encoder)));
+    }
     stages.push(("dit_step", runs.iter().flat_map(|t| t.dit_steps.iter().copied()).collect()));
     stages.push(("denoise", per_run(|t| t.dit_steps.iter().sum())));
     if refs {
@@ -161,7 +169,16 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if args.runs == 0 {
         bail!("--runs must be at least 1");
     }
-    let mut pipe = Pipeline::new(&args.model, super::generate::factory(&args.provider)?)?;
+    let factory: SessionFactory = match (args.threads, args.provider.as_str()) {
+        (Some(0), _) => bail!("--threads must be at least 1"),
+        (Some(n), "cpu") => {
+            let opts = SessionOptions { intra_threads: n, ..SessionOptions::default() };
+            Box::new(move |p: &Path| cpu_session(p, &opts))
+        }
+        (Some(_), other) => bail!("--threads applies to the cpu provider, not {other}"),
+        (None, _) => super::generate::factory(&args.provider)?,
+    };
+    let mut pipe = Pipeline::new(&args.model, factory)?;
     let has_text = pipe.model.entry("text_encoder").is_some();
     let prompt = match (&args.prompt_embeds, has_text) {
         (Some(p), _) => PromptSource::Embeds(read_tensor(p, "prompt_embeds")?),
@@ -219,11 +236,11 @@ fn report(
     steps: usize,
     text: bool,
 ) -> anyhow::Result<()> {
-    let stages = stage_samples(runs, args.refs > 0);
+    let stages = stage_samples(runs, text, args.refs > 0);
     let rss = peak_rss();
-    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let threads = args.threads.unwrap_or_else(|| SessionOptions::default().intra_threads);
     println!(
-        "{} — {}×{}, {steps} steps, {} ref(s), prompt {}, provider {}, {threads} CPU threads; {} warm-up + {} timed runs",
+        "{} — {}×{}, {steps} steps, {} ref(s), prompt {}, provider {}, {threads} threads; {} warm-up + {} timed runs",
         args.model.display(),
         args.width,
         args.height,
