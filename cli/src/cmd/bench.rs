@@ -12,23 +12,25 @@ use serde_json::json;
 
 use crate::plot::{self, Bar, Figure};
 
+/// The rest of `--help`, after the options (the one-line about comes from main.rs).
+const LONG_HELP: &str = "\
+Runs --warmup untimed generations, then --runs timed ones, and reports min / median / p90
+of: the text encoder, each DiT step (pooled over runs), the VAE encoder (per generation,
+all references), the VAE decoder and the whole generation, plus the share of time spent
+outside ONNX Runtime calls (our own overhead), session creation and peak RSS. --refs N
+benchmarks editing with N synthetic reference images of the output size.
+
+Without a text encoder in the export (or with --prompt-embeds), random embeddings of the
+model's context width and --max-sequence-length tokens stand in for the prompt.
+
+Examples:
+  flux2 bench --model klein-onnx
+  flux2 bench --model klein-onnx --width 512 --height 512 --runs 10 --json bench.json --plot bench.png
+  flux2 bench --model klein-onnx --refs 2 --steps 4";
+
 /// Measure per-stage latency of an exported model (sessions created once, then reused).
-///
-/// Runs --warmup untimed generations, then --runs timed ones, and reports min / median / p90
-/// of: the text encoder, each DiT step (pooled over runs), the VAE encoder (per generation,
-/// all references), the VAE decoder and the whole generation, plus the share of time spent
-/// outside ONNX Runtime calls (our own overhead), session creation and peak RSS. --refs N
-/// benchmarks editing with N synthetic reference images of the output size.
-///
-/// Without a text encoder in the export (or with --prompt-embeds), random embeddings of the
-/// model's context width and --max-sequence-length tokens stand in for the prompt.
-///
-/// Examples:
-///   flux2 bench --model klein-onnx
-///   flux2 bench --model klein-onnx --width 512 --height 512 --runs 10 --json bench.json --plot bench.png
-///   flux2 bench --model klein-onnx --refs 2 --steps 4
 #[derive(clap::Args)]
-#[command(verbatim_doc_comment)]
+#[command(after_long_help = LONG_HELP)]
 pub struct Args {
     /// Export folder (with manifest.json).
     #[arg(long)]

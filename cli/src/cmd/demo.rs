@@ -22,22 +22,24 @@ pub const DEMO_WEIGHTS_SEED: u64 = 2025;
 /// The graphs a complete export of the demo model holds.
 const GRAPHS: [&str; 4] = ["text_encoder", "transformer", "vae_decoder", "vae_encoder"];
 
+/// The rest of `--help`, after the options (the one-line about comes from main.rs).
+const LONG_HELP: &str = "\
+Everything is local: the model is a FLUX.2 [klein]-architecture checkpoint (Qwen3 text
+encoder with its own tokenizer, a 2+4-block DiT, the FLUX.2 VAE topology at small widths)
+with deterministic random weights, written in the diffusers layout. Random weights give
+texture, not a picture: for real images run `flux2 export` on a real FLUX.2 checkpoint
+and `flux2 generate` on the result.
+
+Output (under --out): checkpoint/ (safetensors + configs + tokenizer), onnx/ (the export),
+demo.png. Re-running reuses checkpoint/ and onnx/ when they are still current.
+
+Examples:
+  flux2 demo
+  flux2 demo --out /tmp/demo --prompt \"a lighthouse at dusk\" --seed 7 --size 384x256";
+
 /// Build a small built-in FLUX.2 model, export it to ONNX and generate an image.
-///
-/// Everything is local: the model is a FLUX.2 [klein]-architecture checkpoint (Qwen3 text
-/// encoder with its own tokenizer, a 2+4-block DiT, the FLUX.2 VAE topology at small widths)
-/// with deterministic random weights, written in the diffusers layout. Random weights give
-/// texture, not a picture: for real images run `flux2 export` on a real FLUX.2 checkpoint
-/// and `flux2 generate` on the result.
-///
-/// Output (under --out): checkpoint/ (safetensors + configs + tokenizer), onnx/ (the export),
-/// demo.png. Re-running reuses checkpoint/ and onnx/ when they are still current.
-///
-/// Examples:
-///   flux2 demo
-///   flux2 demo --out /tmp/demo --prompt "a lighthouse at dusk" --seed 7 --size 384x256
 #[derive(clap::Args)]
-#[command(verbatim_doc_comment)]
+#[command(after_long_help = LONG_HELP)]
 pub struct Args {
     /// Output folder.
     #[arg(long, default_value = "flux2-demo")]

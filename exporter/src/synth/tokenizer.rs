@@ -123,15 +123,9 @@ fn train(n: usize) -> Vec<(String, String)> {
                 *pairs.entry((p[0].as_str(), p[1].as_str())).or_default() += f;
             }
         }
-        // max count; BTreeMap order makes the first maximum the smallest pair
-        let Some((&(a, b), _)) =
-            pairs.iter().fold(None, |best: Option<(&(&str, &str), &usize)>, e| match best {
-                Some(b) if b.1 >= e.1 => Some(b),
-                _ => Some(e),
-            })
-        else {
-            break;
-        };
+        // the most frequent pair; ties go to the smallest pair
+        let best = pairs.iter().max_by(|x, y| x.1.cmp(y.1).then_with(|| y.0.cmp(x.0)));
+        let Some((&(a, b), _)) = best else { break };
         let (a, b) = (a.to_string(), b.to_string());
         let merged = format!("{a}{b}");
         freq = freq.into_iter().fold(BTreeMap::new(), |mut acc, (w, f)| {
