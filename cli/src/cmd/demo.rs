@@ -15,6 +15,7 @@ use flux2_exporter::synth::{current_checkpoint, write_checkpoint, SynthSpec};
 use flux2_exporter::{ModelSource, WeightMode};
 use flux2_graphs::{DType, Target};
 use flux2_runtime::pipeline::{Event, Pipeline, PromptSource, Request};
+use sha2::{Digest, Sha256};
 
 /// Seed of the demo model's weights (fixed: every user gets the same model).
 pub const DEMO_WEIGHTS_SEED: u64 = 2025;
@@ -103,7 +104,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
 
     let t = Instant::now();
-    if export_is_current(&onnx, &ckpt) {
+    let stamp = args.out.join(EXPORT_STAMP);
+    if export_is_current(&onnx, &ckpt, &stamp) {
         println!("[2/3] export: reusing {}", onnx.display());
     } else {
         let source = ModelSource::open(&ckpt)?;
@@ -114,7 +116,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             config_override: None,
         };
         let req = ExportRequest { components: None, options, weights: WeightMode::Copy };
+        let _ = std::fs::remove_file(&stamp);
         let m = export(&source, &onnx, &req, &mut |_| {})?;
+        if let Some(id) = exporter_identity(&onnx) {
+            std::fs::write(&stamp, id).with_context(|| format!("writing {}", stamp.display()))?;
+        }
         println!(
             "[2/3] export: {} graphs ({}) to {} in {:.2}s",
             m.graphs.len(),
@@ -177,9 +183,27 @@ fn millions(n: Option<&u64>) -> String {
     format!("{:.2}M", n.copied().unwrap_or(0) as f64 / 1e6)
 }
 
-/// Whether `onnx` holds a complete export by this version of every safetensors file of
-/// `checkpoint`, with unchanged fingerprints.
-fn export_is_current(onnx: &Path, checkpoint: &Path) -> bool {
+/// Records which build of flux2 made the export (beside onnx/, not in it).
+const EXPORT_STAMP: &str = "export-stamp.txt";
+
+/// This executable (path, size, modification time) and the export's manifest hash: a rebuilt
+/// flux2, whose graphs may differ at the same version number, re-exports.
+fn exporter_identity(onnx: &Path) -> Option<String> {
+    let exe = std::env::current_exe().ok()?;
+    let meta = std::fs::metadata(&exe).ok()?;
+    let mtime = meta.modified().ok()?.duration_since(std::time::UNIX_EPOCH).ok()?.as_nanos();
+    let manifest = std::fs::read(onnx.join("manifest.json")).ok()?;
+    let digest: String = Sha256::digest(&manifest).iter().map(|b| format!("{b:02x}")).collect();
+    Some(format!("{}\n{} bytes, mtime {mtime}\nmanifest sha256 {digest}\n", exe.display(), meta.len()))
+}
+
+/// Whether `onnx` holds a complete export, made by this very build of flux2, of every
+/// safetensors file of `checkpoint`, with unchanged fingerprints.
+fn export_is_current(onnx: &Path, checkpoint: &Path, stamp: &Path) -> bool {
+    match (std::fs::read_to_string(stamp), exporter_identity(onnx)) {
+        (Ok(s), Some(id)) if s == id => {}
+        _ => return false,
+    }
     let Ok(m) = Manifest::read(onnx) else { return false };
     if m.tool_version != env!("CARGO_PKG_VERSION") {
         return false;
