@@ -20,29 +20,22 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    // One line per command; each lives in cmd/<name>.rs with `Args` and `run`.
+    // One line per command; each lives in cmd/<name>.rs with `Args` and `run`. Commands whose
+    // Args carry their own doc comment (with examples) take their help from it.
     // COMMANDS-BEGIN
-    /// Quantise an exported model to INT8/FP8 Q/DQ ONNX, calibrated on its own trajectories.
     Calibrate(cmd::calibrate::Args),
     /// Print the sampler's noise schedule (sigmas) for a size and step count, as JSON.
     Schedule(cmd::schedule::Args),
-    /// Export a checkpoint's components to ONNX (+ manifest.json).
     Export(cmd::export::Args),
-    /// Describe a checkpoint: layout, variant, config, parameters, dtypes.
     Inspect(cmd::inspect::Args),
     /// Sample calibration timesteps (ts, ln, pln) as CSV, optionally plotted over the density.
     Timesteps(cmd::timesteps::Args),
-    /// Generate an image (text-to-image or editing with --ref) with an exported model.
     Generate(cmd::generate::Args),
-    /// Encode a prompt with an exported text encoder into prompt_embeds (safetensors).
     Encode(cmd::encode::Args),
     /// Build a small built-in FLUX.2 model (random weights), export it and generate an image.
     Demo(cmd::demo::Args),
-    /// Lint an export folder for TensorRT 10/11 or ONNX Runtime (ops, Q/DQ, profiles); no GPU needed.
     Check(cmd::check::Args),
-    /// Build TensorRT engines (EPContext models + caches) for a GPU family through ONNX Runtime.
     Build(cmd::build::Args),
-    /// Show ONNX Runtime providers, GPU, driver, CUDA/cuDNN/TensorRT libraries and what to install.
     Doctor(cmd::doctor::Args),
     /// Per-stage latency (min/median/p90), overhead outside ONNX Runtime and peak RSS of an exported model.
     Bench(cmd::bench::Args),

@@ -1,15 +1,15 @@
 //! One module per subcommand: an `Args` struct (clap derive) and `run(args) -> anyhow::Result<()>`.
 // MODULES-BEGIN
+pub mod build;
 pub mod bench;
 pub mod calibrate;
+pub mod check;
 pub mod demo;
+pub mod doctor;
+pub mod encode;
 pub mod export;
 pub mod generate;
 pub mod inspect;
 pub mod schedule;
 pub mod timesteps;
-pub mod encode;
-pub mod build;
-pub mod check;
-pub mod doctor;
 // MODULES-END
