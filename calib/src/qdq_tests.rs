@@ -208,3 +208,38 @@ fn partial_selection_keeps_float_layers_and_writes_self_contained() {
     let e = insert_qdq(&file, &layers, &QdqPlan { format: Format::Int8, layers: &bad, activations: &acts });
     assert!(e.err().map(|e| e.to_string()).unwrap_or_default().contains("'nope'"));
 }
+
+#[test]
+fn fp8_activation_after_unsqueeze_gets_a_unit_mul_and_int8_does_not() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let g = Graph::new(Target::Ort, DType::F32);
+    let build = || -> flux2_graphs::Result<()> {
+        let x = g.input("x", DType::F32, shape!["B", 8])?;
+        let y = g.linear(g.unsqueeze(x, &[1])?, "p", 8, 4, false)?; // [B, 1, 4]
+        g.output(y, "y")
+    };
+    build().unwrap_or_else(|e| panic!("{e}"));
+    let mut m = g.finish("u").unwrap_or_else(|e| panic!("{e}"));
+    m.inline_weights(|w| Some(weight_values(&w.name, w.shape.iter().product())))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let path = dir.path().join("u.onnx");
+    std::fs::write(&path, m.to_bytes()).unwrap_or_else(|e| panic!("{e}"));
+    let file = OnnxFile::read(&path).unwrap_or_else(|e| panic!("{e}"));
+    for (format, want) in [(Format::Fp8, true), (Format::Int8, false)] {
+        let (_, q) = plan_all(&file, format, false);
+        let g = q.proto.graph.as_ref().unwrap_or_else(|| unreachable!());
+        let qn = g.node.iter().find(|n| n.op_type == "QuantizeLinear").unwrap_or_else(|| unreachable!());
+        let producer = g.node.iter().find(|n| n.output[0] == qn.input[0]).map(|n| n.op_type.as_str());
+        assert_eq!(producer == Some("Mul"), want, "{format:?}: Q fed by {producer:?}");
+        if want {
+            let ones = init(
+                &q,
+                &g.node.iter().find(|n| n.op_type == "Mul").map(|n| n.input[1].clone()).unwrap_or_default(),
+            );
+            assert!(ones
+                .raw_data
+                .chunks_exact(4)
+                .all(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]) == 1.0));
+        }
+    }
+}

@@ -83,12 +83,17 @@ impl Component {
     }
 }
 
-fn kind_name<S: serde::Serializer>(k: &Kind, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(match k {
+/// `ts`, `ln` or `pln`, as on the command line.
+pub fn dist_name(k: Kind) -> &'static str {
+    match k {
         Kind::Ts => "ts",
         Kind::Ln => "ln",
         Kind::Pln => "pln",
-    })
+    }
+}
+
+fn kind_name<S: serde::Serializer>(k: &Kind, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(dist_name(*k))
 }
 
 /// Everything `flux2 calibrate` takes.

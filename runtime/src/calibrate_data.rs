@@ -272,6 +272,40 @@ pub(super) fn trajectory_plan(
     plan
 }
 
+/// Reference tokens of one trajectory, their position ids, and which trajectories they came from.
+struct References {
+    tokens: Vec<f32>,
+    ids: Vec<i64>,
+    from: Vec<usize>,
+}
+
+/// `n` references: the latest earlier trajectories' final latents (seeded noise while there are
+/// none yet), reference k with ids (10 + 10k, i, j, 0) over its own grid (flux2-arch.md §6.6).
+fn references(
+    finals: &[(usize, usize, Vec<f32>)],
+    n: usize,
+    (c, h, w): (usize, usize, usize),
+    seed: u64,
+) -> References {
+    let mut r = References { tokens: vec![], ids: vec![], from: vec![] };
+    for k in 0..n {
+        let (rh, rw, tokens) = match finals.len().checked_sub(k + 1) {
+            Some(j) => {
+                r.from.push(j);
+                finals[j].clone()
+            }
+            None => (h, w, pack(&crate::noise::noise(seed.wrapping_add(k as u64), &[1, c, h, w]), c, h * w)),
+        };
+        r.tokens.extend(tokens);
+        for i in 0..rh {
+            for j in 0..rw {
+                r.ids.extend([10 + 10 * k as i64, i as i64, j as i64, 0]);
+            }
+        }
+    }
+    r
+}
+
 /// What the trajectories produce.
 pub(super) struct Trajectories {
     pub dit: GraphData,
@@ -316,33 +350,8 @@ pub(super) fn trajectories(
         let seed = derive_seed(opts.seed, 2, t as u64);
         let schedule = Schedule::for_tokens(h * w, n_steps, Shift::Empirical)
             .map_err(|e| opt_err("--steps", e.to_string()))?;
-        // references: the latest earlier finals (or seeded noise when there are none yet)
-        let mut ref_ids: Vec<i64> = Vec::new();
-        let mut ref_tokens: Vec<f32> = Vec::new();
-        let mut ref_from = Vec::new();
-        for k in 0..n_refs {
-            let (rh, rw, tokens) = match finals.len().checked_sub(k + 1) {
-                Some(j) => {
-                    ref_from.push(j);
-                    finals[j].clone()
-                }
-                None => (
-                    h,
-                    w,
-                    pack(
-                        &crate::noise::noise(derive_seed(opts.seed, 3, (t * 8 + k) as u64), &[1, c, h, w]),
-                        c,
-                        h * w,
-                    ),
-                ),
-            };
-            ref_tokens.extend(tokens);
-            for i in 0..rh {
-                for j in 0..rw {
-                    ref_ids.extend([10 + 10 * k as i64, i as i64, j as i64, 0]);
-                }
-            }
-        }
+        let refs = references(&finals, n_refs, (c, h, w), derive_seed(opts.seed, 3, t as u64));
+        let (ref_tokens, ref_ids, ref_from) = (refs.tokens, refs.ids, refs.from);
         let s_total = h * w + ref_ids.len() / 4;
         let mut ids = Vec::with_capacity(s_total * 4);
         for i in 0..h {
@@ -451,11 +460,11 @@ pub(super) fn trajectories(
         });
     }
     out.dit.source = format!(
-        "{} sampling trajectories (sizes {:?}, steps {steps:?}, references {:?}), σ ~ {:?}(μ={}, σ={}) shifted by each schedule's α",
+        "{} sampling trajectories (sizes {:?}, steps {steps:?}, references {:?}), σ ~ {}(μ={}, σ={}) shifted by each schedule's α",
         plan.len(),
         opts.sizes,
         opts.references,
-        kind,
+        super::dist_name(kind),
         opts.dist_mu,
         opts.dist_sigma
     );
