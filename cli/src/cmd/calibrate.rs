@@ -12,36 +12,37 @@ use flux2_runtime::calibrate::{calibrate, CalibrateOptions, Component, Event};
 
 use crate::progress::bar;
 
+const ABOUT_CALIBRATE: &str = "\
+The DiT is calibrated on inputs from real sampling trajectories of the model (several sizes,
+step counts, with and without a reference image), taken at noise levels drawn the way the
+model was trained (--dist, shifted by each schedule's alpha); the text encoder on tokenised
+prompts; the VAE on the trajectories' latents and their decodings. Everything is seeded: the
+same --seed gives bit-identical scales.
+
+INT8: symmetric per-channel weights, per-tensor activations (optionally SmoothQuant).
+FP8: E4M3FN with per-tensor scales (Hopper, Ada, Thor; simulated on CPU).
+Layers whose quantisation costs most stay in float until the held-out output NMSE of each
+graph is within --budget-nmse; per-forward vector layers (timestep embedding, modulation)
+stay in float unless --quantize-vectors.
+
+Output (a model folder that `flux2 generate`, `bench` and `build` accept): the Q/DQ graphs,
+the untouched graphs (hard links), manifest.json with each graph's precision, scales.json,
+calibration.json (how the data was made), calibration.cache (TensorRT text format, INT8),
+report.json and report.md (per-graph NMSE/cosine and latency; full generations' PSNR/SSIM
+against float). With --max-psnr-drop D the command fails when a generation's PSNR against
+float is more than D dB below 58.92 dB (the PSNR of 8-bit output rounding); --out then holds
+only the report, scales and calibration record, and no manifest.json.
+
+Examples:
+  flux2 calibrate --model ./klein-onnx --precision int8 --out ./klein-int8
+  flux2 calibrate --model ./klein-onnx --precision fp8 --components transformer \\
+      --samples 128 --dist ln --seed 7 --out ./klein-fp8
+  flux2 calibrate --model ./m --precision int8 --smoothquant 0.5 --calibrator mse \\
+      --budget-nmse 5e-3 --max-psnr-drop 30 --sizes 1024x1024,1360x768 --out ./m-int8";
+
 /// Quantise an exported model to explicit INT8 or FP8 Q/DQ ONNX, calibrated on its own data.
-///
-/// The DiT is calibrated on inputs from real sampling trajectories of the model (several sizes,
-/// step counts, with and without a reference image), taken at noise levels drawn the way the
-/// model was trained (--dist, shifted by each schedule's alpha); the text encoder on tokenised
-/// prompts; the VAE on the trajectories' latents and their decodings. Everything is seeded: the
-/// same --seed gives bit-identical scales.
-///
-/// INT8: symmetric per-channel weights, per-tensor activations (optionally SmoothQuant).
-/// FP8: E4M3FN with per-tensor scales (Hopper, Ada, Thor; simulated on CPU).
-/// Layers whose quantisation costs most stay in float until the held-out output NMSE of each
-/// graph is within --budget-nmse; per-forward vector layers (timestep embedding, modulation)
-/// stay in float unless --quantize-vectors.
-///
-/// Output (a model folder that `flux2 generate`, `bench` and `build` accept): the Q/DQ graphs,
-/// the untouched graphs (hard links), manifest.json with each graph's precision, scales.json,
-/// calibration.json (how the data was made), calibration.cache (TensorRT text format, INT8),
-/// report.json and report.md (per-graph NMSE/cosine and latency; full generations' PSNR/SSIM
-/// against float). With --max-psnr-drop D the command fails when a generation's PSNR against
-/// float is more than D dB below 58.92 dB (the PSNR of 8-bit output rounding); --out then holds
-/// only the report, scales and calibration record, and no manifest.json.
-///
-/// Examples:
-///   flux2 calibrate --model ./klein-onnx --precision int8 --out ./klein-int8
-///   flux2 calibrate --model ./klein-onnx --precision fp8 --components transformer \
-///       --samples 128 --dist ln --seed 7 --out ./klein-fp8
-///   flux2 calibrate --model ./m --precision int8 --smoothquant 0.5 --calibrator mse \
-///       --budget-nmse 5e-3 --max-psnr-drop 30 --sizes 1024x1024,1360x768 --out ./m-int8
 #[derive(clap::Args)]
-#[command(verbatim_doc_comment)]
+#[command(after_help = ABOUT_CALIBRATE)]
 pub struct Args {
     /// Exported model folder (flux2 export, f32 graphs).
     #[arg(long)]
