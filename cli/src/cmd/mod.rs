@@ -1,7 +1,7 @@
 //! One module per subcommand: an `Args` struct (clap derive) and `run(args) -> anyhow::Result<()>`.
 // MODULES-BEGIN
-pub mod build;
 pub mod bench;
+pub mod build;
 pub mod calibrate;
 pub mod check;
 pub mod demo;
