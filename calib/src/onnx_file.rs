@@ -24,17 +24,7 @@ use prost::Message;
 use crate::error::{io_err, CalibError, Result};
 
 /// ONNX data types, by `TensorProto.DataType` code.
-pub mod dtype {
-    pub const FLOAT: i32 = 1;
-    pub const UINT8: i32 = 2;
-    pub const INT8: i32 = 3;
-    pub const INT32: i32 = 6;
-    pub const INT64: i32 = 7;
-    pub const FLOAT16: i32 = 10;
-    pub const DOUBLE: i32 = 11;
-    pub const BFLOAT16: i32 = 16;
-    pub const FLOAT8E4M3FN: i32 = 17;
-}
+pub use flux2_graphs::onnx_dtype as dtype;
 
 /// Bytes per element of an ONNX data type (None for strings and unknown codes).
 pub fn elem_size(data_type: i32) -> Option<usize> {

@@ -11,6 +11,22 @@ pub mod onnx {
 }
 
 mod dtype;
+
+/// ONNX `TensorProto.DataType` codes, for code that reads ONNX files directly.
+pub mod onnx_dtype {
+    pub const FLOAT: i32 = 1;
+    pub const UINT8: i32 = 2;
+    pub const INT8: i32 = 3;
+    pub const INT32: i32 = 6;
+    pub const INT64: i32 = 7;
+    pub const FLOAT16: i32 = 10;
+    pub const DOUBLE: i32 = 11;
+    pub const BFLOAT16: i32 = 16;
+    pub const FLOAT8E4M3FN: i32 = 17;
+    pub const FLOAT8E5M2: i32 = 19;
+    pub const INT4: i32 = 22;
+}
+
 mod graph;
 pub mod models;
 pub mod ops;

@@ -11,17 +11,7 @@ use flux2_graphs::onnx::{tensor_proto::DataLocation, GraphProto, ModelProto, Nod
 
 /// ONNX `TensorProto.DataType` codes used by the rules.
 pub mod dtype {
-    pub const FLOAT: i32 = 1;
-    pub const UINT8: i32 = 2;
-    pub const INT8: i32 = 3;
-    pub const INT32: i32 = 6;
-    pub const INT64: i32 = 7;
-    pub const FLOAT16: i32 = 10;
-    pub const DOUBLE: i32 = 11;
-    pub const BFLOAT16: i32 = 16;
-    pub const FLOAT8E4M3FN: i32 = 17;
-    pub const FLOAT8E5M2: i32 = 19;
-    pub const INT4: i32 = 22;
+    pub use flux2_graphs::onnx_dtype::*;
 
     /// Short name for messages.
     pub fn name(code: i32) -> String {
