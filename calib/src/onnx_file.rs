@@ -97,17 +97,8 @@ impl OnnxFile {
         let want = Self::numel(t) * size;
         let bytes = if t.data_location == onnx::tensor_proto::DataLocation::External as i32 {
             self.read_external(t, want)?
-        } else if !t.raw_data.is_empty() || want == 0 {
-            t.raw_data.clone()
-        } else if !t.float_data.is_empty() {
-            t.float_data.iter().flat_map(|v| v.to_le_bytes()).collect()
-        } else if !t.int64_data.is_empty() {
-            t.int64_data.iter().flat_map(|v| v.to_le_bytes()).collect()
-        } else if !t.int32_data.is_empty() {
-            // int32_data packs every narrower type one value per entry
-            t.int32_data.iter().flat_map(|&v| v.to_le_bytes()[..size.min(4)].to_vec()).collect()
         } else {
-            return Err(self.tensor_err(t, "no data"));
+            flux2_graphs::inline_tensor_bytes(t, size).ok_or_else(|| self.tensor_err(t, "no data"))?
         };
         if bytes.len() != want {
             return Err(

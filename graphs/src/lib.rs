@@ -54,6 +54,24 @@ pub enum GraphError {
 
 pub type Result<T> = std::result::Result<T, GraphError>;
 
+/// The little-endian bytes of a tensor stored inside the model (`raw_data` or the typed
+/// `*_data` fields; `int32_data` holds narrower types one value per entry), for elements of
+/// `elem_size` bytes. `None` when the tensor carries no inline data.
+pub fn inline_tensor_bytes(t: &onnx::TensorProto, elem_size: usize) -> Option<Vec<u8>> {
+    let numel: i64 = t.dims.iter().product();
+    if !t.raw_data.is_empty() || numel == 0 {
+        Some(t.raw_data.clone())
+    } else if !t.float_data.is_empty() {
+        Some(t.float_data.iter().flat_map(|v| v.to_le_bytes()).collect())
+    } else if !t.int64_data.is_empty() {
+        Some(t.int64_data.iter().flat_map(|v| v.to_le_bytes()).collect())
+    } else if !t.int32_data.is_empty() {
+        Some(t.int32_data.iter().flat_map(|&v| v.to_le_bytes()[..elem_size.min(4)].to_vec()).collect())
+    } else {
+        None
+    }
+}
+
 /// Encodes f32 values as little-endian bytes of `dtype` (f32, f16 or bf16).
 pub fn encode_floats(dtype: DType, values: &[f32]) -> Vec<u8> {
     match dtype {

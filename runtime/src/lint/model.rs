@@ -135,16 +135,8 @@ impl<'a> GraphIndex<'a> {
             let mut buf = vec![0u8; want];
             f.read_exact_at(&mut buf, offset).map_err(|e| format!("{}: {e}", file.display()))?;
             buf
-        } else if !t.raw_data.is_empty() || want == 0 {
-            t.raw_data.clone()
-        } else if !t.float_data.is_empty() {
-            t.float_data.iter().flat_map(|v| v.to_le_bytes()).collect()
-        } else if !t.int64_data.is_empty() {
-            t.int64_data.iter().flat_map(|v| v.to_le_bytes()).collect()
-        } else if !t.int32_data.is_empty() {
-            t.int32_data.iter().flat_map(|&v| v.to_le_bytes()[..size.min(4)].to_vec()).collect()
         } else {
-            return Err("tensor has no data".into());
+            flux2_graphs::inline_tensor_bytes(t, size).ok_or("tensor has no data")?
         };
         if bytes.len() != want {
             return Err(format!("{} bytes for dims {:?}, expected {want}", bytes.len(), t.dims));
