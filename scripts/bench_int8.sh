@@ -3,6 +3,7 @@
 #
 #   scripts/bench_int8.sh [WORK_DIR]            (default /tmp/flux2-bench-int8)
 #   HEADS=8 scripts/bench_int8.sh               hidden = HEADS x 128 (default 4 -> 512)
+#   PRECISIONS=int8 scripts/bench_int8.sh       only INT8 (default: int8 fp8)
 #
 # 1. a random medium FLUX.2 DiT in the diffusers layout (scripts/bench_int8_checkpoint.py,
 #    needs the reference venv: FLUX2_REF_PYTHON, default /work/venv-ref/bin/python),
@@ -31,7 +32,7 @@ fi
 if [ ! -f "$WORK/f32-h$HEADS/manifest.json" ]; then
   "$FLUX2" export --checkpoint "$CKPT" --out "$WORK/f32-h$HEADS"
 fi
-for P in int8 fp8; do
+for P in ${PRECISIONS:-int8 fp8}; do
   OUT="$WORK/$P-h$HEADS"
   rm -rf "$OUT"
   "$FLUX2" calibrate --model "$WORK/f32-h$HEADS" --precision "$P" --out "$OUT" \

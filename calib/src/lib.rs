@@ -6,6 +6,7 @@
 //! * [`smoothquant`]: per-channel smoothing factors folded into weights.
 //! * [`onnx_file`], [`consts`], [`layers`], [`qdq`]: reading exported graphs with external data,
 //!   finding quantisable layers, inserting explicit Q/DQ, writing the result.
+//! * [`attention`]: attention's two batched products as quantisable sites.
 //! * [`sensitivity`]: choosing which layers stay in float to meet an error budget.
 //! * [`metrics`], [`report`], [`artifacts`]: NMSE / cosine / PSNR / SSIM, the quality report,
 //!   `scales.json` and TensorRT's calibration cache.
@@ -13,6 +14,7 @@
 //! Running graphs (statistics, trajectories, measurements) lives in `flux2-runtime`.
 
 pub mod artifacts;
+pub mod attention;
 pub mod calibrators;
 pub mod consts;
 mod error;

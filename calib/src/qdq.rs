@@ -40,6 +40,7 @@ use flux2_graphs::attr;
 use flux2_graphs::onnx::{ModelProto, NodeProto, TensorProto};
 use serde::{Deserialize, Serialize};
 
+use crate::attention::{expand, AttentionSite, Point};
 use crate::consts::Consts;
 use crate::error::{CalibError, Result};
 use crate::formats::Format;
@@ -80,9 +81,12 @@ pub struct ActivationQuant {
 #[derive(Clone, Debug)]
 pub struct QdqPlan<'a> {
     pub format: Format,
-    /// Names of the layers to quantise ([`Layer::name`]).
+    /// Names of the layers and attention sites to quantise ([`Layer::name`],
+    /// [`AttentionSite::name`]).
     pub layers: &'a BTreeSet<String>,
-    /// Per activation tensor.
+    /// The graph's attention sites (INT8 only; see [`crate::attention`]).
+    pub sites: &'a [AttentionSite],
+    /// Per activation tensor (attention sites: per [`AttentionSite::inputs`] tensor).
     pub activations: &'a BTreeMap<String, ActivationQuant>,
 }
 
@@ -133,6 +137,40 @@ fn node(
     }
 }
 
+/// Appends `input → QuantizeLinear → DequantizeLinear` with a per-tensor scale amax/qmax and
+/// zero point 0 (own initializers, named after `tag`); returns the dequantised tensor.
+fn push_qdq(
+    out: &mut Vec<NodeProto>,
+    inits: &mut Vec<TensorProto>,
+    fresh: &mut dyn FnMut(String) -> String,
+    input: &str,
+    tag: &str,
+    amax: f32,
+    fmt: Format,
+) -> String {
+    let (scale, zp) = (fresh(format!("{tag}_scale")), fresh(format!("{tag}_zero_point")));
+    inits.push(f32_tensor(&scale, &[], &[fmt.scale_for(amax)]));
+    inits.push(const_tensor(&zp, fmt.onnx_type(), &[], vec![0u8])); // int8 0 and FP8 +0.0
+    let q = fresh(format!("{tag}_quantized"));
+    let quantize = fresh(format!("{tag}_quantize"));
+    out.push(node(
+        "QuantizeLinear",
+        quantize,
+        vec![input.to_string(), scale.clone(), zp.clone()],
+        q.clone(),
+        vec![],
+    ));
+    let dq = fresh(format!("{tag}_dq"));
+    out.push(node(
+        "DequantizeLinear",
+        fresh(format!("{tag}_dequantize")),
+        vec![q, scale, zp],
+        dq.clone(),
+        vec![],
+    ));
+    dq
+}
+
 /// Quantises `w` (already in the layout the node uses) to `format`: bytes and scales.
 pub fn quantize_weight(w: &[f32], shape: &[usize], format: Format, op: LayerOp) -> (Vec<u8>, WeightScales) {
     match format {
@@ -168,15 +206,32 @@ pub fn quantize_weight(w: &[f32], shape: &[usize], format: Format, op: LayerOp) 
 /// Inserts Q/DQ for `plan.layers` (a subset of `layers`) and prunes what became dead.
 pub fn insert_qdq(file: &OnnxFile, layers: &[Layer], plan: &QdqPlan) -> Result<QdqModel> {
     check_opset(file, plan.format)?;
-    let consts = Consts::new(file);
-    let by_node: HashMap<&str, &Layer> =
-        layers.iter().filter(|l| plan.layers.contains(&l.name)).map(|l| (l.node.as_str(), l)).collect();
-    if let Some(missing) = plan.layers.iter().find(|n| !layers.iter().any(|l| &l.name == *n)) {
+    let known = |n: &String| layers.iter().any(|l| &l.name == n) || plan.sites.iter().any(|s| &s.name == n);
+    if let Some(missing) = plan.layers.iter().find(|n| !known(n)) {
         return Err(CalibError::Option {
             option: "layer selection".into(),
             msg: format!("no layer '{missing}' in the graph"),
         });
     }
+    let sites: Vec<&AttentionSite> = plan.sites.iter().filter(|s| plan.layers.contains(&s.name)).collect();
+    if let (Format::Fp8, Some(s)) = (plan.format, sites.first()) {
+        return Err(CalibError::Option {
+            option: "layer selection".into(),
+            msg: format!("attention '{}': attention Q/DQ is INT8 only", s.name),
+        });
+    }
+    let chosen: HashSet<String> = sites.iter().map(|s| s.name.clone()).collect();
+    let expanded = expand(file, plan.sites, Some(&chosen));
+    let file = &expanded;
+    // the products of the chosen sites: node -> (site, points of its two inputs)
+    let mut products: HashMap<&str, (&AttentionSite, [Point; 2])> = HashMap::new();
+    for s in &sites {
+        products.insert(s.qk.as_str(), (s, [Point::Query, Point::KeyT]));
+        products.insert(s.pv.as_str(), (s, [Point::Probs, Point::Value]));
+    }
+    let consts = Consts::new(file);
+    let by_node: HashMap<&str, &Layer> =
+        layers.iter().filter(|l| plan.layers.contains(&l.name)).map(|l| (l.node.as_str(), l)).collect();
     let mut taken: HashSet<String> =
         file.graph().node.iter().flat_map(|n| n.output.iter().cloned()).collect();
     taken.extend(file.graph().initializer.iter().map(|t| t.name.clone()));
@@ -197,6 +252,21 @@ pub fn insert_qdq(file: &OnnxFile, layers: &[Layer], plan: &QdqPlan) -> Result<Q
     let mut smoothed_acts: HashMap<String, String> = HashMap::new(); // activation -> smoothed name
     let mut weights = BTreeMap::new();
     for n in &file.graph().node {
+        if let Some((site, points)) = products.get(n.name.as_str()) {
+            let mut rewired = n.clone();
+            for (slot, p) in points.iter().enumerate() {
+                let t = site.input(*p);
+                let aq = plan.activations.get(t).ok_or_else(|| CalibError::Stats {
+                    name: t.to_string(),
+                    msg: format!("no activation range for attention '{}'", site.name),
+                })?;
+                let tag = format!("{}.{}", site.name, p.label());
+                rewired.input[slot] =
+                    push_qdq(&mut out_nodes, &mut new_inits, &mut fresh, t, &tag, aq.amax, fmt);
+            }
+            out_nodes.push(rewired);
+            continue;
+        }
         let Some(layer) = by_node.get(n.name.as_str()) else {
             out_nodes.push(n.clone());
             continue;
@@ -245,26 +315,8 @@ pub fn insert_qdq(file: &OnnxFile, layers: &[Layer], plan: &QdqPlan) -> Result<Q
         // Runtime fuses DQ → MatMul only when the Q feeds that one DQ, and identical
         // initializer names would let common-subexpression elimination merge the pairs again
         let cur = smoothed_acts[act].clone();
-        let l = &layer.name;
-        let (scale, zp) = (fresh(format!("{l}.input_scale")), fresh(format!("{l}.input_zero_point")));
-        new_inits.push(f32_tensor(&scale, &[], &[fmt.scale_for(aq.amax)]));
-        new_inits.push(const_tensor(&zp, fmt.onnx_type(), &[], zp_bytes(1)));
-        let q = fresh(format!("{l}.input_quantized"));
-        out_nodes.push(node(
-            "QuantizeLinear",
-            fresh(format!("{l}.input_quantize")),
-            vec![cur, scale.clone(), zp.clone()],
-            q.clone(),
-            vec![],
-        ));
-        let act_dq = fresh(format!("{l}.input_dq"));
-        out_nodes.push(node(
-            "DequantizeLinear",
-            fresh(format!("{l}.input_dequantize")),
-            vec![q, scale, zp],
-            act_dq.clone(),
-            vec![],
-        ));
+        let tag = format!("{}.input", layer.name);
+        let act_dq = push_qdq(&mut out_nodes, &mut new_inits, &mut fresh, &cur, &tag, aq.amax, fmt);
 
         let mut w = consts.eval(&layer.weight)?;
         if let Some(s) = &aq.smooth {

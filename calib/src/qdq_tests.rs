@@ -46,7 +46,7 @@ fn plan_all(file: &OnnxFile, format: Format, smooth: bool) -> (Vec<Layer>, QdqMo
             (l.activation.clone(), ActivationQuant { amax: 2.0, smooth: s })
         })
         .collect();
-    let plan = QdqPlan { format, layers: &names, activations: &acts };
+    let plan = QdqPlan { format, layers: &names, sites: &[], activations: &acts };
     let q = insert_qdq(file, &layers, &plan).unwrap_or_else(|e| panic!("{e}"));
     (layers, q)
 }
@@ -192,8 +192,12 @@ fn partial_selection_keeps_float_layers_and_writes_self_contained() {
     let layers = find_layers(&file).unwrap_or_else(|e| panic!("{e}"));
     let names: BTreeSet<String> = ["b".to_string()].into();
     let acts = BTreeMap::from([(layers[1].activation.clone(), ActivationQuant { amax: 1.0, smooth: None })]);
-    let q = insert_qdq(&file, &layers, &QdqPlan { format: Format::Int8, layers: &names, activations: &acts })
-        .unwrap_or_else(|e| panic!("{e}"));
+    let q = insert_qdq(
+        &file,
+        &layers,
+        &QdqPlan { format: Format::Int8, layers: &names, sites: &[], activations: &acts },
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
     let g = q.proto.graph.as_ref().unwrap_or_else(|| unreachable!());
     assert_eq!(g.node.iter().filter(|n| n.op_type == "Transpose").count(), 2, "a and c keep theirs");
     assert_eq!(q.weights.keys().collect::<Vec<_>>(), vec!["b"]);
@@ -205,7 +209,11 @@ fn partial_selection_keeps_float_layers_and_writes_self_contained() {
     assert_eq!(back.tensor_bytes(t).ok(), Some(init(&q, "b.weight_quantized").raw_data.clone()));
     // an unknown layer name is an error that names it
     let bad: BTreeSet<String> = ["nope".to_string()].into();
-    let e = insert_qdq(&file, &layers, &QdqPlan { format: Format::Int8, layers: &bad, activations: &acts });
+    let e = insert_qdq(
+        &file,
+        &layers,
+        &QdqPlan { format: Format::Int8, layers: &bad, sites: &[], activations: &acts },
+    );
     assert!(e.err().map(|e| e.to_string()).unwrap_or_default().contains("'nope'"));
 }
 

@@ -136,6 +136,9 @@ pub struct CalibrateOptions {
     /// Also quantise per-forward vector layers (timestep embedding, modulation), which gain
     /// no speed and shift every token.
     pub quantize_vectors: bool,
+    /// Keep the DiT's attention products (q·kᵀ, P·v) in float; by default INT8 quantises them
+    /// like layers (see `flux2_calib::attention`), subject to the sensitivity budget.
+    pub float_attention: bool,
     /// Timed runs per graph for the latency table (0: skip).
     pub latency_runs: usize,
     /// ONNX Runtime intra-op threads (None: all cores).
@@ -171,6 +174,7 @@ impl CalibrateOptions {
             eval_steps: None,
             exclude: vec![],
             quantize_vectors: false,
+            float_attention: false,
             latency_runs: 3,
             threads: None,
             trt_cache_version: flux2_calib::artifacts::TRT_CACHE_VERSION.into(),

@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use flux2_calib::artifacts::{ActivationScale, GraphScales, KeptLayer, WeightEntry};
+use flux2_calib::attention::{expand, find_sites, AttentionSite, Point};
 use flux2_calib::consts::Consts;
 use flux2_calib::formats::Format;
 use flux2_calib::layers::{find_layers, Layer, LayerOp};
@@ -58,6 +59,34 @@ fn smoothing(
     Ok(out)
 }
 
+/// The attention sites of graph `stem` to offer for quantisation, and those kept in float with
+/// the reason. Only the DiT's: its attention is a third of its time at 1024 image tokens, while
+/// the VAE's single mid-block attention over every latent pixel would need its full score
+/// matrix materialised to take statistics.
+fn attention_sites(
+    stem: &str,
+    file: &OnnxFile,
+    opts: &CalibrateOptions,
+) -> Result<(Vec<AttentionSite>, Vec<KeptLayer>), CalibrateError> {
+    if stem != "transformer" {
+        return Ok((vec![], vec![]));
+    }
+    let sites = find_sites(file)?;
+    let reason = if opts.float_attention {
+        "attention products kept in float by --float-attention"
+    } else if opts.format == Format::Fp8 {
+        "FP8 attention is not emitted: ONNX Runtime 1.31 turns FP8 Q/DQ on both inputs of a \
+         matmul into a MatMulIntegerToFloat it cannot load"
+    } else {
+        return Ok((sites, vec![]));
+    };
+    let kept = sites
+        .iter()
+        .map(|s| KeptLayer { layer: s.name.clone(), reason: reason.into(), nmse_alone: None })
+        .collect();
+    Ok((vec![], kept))
+}
+
 /// Calibrates graph `stem` of `model` and writes its Q/DQ graph into `staging`.
 pub(super) fn calibrate_graph(
     stem: &str,
@@ -79,14 +108,19 @@ pub(super) fn calibrate_graph(
         .map_err(|e| CalibrateError::Output { path: work.clone(), msg: e.to_string() })?;
     link_external_files(&file, &work)?;
 
+    let (sites, mut kept) = attention_sites(stem, &file, opts)?;
     let mut observed: Vec<Observed> = Vec::new();
     for l in &layers {
         if !observed.iter().any(|(n, _)| n == &l.activation) {
-            observed.push((l.activation.clone(), l.channel_axis()));
+            observed.push((l.activation.clone(), Some(l.channel_axis())));
         }
     }
+    observed.extend(sites.iter().flat_map(|s| s.inputs.iter().map(|t| (t.clone(), None))));
+    // statistics of attention inputs need the fused attention nodes taken apart
+    let stats_file = expand(&file, &sites, None);
     on_event(Event::Stage { label: &format!("statistics {stem}"), total: data.calibration.len() });
-    let raw = collect_stats(&file, &work, &observed, &data.calibration, &BTreeMap::new(), sess, on_event)?;
+    let raw =
+        collect_stats(&stats_file, &work, &observed, &data.calibration, &BTreeMap::new(), sess, on_event)?;
     let smooth = match opts.smoothquant {
         Some(alpha) => smoothing(&file, &layers, &raw, alpha)?,
         None => BTreeMap::new(),
@@ -98,7 +132,7 @@ pub(super) fn calibrate_graph(
             label: &format!("smoothed statistics {stem}"),
             total: data.calibration.len(),
         });
-        collect_stats(&file, &work, &observed, &data.calibration, &smooth, sess, on_event)?
+        collect_stats(&stats_file, &work, &observed, &data.calibration, &smooth, sess, on_event)?
     };
     let mut activations: BTreeMap<String, ActivationQuant> = BTreeMap::new();
     for (act, _) in &observed {
@@ -106,21 +140,29 @@ pub(super) fn calibrate_graph(
         if st.nonfinite > 0 {
             log::warn!("{stem}: '{act}' had {} non-finite values during calibration (ignored)", st.nonfinite);
         }
-        let amax = opts.calibrator.amax(st, opts.format);
+        // softmax outputs: the largest probabilities carry the most weight, so never clip them
+        let probs = sites.iter().any(|s| s.input(Point::Probs) == act);
+        let amax = if probs { st.amax } else { opts.calibrator.amax(st, opts.format) };
         activations.insert(act.clone(), ActivationQuant { amax, smooth: smooth.get(act).cloned() });
     }
 
     // layers that stay in float before any measurement
-    let mut kept: Vec<KeptLayer> = Vec::new();
     let mut candidates: Vec<String> = Vec::new();
+    let excluded = |name: &str| opts.exclude.iter().find(|p| name.contains(p.as_str())).cloned();
+    let exclusion = |name: &str, p: String| KeptLayer {
+        layer: name.to_string(),
+        reason: format!("excluded by --exclude '{p}'"),
+        nmse_alone: None,
+    };
+    for s in &sites {
+        match excluded(&s.name) {
+            Some(p) => kept.push(exclusion(&s.name, p)),
+            None => candidates.push(s.name.clone()),
+        }
+    }
     for l in &layers {
-        let pattern = opts.exclude.iter().find(|p| l.name.contains(p.as_str()));
-        if let Some(p) = pattern {
-            kept.push(KeptLayer {
-                layer: l.name.clone(),
-                reason: format!("excluded by --exclude '{p}'"),
-                nmse_alone: None,
-            });
+        if let Some(p) = excluded(&l.name) {
+            kept.push(exclusion(&l.name, p));
         } else if raw[&l.activation].rows <= 1 && !opts.quantize_vectors {
             let reason =
                 "per-forward vector input (one row per sample: no speed to gain, shifts every token)";
@@ -137,7 +179,7 @@ pub(super) fn calibrate_graph(
         let q = insert_qdq(
             &file,
             &layers,
-            &QdqPlan { format: opts.format, layers: set, activations: &activations },
+            &QdqPlan { format: opts.format, layers: set, sites: &sites, activations: &activations },
         )?;
         write_model(&q.proto, &file, &work, "probe", DataMode::KeepExternal)?;
         Ok(fidelity(&reference, &outputs(&probe_path, &data.heldout, &output_names, sess)?).nmse_mean)
@@ -159,7 +201,7 @@ pub(super) fn calibrate_graph(
     let q = insert_qdq(
         &file,
         &layers,
-        &QdqPlan { format: opts.format, layers: &chosen, activations: &activations },
+        &QdqPlan { format: opts.format, layers: &chosen, sites: &sites, activations: &activations },
     )?;
     let staged = write_model(&q.proto, &file, staging, stem, DataMode::SelfContained)?;
     let fid = fidelity(&reference, &outputs(&staged, &data.heldout, &output_names, sess)?);
@@ -192,12 +234,24 @@ pub(super) fn calibrate_graph(
                 .insert(l.activation.clone(), opts.calibrator.amax(&raw[&l.activation], Format::Int8));
         }
     }
+    for s in sites.iter().filter(|s| chosen.contains(&s.name)) {
+        for t in &s.inputs {
+            let aq = &activations[t];
+            scales.activations.entry(t.clone()).or_insert_with(|| ActivationScale {
+                amax: aq.amax,
+                scale: opts.format.scale_for(aq.amax),
+                observed_amax: raw[t].amax,
+                smooth: None,
+            });
+            cache_ranges.insert(t.clone(), aq.amax);
+        }
+    }
     let report = ComponentReport {
         graph: stem.to_string(),
         calibration_samples: data.calibration.len(),
         heldout_samples: data.heldout.len(),
         data: data.source.clone(),
-        layers_total: layers.len(),
+        layers_total: layers.len() + sites.len(),
         layers_quantized: chosen.len(),
         kept_float: kept,
         nmse: fid.nmse_mean,

@@ -16,7 +16,8 @@ use crate::tensors::{run, Input};
 use crate::{cpu_session, SessionOptions};
 
 /// An activation to observe: tensor name and channel axis.
-pub(super) type Observed = (String, i64);
+/// A tensor to take statistics of, and the axis whose per-channel maxima to track.
+pub(super) type Observed = (String, Option<i64>);
 
 /// Fills one [`TensorStats`] per observed tensor from the float graph over `samples`, in
 /// sample order. `divide` gives SmoothQuant factors per tensor (the stats then describe the
@@ -49,7 +50,7 @@ pub(super) fn collect_stats(
                 }
             };
             let st = stats.entry(name.clone()).or_default();
-            st.observe(name, &data, &shape, Some(*axis), divide.get(name).map(|v| v.as_slice()))?;
+            st.observe(name, &data, &shape, *axis, divide.get(name).map(|v| v.as_slice()))?;
         }
         on_event(Event::Advance { done: i + 1, total: samples.len() });
     }

@@ -19,8 +19,10 @@ model was trained (--dist, shifted by each schedule's alpha); the text encoder o
 prompts; the VAE on the trajectories' latents and their decodings. Everything is seeded: the
 same --seed gives bit-identical scales.
 
-INT8: symmetric per-channel weights, per-tensor activations (optionally SmoothQuant).
-FP8: E4M3FN with per-tensor scales (Hopper, Ada, Thor; simulated on CPU).
+INT8: symmetric per-channel weights, per-tensor activations (optionally SmoothQuant); in the
+DiT also the two attention products q·kᵀ and softmax·v (per-tensor q, kᵀ, v and softmax
+ranges; the softmax range is its observed maximum), unless --float-attention.
+FP8: E4M3FN with per-tensor scales (Hopper, Ada, Thor; simulated on CPU); attention in float.
 Layers whose quantisation costs most stay in float until the held-out output NMSE of each
 graph is within --budget-nmse; per-forward vector layers (timestep embedding, modulation)
 stay in float unless --quantize-vectors.
@@ -117,6 +119,11 @@ pub struct Args {
     /// Also quantise layers applied once per forward (timestep embedding, modulation).
     #[arg(long)]
     quantize_vectors: bool,
+    /// Keep the DiT's attention products (q·kᵀ and softmax·v) in float. By default INT8 puts
+    /// Q/DQ on their four inputs too (ONNX Runtime then runs them as int8 matmuls and TensorRT
+    /// as fused int8 attention); FP8 always keeps them in float.
+    #[arg(long)]
+    float_attention: bool,
     /// Timed runs per graph for the report's CPU latency (median; 0 skips).
     #[arg(long, default_value_t = 3)]
     latency_runs: usize,
@@ -181,6 +188,7 @@ fn options(a: &Args) -> anyhow::Result<CalibrateOptions> {
     (o.eval_images, o.eval_steps) = (a.eval_images, a.eval_steps);
     o.exclude = a.exclude.clone();
     o.quantize_vectors = a.quantize_vectors;
+    o.float_attention = a.float_attention;
     (o.latency_runs, o.threads) = (a.latency_runs, a.threads);
     o.trt_cache_version = a.trt_cache_version.clone();
     Ok(o)

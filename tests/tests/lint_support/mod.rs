@@ -43,7 +43,7 @@ pub fn calibrated(src: &Path, format: Format) -> TempDir {
             .iter()
             .map(|l| (l.activation.clone(), ActivationQuant { amax: 4.0, smooth: None }))
             .collect();
-        let plan = QdqPlan { format, layers: &chosen, activations: &activations };
+        let plan = QdqPlan { format, layers: &chosen, sites: &[], activations: &activations };
         let q = insert_qdq(&file, &layers, &plan).unwrap_or_else(|e| panic!("{name}: {e}"));
         let stem = entry.file.trim_end_matches(".onnx").to_string();
         write_model(&q.proto, &file, out.path(), &stem, DataMode::SelfContained).unwrap();
