@@ -284,6 +284,25 @@ pub fn expand(file: &OnnxFile, sites: &[AttentionSite], only: Option<&HashSet<St
     out
 }
 
+/// The name [`with_probs_amax`] gives the maximum of a site's softmax output.
+pub fn probs_amax_name(site: &AttentionSite) -> String {
+    format!("{}/amax", site.input(Point::Probs))
+}
+
+/// A copy of `file` with a `ReduceMax` over every site's softmax output, named
+/// [`probs_amax_name`]: the one statistic the softmax range needs, without exposing a
+/// [B,H,S,T] tensor per site as a graph output (tens of GB at 1024² for a 25-block DiT).
+pub fn with_probs_amax(file: &OnnxFile, sites: &[AttentionSite]) -> OnnxFile {
+    let mut out = file.clone();
+    let g = out.proto.graph.get_or_insert_with(Default::default);
+    for s in sites {
+        let amax = probs_amax_name(s);
+        let reduce = node("ReduceMax", &format!("{amax}_reduce"), &[s.input(Point::Probs)], &amax, vec![]);
+        g.node.push(NodeProto { attribute: vec![attr::int("keepdims", 0)], ..reduce });
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -333,6 +352,21 @@ mod tests {
         let again = find_sites(&e).unwrap();
         assert_eq!(again[0].inputs, s.inputs);
         assert_eq!(again[0].fused, None);
+    }
+
+    #[test]
+    fn softmax_maximum_is_reduced_in_graph() {
+        let f =
+            file(vec![fused("blk.0.attention", vec![attr::float("scale", 0.25)], &["q", "k", "v"])], vec![]);
+        let sites = find_sites(&f).unwrap();
+        let g = with_probs_amax(&expand(&f, &sites, None), &sites);
+        let r = g.graph().node.last().unwrap();
+        assert_eq!(
+            (r.op_type.as_str(), r.input.as_slice()),
+            ("ReduceMax", [sites[0].input(Point::Probs).to_string()].as_slice())
+        );
+        assert_eq!(r.output, [probs_amax_name(&sites[0])]);
+        assert_eq!(r.attribute[0].i, 0, "keepdims 0: one scalar per run");
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use flux2_calib::artifacts::{ActivationScale, GraphScales, KeptLayer, WeightEntry};
-use flux2_calib::attention::{expand, find_sites, AttentionSite, Point};
+use flux2_calib::attention::{expand, find_sites, probs_amax_name, with_probs_amax, AttentionSite, Point};
 use flux2_calib::consts::Consts;
 use flux2_calib::formats::Format;
 use flux2_calib::layers::{find_layers, Layer, LayerOp};
@@ -57,6 +57,15 @@ fn smoothing(
         out.insert(act, factors(x, &w, alpha)?);
     }
     Ok(out)
+}
+
+/// Files the statistics of each site's softmax maximum under the softmax output's name.
+fn rename_probs_stats(stats: &mut BTreeMap<String, TensorStats>, sites: &[AttentionSite]) {
+    for s in sites {
+        if let Some(st) = stats.remove(&probs_amax_name(s)) {
+            stats.insert(s.input(Point::Probs).to_string(), st);
+        }
+    }
 }
 
 /// The attention sites of graph `stem` to offer for quantisation, and those kept in float with
@@ -115,12 +124,19 @@ pub(super) fn calibrate_graph(
             observed.push((l.activation.clone(), Some(l.channel_axis())));
         }
     }
-    observed.extend(sites.iter().flat_map(|s| s.inputs.iter().map(|t| (t.clone(), None))));
-    // statistics of attention inputs need the fused attention nodes taken apart
-    let stats_file = expand(&file, &sites, None);
+    // statistics of attention inputs need the fused attention nodes taken apart; of the
+    // softmax output only its maximum is observed (see `with_probs_amax`)
+    for s in &sites {
+        for (p, t) in s.points() {
+            let name = if p == Point::Probs { probs_amax_name(s) } else { t.to_string() };
+            observed.push((name, None));
+        }
+    }
+    let stats_file = with_probs_amax(&expand(&file, &sites, None), &sites);
     on_event(Event::Stage { label: &format!("statistics {stem}"), total: data.calibration.len() });
-    let raw =
+    let mut raw =
         collect_stats(&stats_file, &work, &observed, &data.calibration, &BTreeMap::new(), sess, on_event)?;
+    rename_probs_stats(&mut raw, &sites);
     let smooth = match opts.smoothquant {
         Some(alpha) => smoothing(&file, &layers, &raw, alpha)?,
         None => BTreeMap::new(),
@@ -132,11 +148,13 @@ pub(super) fn calibrate_graph(
             label: &format!("smoothed statistics {stem}"),
             total: data.calibration.len(),
         });
-        collect_stats(&stats_file, &work, &observed, &data.calibration, &smooth, sess, on_event)?
+        let mut st =
+            collect_stats(&stats_file, &work, &observed, &data.calibration, &smooth, sess, on_event)?;
+        rename_probs_stats(&mut st, &sites);
+        st
     };
     let mut activations: BTreeMap<String, ActivationQuant> = BTreeMap::new();
-    for (act, _) in &observed {
-        let st = &quant_stats[act];
+    for (act, st) in &quant_stats {
         if st.nonfinite > 0 {
             log::warn!("{stem}: '{act}' had {} non-finite values during calibration (ignored)", st.nonfinite);
         }

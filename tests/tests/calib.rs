@@ -1,7 +1,8 @@
 //! `flux2 calibrate` end to end on the fixture exports (DiT klein fixture + VAE fixture, merged
 //! into one model folder): Q/DQ graphs pass `onnx.checker` and run in ONNX Runtime, carry INT8
 //! or FLOAT8E4M3FN Q/DQ pairs, keep INT8 weights per channel; the same seed gives byte-identical
-//! scales; a failed quality gate leaves a report but no model; bad options name themselves.
+//! scales; a failed quality gate leaves a report but no model; bad options name themselves;
+//! INT8 quantises the DiT's attention products, FP8 records why it does not.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -130,6 +131,16 @@ fn int8_and_fp8_model_folders_check_run_and_carry_their_types() {
         }
         let scales = read_scales(&out);
         assert_eq!(scales.format, format);
+        // INT8 quantises the DiT's attention products; FP8 keeps them in float, with the reason
+        let dit = &scales.graphs["transformer"];
+        let softmax_ranges = dit.activations.keys().filter(|k| k.ends_with("/probs")).count();
+        let kept_attention = dit.kept_float.iter().filter(|k| k.layer.ends_with(".attention")).count();
+        if format == Format::Int8 {
+            assert!(softmax_ranges > 0, "no attention site was quantised");
+        } else {
+            assert_eq!(softmax_ranges, 0);
+            assert!(kept_attention > 0 && dit.kept_float.iter().any(|k| k.reason.contains("FP8 attention")));
+        }
         if format == Format::Int8 {
             // the TensorRT cache holds the same activation ranges as scales.json (calibrator max)
             let text =
