@@ -10,7 +10,7 @@ use flux2_calib::consts::Consts;
 use flux2_calib::formats::Format;
 use flux2_calib::layers::{find_layers, Layer, LayerOp};
 use flux2_calib::onnx_file::{link_external_files, write_model, DataMode, OnnxFile};
-use flux2_calib::qdq::{insert_qdq, ActivationQuant, QdqPlan};
+use flux2_calib::qdq::{insert_qdq, ActivationQuant, QdqPlan, WeightScales};
 use flux2_calib::report::{ComponentReport, Latency};
 use flux2_calib::sensitivity::choose;
 use flux2_calib::smoothquant::{factors, weight_input_amax};
@@ -96,6 +96,153 @@ fn attention_sites(
     Ok((vec![], kept))
 }
 
+/// What the statistics runs of one graph share.
+struct StatsContext<'a> {
+    stem: &'a str,
+    file: &'a OnnxFile,
+    work: &'a Path,
+    data: &'a GraphData,
+    opts: &'a CalibrateOptions,
+    sess: &'a SessionOptions,
+}
+
+/// Raw statistics and quantisation ranges, per tensor.
+type Ranges = (BTreeMap<String, TensorStats>, BTreeMap<String, ActivationQuant>);
+
+/// Statistics of every layer input and attention-site input over the calibration samples (raw,
+/// i.e. before smoothing), and the quantisation range of each (after SmoothQuant, if asked).
+fn ranges(
+    ctx: &StatsContext,
+    layers: &[Layer],
+    sites: &[AttentionSite],
+    on_event: &mut dyn FnMut(Event),
+) -> Result<Ranges, CalibrateError> {
+    let StatsContext { stem, file, work, data, opts, sess } = *ctx;
+    let mut observed: Vec<Observed> = Vec::new();
+    for l in layers {
+        if !observed.iter().any(|(n, _)| n == &l.activation) {
+            observed.push((l.activation.clone(), Some(l.channel_axis())));
+        }
+    }
+    // statistics of attention inputs need the fused attention nodes taken apart; of the
+    // softmax output only its maximum is observed (see `with_probs_amax`)
+    for s in sites {
+        for (p, t) in s.points() {
+            let name = if p == Point::Probs { probs_amax_name(s) } else { t.to_string() };
+            observed.push((name, None));
+        }
+    }
+    let stats_file = with_probs_amax(&expand(file, sites, None), sites);
+    let mut stats = |label: String, divide: &BTreeMap<String, Vec<f32>>| {
+        on_event(Event::Stage { label: &label, total: data.calibration.len() });
+        let mut st = collect_stats(&stats_file, work, &observed, &data.calibration, divide, sess, on_event)?;
+        rename_probs_stats(&mut st, sites);
+        Ok::<_, CalibrateError>(st)
+    };
+    let raw = stats(format!("statistics {stem}"), &BTreeMap::new())?;
+    let smooth = match opts.smoothquant {
+        Some(alpha) => smoothing(file, layers, &raw, alpha)?,
+        None => BTreeMap::new(),
+    };
+    let quant_stats =
+        if smooth.is_empty() { raw.clone() } else { stats(format!("smoothed statistics {stem}"), &smooth)? };
+    let mut activations: BTreeMap<String, ActivationQuant> = BTreeMap::new();
+    for (act, st) in &quant_stats {
+        if st.nonfinite > 0 {
+            log::warn!("{stem}: '{act}' had {} non-finite values during calibration (ignored)", st.nonfinite);
+        }
+        // softmax outputs: the largest probabilities carry the most weight, so never clip them
+        let probs = sites.iter().any(|s| s.input(Point::Probs) == act);
+        let amax = if probs { st.amax } else { opts.calibrator.amax(st, opts.format) };
+        activations.insert(act.clone(), ActivationQuant { amax, smooth: smooth.get(act).cloned() });
+    }
+    Ok((raw, activations))
+}
+
+/// The layers and attention sites that sensitivity may quantise; the others go to `kept` with
+/// their reason (`--exclude`, per-forward vector inputs).
+fn candidates(
+    layers: &[Layer],
+    sites: &[AttentionSite],
+    raw: &BTreeMap<String, TensorStats>,
+    opts: &CalibrateOptions,
+    kept: &mut Vec<KeptLayer>,
+) -> Vec<String> {
+    let mut candidates: Vec<String> = Vec::new();
+    let excluded = |name: &str| opts.exclude.iter().find(|p| name.contains(p.as_str())).cloned();
+    let exclusion = |name: &str, p: String| KeptLayer {
+        layer: name.to_string(),
+        reason: format!("excluded by --exclude '{p}'"),
+        nmse_alone: None,
+    };
+    for s in sites {
+        match excluded(&s.name) {
+            Some(p) => kept.push(exclusion(&s.name, p)),
+            None => candidates.push(s.name.clone()),
+        }
+    }
+    for l in layers {
+        if let Some(p) = excluded(&l.name) {
+            kept.push(exclusion(&l.name, p));
+        } else if raw[&l.activation].rows <= 1 && !opts.quantize_vectors {
+            let reason =
+                "per-forward vector input (one row per sample: no speed to gain, shifts every token)";
+            kept.push(KeptLayer { layer: l.name.clone(), reason: reason.into(), nmse_alone: None });
+        } else {
+            candidates.push(l.name.clone());
+        }
+    }
+    candidates
+}
+
+/// What was quantised.
+struct Chosen<'a> {
+    layers: &'a [Layer],
+    sites: &'a [AttentionSite],
+    names: &'a BTreeSet<String>,
+}
+
+/// The `scales.json` entry of a graph and its INT8 ranges for `calibration.cache` (unsmoothed).
+fn scales_of(
+    chosen: &Chosen,
+    activations: &BTreeMap<String, ActivationQuant>,
+    raw: &BTreeMap<String, TensorStats>,
+    weights: &BTreeMap<String, WeightScales>,
+    opts: &CalibrateOptions,
+    kept: &[KeptLayer],
+) -> (GraphScales, BTreeMap<String, f32>) {
+    let mut scales = GraphScales { kept_float: kept.to_vec(), ..Default::default() };
+    let mut cache_ranges = BTreeMap::new();
+    let entry = |t: &str| {
+        let aq = &activations[t];
+        ActivationScale {
+            amax: aq.amax,
+            scale: opts.format.scale_for(aq.amax),
+            observed_amax: raw[t].amax,
+            smooth: aq.smooth.clone(),
+        }
+    };
+    for l in chosen.layers.iter().filter(|l| chosen.names.contains(&l.name)) {
+        scales.activations.entry(l.activation.clone()).or_insert_with(|| entry(&l.activation));
+        if let Some(ws) = weights.get(&l.name) {
+            scales
+                .weights
+                .insert(l.name.clone(), WeightEntry { activation: l.activation.clone(), scales: ws.clone() });
+        }
+        if opts.format == Format::Int8 {
+            cache_ranges
+                .insert(l.activation.clone(), opts.calibrator.amax(&raw[&l.activation], Format::Int8));
+        }
+    }
+    for s in chosen.sites.iter().filter(|s| chosen.names.contains(&s.name)) {
+        for t in &s.inputs {
+            scales.activations.entry(t.clone()).or_insert_with(|| entry(t));
+            cache_ranges.insert(t.clone(), activations[t].amax);
+        }
+    }
+    (scales, cache_ranges)
+}
+
 /// Calibrates graph `stem` of `model` and writes its Q/DQ graph into `staging`.
 pub(super) fn calibrate_graph(
     stem: &str,
@@ -118,77 +265,10 @@ pub(super) fn calibrate_graph(
     link_external_files(&file, &work)?;
 
     let (sites, mut kept) = attention_sites(stem, &file, opts)?;
-    let mut observed: Vec<Observed> = Vec::new();
-    for l in &layers {
-        if !observed.iter().any(|(n, _)| n == &l.activation) {
-            observed.push((l.activation.clone(), Some(l.channel_axis())));
-        }
-    }
-    // statistics of attention inputs need the fused attention nodes taken apart; of the
-    // softmax output only its maximum is observed (see `with_probs_amax`)
-    for s in &sites {
-        for (p, t) in s.points() {
-            let name = if p == Point::Probs { probs_amax_name(s) } else { t.to_string() };
-            observed.push((name, None));
-        }
-    }
-    let stats_file = with_probs_amax(&expand(&file, &sites, None), &sites);
-    on_event(Event::Stage { label: &format!("statistics {stem}"), total: data.calibration.len() });
-    let mut raw =
-        collect_stats(&stats_file, &work, &observed, &data.calibration, &BTreeMap::new(), sess, on_event)?;
-    rename_probs_stats(&mut raw, &sites);
-    let smooth = match opts.smoothquant {
-        Some(alpha) => smoothing(&file, &layers, &raw, alpha)?,
-        None => BTreeMap::new(),
-    };
-    let quant_stats = if smooth.is_empty() {
-        raw.clone()
-    } else {
-        on_event(Event::Stage {
-            label: &format!("smoothed statistics {stem}"),
-            total: data.calibration.len(),
-        });
-        let mut st =
-            collect_stats(&stats_file, &work, &observed, &data.calibration, &smooth, sess, on_event)?;
-        rename_probs_stats(&mut st, &sites);
-        st
-    };
-    let mut activations: BTreeMap<String, ActivationQuant> = BTreeMap::new();
-    for (act, st) in &quant_stats {
-        if st.nonfinite > 0 {
-            log::warn!("{stem}: '{act}' had {} non-finite values during calibration (ignored)", st.nonfinite);
-        }
-        // softmax outputs: the largest probabilities carry the most weight, so never clip them
-        let probs = sites.iter().any(|s| s.input(Point::Probs) == act);
-        let amax = if probs { st.amax } else { opts.calibrator.amax(st, opts.format) };
-        activations.insert(act.clone(), ActivationQuant { amax, smooth: smooth.get(act).cloned() });
-    }
+    let ctx = StatsContext { stem, file: &file, work: &work, data, opts, sess };
+    let (raw, activations) = ranges(&ctx, &layers, &sites, on_event)?;
 
-    // layers that stay in float before any measurement
-    let mut candidates: Vec<String> = Vec::new();
-    let excluded = |name: &str| opts.exclude.iter().find(|p| name.contains(p.as_str())).cloned();
-    let exclusion = |name: &str, p: String| KeptLayer {
-        layer: name.to_string(),
-        reason: format!("excluded by --exclude '{p}'"),
-        nmse_alone: None,
-    };
-    for s in &sites {
-        match excluded(&s.name) {
-            Some(p) => kept.push(exclusion(&s.name, p)),
-            None => candidates.push(s.name.clone()),
-        }
-    }
-    for l in &layers {
-        if let Some(p) = excluded(&l.name) {
-            kept.push(exclusion(&l.name, p));
-        } else if raw[&l.activation].rows <= 1 && !opts.quantize_vectors {
-            let reason =
-                "per-forward vector input (one row per sample: no speed to gain, shifts every token)";
-            kept.push(KeptLayer { layer: l.name.clone(), reason: reason.into(), nmse_alone: None });
-        } else {
-            candidates.push(l.name.clone());
-        }
-    }
+    let candidates = candidates(&layers, &sites, &raw, opts, &mut kept);
 
     let output_names: Vec<String> = file.graph().output.iter().map(|o| o.name.clone()).collect();
     let reference = outputs(&float_path, &data.heldout, &output_names, sess)?;
@@ -232,38 +312,8 @@ pub(super) fn calibrate_graph(
         None
     };
 
-    let mut scales = GraphScales { kept_float: kept.clone(), ..Default::default() };
-    let mut cache_ranges = BTreeMap::new();
-    for l in layers.iter().filter(|l| chosen.contains(&l.name)) {
-        let aq = &activations[&l.activation];
-        scales.activations.entry(l.activation.clone()).or_insert_with(|| ActivationScale {
-            amax: aq.amax,
-            scale: opts.format.scale_for(aq.amax),
-            observed_amax: raw[&l.activation].amax,
-            smooth: aq.smooth.clone(),
-        });
-        if let Some(ws) = q.weights.get(&l.name) {
-            scales
-                .weights
-                .insert(l.name.clone(), WeightEntry { activation: l.activation.clone(), scales: ws.clone() });
-        }
-        if opts.format == Format::Int8 {
-            cache_ranges
-                .insert(l.activation.clone(), opts.calibrator.amax(&raw[&l.activation], Format::Int8));
-        }
-    }
-    for s in sites.iter().filter(|s| chosen.contains(&s.name)) {
-        for t in &s.inputs {
-            let aq = &activations[t];
-            scales.activations.entry(t.clone()).or_insert_with(|| ActivationScale {
-                amax: aq.amax,
-                scale: opts.format.scale_for(aq.amax),
-                observed_amax: raw[t].amax,
-                smooth: None,
-            });
-            cache_ranges.insert(t.clone(), aq.amax);
-        }
-    }
+    let chosen_set = Chosen { layers: &layers, sites: &sites, names: &chosen };
+    let (scales, cache_ranges) = scales_of(&chosen_set, &activations, &raw, &q.weights, opts, &kept);
     let report = ComponentReport {
         graph: stem.to_string(),
         calibration_samples: data.calibration.len(),
