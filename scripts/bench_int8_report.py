@@ -26,9 +26,11 @@ import onnx
 import onnxruntime as ort
 
 
-def session(path, threads, optimized=None):
+def session(path, threads, optimized=None, qdq_fusion=True):
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
+    if not qdq_fusion:  # FP8 graphs (FP8 attention Q/DQ): what flux2's runtime does too
+        so.add_session_config_entry("session.disable_quant_qdq", "1")
     if optimized:
         so.optimized_model_filepath = optimized
     so.log_severity_level = 3
@@ -77,11 +79,13 @@ def main():
                 axis = next((x.i for x in n.attribute if x.name == "axis"), None)
                 per_channel_ok &= axis is not None and list(s.dims) == [w.dims[axis]]
     threads = a.threads or None
+    manifest = json.loads((a.quant_dir / "manifest.json").read_text())
+    fusion = manifest["graphs"]["transformer"].get("precision") != "fp8"
     with tempfile.TemporaryDirectory() as tmp:
         opt = str(Path(tmp) / "opt.onnx")
-        session(qp, threads or 0, opt)
+        session(qp, threads or 0, opt, fusion)
         kernels = collections.Counter(n.op_type for n in onnx.load(opt, load_external_data=False).graph.node)
-    fs, qs = session(fp, threads or 0), session(qp, threads or 0)
+    fs, qs = session(fp, threads or 0), session(qp, threads or 0, qdq_fusion=fusion)
     feed = inputs(fs, a.tokens, a.text, 0)
     ref, got = fs.run(None, feed)[0], qs.run(None, feed)[0]
     wall, cpu = ([], []), ([], [])

@@ -84,7 +84,8 @@ pub struct QdqPlan<'a> {
     /// Names of the layers and attention sites to quantise ([`Layer::name`],
     /// [`AttentionSite::name`]).
     pub layers: &'a BTreeSet<String>,
-    /// The graph's attention sites (INT8 only; see [`crate::attention`]).
+    /// The graph's attention sites (see [`crate::attention`]). FP8 Q/DQ on both inputs of a
+    /// matmul load in ONNX Runtime 1.31 only with its Q/DQ fusions off.
     pub sites: &'a [AttentionSite],
     /// Per activation tensor (attention sites: per [`AttentionSite::inputs`] tensor).
     pub activations: &'a BTreeMap<String, ActivationQuant>,
@@ -214,12 +215,6 @@ pub fn insert_qdq(file: &OnnxFile, layers: &[Layer], plan: &QdqPlan) -> Result<Q
         });
     }
     let sites: Vec<&AttentionSite> = plan.sites.iter().filter(|s| plan.layers.contains(&s.name)).collect();
-    if let (Format::Fp8, Some(s)) = (plan.format, sites.first()) {
-        return Err(CalibError::Option {
-            option: "layer selection".into(),
-            msg: format!("attention '{}': attention Q/DQ is INT8 only", s.name),
-        });
-    }
     let chosen: HashSet<String> = sites.iter().map(|s| s.name.clone()).collect();
     let expanded = expand(file, plan.sites, Some(&chosen));
     let file = &expanded;

@@ -139,6 +139,11 @@ pub struct CalibrateOptions {
     /// Keep the DiT's attention products (q·kᵀ, P·v) in float; by default INT8 quantises them
     /// like layers (see `flux2_calib::attention`), subject to the sensitivity budget.
     pub float_attention: bool,
+    /// FP8 only: quantise the attention products too (TensorRT's FP8 attention on Hopper, Ada,
+    /// Thor). Off by default: ONNX Runtime CPU runs such graphs only with its Q/DQ fusions off
+    /// (flux2 does that for FP8 graphs; other ONNX Runtime users must set
+    /// `session.disable_quant_qdq=1`).
+    pub fp8_attention: bool,
     /// Timed runs per graph for the latency table (0: skip).
     pub latency_runs: usize,
     /// ONNX Runtime intra-op threads (None: all cores).
@@ -175,6 +180,7 @@ impl CalibrateOptions {
             exclude: vec![],
             quantize_vectors: false,
             float_attention: false,
+            fp8_attention: false,
             latency_runs: 3,
             threads: None,
             trt_cache_version: flux2_calib::artifacts::TRT_CACHE_VERSION.into(),

@@ -83,9 +83,9 @@ fn attention_sites(
     let sites = find_sites(file)?;
     let reason = if opts.float_attention {
         "attention products kept in float by --float-attention"
-    } else if opts.format == Format::Fp8 {
-        "FP8 attention is not emitted: ONNX Runtime 1.31 turns FP8 Q/DQ on both inputs of a \
-         matmul into a MatMulIntegerToFloat it cannot load"
+    } else if opts.format == Format::Fp8 && !opts.fp8_attention {
+        "FP8 attention only with --fp8-attention: stock ONNX Runtime 1.31 turns FP8 Q/DQ on both \
+         inputs of a matmul into a MatMulIntegerToFloat it cannot load"
     } else {
         return Ok((sites, vec![]));
     };

@@ -48,6 +48,12 @@ fn validate(opts: &CalibrateOptions, model: &ModelDir) -> Result<(Vec<String>, V
             return Err(opt_err(name, "must be at least 1"));
         }
     }
+    if opts.fp8_attention && opts.format != Format::Fp8 {
+        return Err(opt_err("--fp8-attention", "applies to --precision fp8 only"));
+    }
+    if opts.fp8_attention && opts.float_attention {
+        return Err(opt_err("--fp8-attention", "contradicts --float-attention"));
+    }
     if !(opts.budget_nmse.is_finite() && opts.budget_nmse > 0.0) {
         return Err(opt_err("--budget-nmse", format!("{} is not a positive number", opts.budget_nmse)));
     }
@@ -196,6 +202,8 @@ pub(super) fn run(
     let sess = SessionOptions {
         intra_threads: opts.threads.unwrap_or(SessionOptions::default().intra_threads),
         optimization: true,
+        // FP8 attention Q/DQ would otherwise be fused into a kernel ONNX Runtime lacks
+        qdq_fusion: opts.format != Format::Fp8,
     };
     let parent = opts.out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let name = opts.out.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| "out".into());

@@ -77,12 +77,17 @@ pub fn environment() -> Result<&'static Environment, RuntimeError> {
 pub struct SessionOptions {
     pub intra_threads: usize,
     pub optimization: bool,
+    /// ONNX Runtime's CPU Q/DQ fusions (DQ → MatMul into `MatMulIntegerToFloat`, ...). Off, every
+    /// Q/DQ pair runs as written (simulated quantisation). Graphs a model folder's manifest marks
+    /// `fp8` always run with it off: FP8 has no fused CPU kernels, and ONNX Runtime 1.31 would
+    /// fuse FP8 Q/DQ on both inputs of a matmul (FP8 attention) into one it cannot load.
+    pub qdq_fusion: bool,
 }
 
 impl Default for SessionOptions {
     fn default() -> Self {
         let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-        SessionOptions { intra_threads: threads, optimization: true }
+        SessionOptions { intra_threads: threads, optimization: true, qdq_fusion: true }
     }
 }
 
@@ -94,5 +99,22 @@ pub fn cpu_session(path: &Path, opts: &SessionOptions) -> Result<Session, Runtim
     let mut builder = Session::builder(env).map_err(ctx)?;
     builder = builder.with_intra_threads(opts.intra_threads).map_err(|e| ctx(e.into()))?;
     builder = builder.with_optimization_level(level).map_err(|e| ctx(e.into()))?;
+    if !opts.qdq_fusion || manifest_precision(path).as_deref() == Some("fp8") {
+        builder = builder.with_config_entry("session.disable_quant_qdq", "1").map_err(|e| ctx(e.into()))?;
+    }
     builder.commit_from_file(path).map_err(ctx)
+}
+
+/// The `precision` the `manifest.json` beside `path` gives its graph, if any.
+fn manifest_precision(path: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(path.parent()?.join("manifest.json")).ok()?;
+    let m: serde_json::Value = serde_json::from_str(&text).ok()?;
+    let file = path.file_name()?.to_str()?;
+    m.get("graphs")?
+        .as_object()?
+        .values()
+        .find(|g| g.get("file").and_then(|f| f.as_str()) == Some(file))?
+        .get("precision")?
+        .as_str()
+        .map(str::to_string)
 }

@@ -115,7 +115,7 @@ fn int8_and_fp8_model_folders_check_run_and_carry_their_types() {
         let gen = &o.report.generations;
         assert_eq!(gen.len(), 1);
         assert!(gen[0].psnr_db > 20.0 && gen[0].ssim > 0.5, "{format:?}: {:?}", gen[0]);
-        let sess = SessionOptions { intra_threads: 2, optimization: true };
+        let sess = SessionOptions { intra_threads: 2, ..SessionOptions::default() };
         let mut p = Pipeline::new(&out, Box::new(move |path: &Path| cpu_session(path, &sess)))
             .unwrap_or_else(|e| panic!("{e}"));
         let embeds =
@@ -188,6 +188,33 @@ fn same_seed_same_scales_bit_for_bit() {
 }
 
 #[test]
+fn fp8_attention_model_folder_runs_in_the_pipeline() {
+    // FP8 attention Q/DQ load in ONNX Runtime only with its Q/DQ fusions off: the calibrator's
+    // sessions and, through the manifest's `fp8` precision, the pipeline's turn them off
+    let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let model = model_dir(tmp.path(), WeightMode::Copy);
+    let out = tmp.path().join("fp8-attention");
+    let mut o = small(&model, &out, Format::Fp8);
+    o.fp8_attention = true;
+    let r = calibrate(&o, &mut |_| {}).unwrap_or_else(|e| panic!("{e}"));
+    assert!(r.passed);
+    let dit = &read_scales(&out).graphs["transformer"];
+    assert!(dit.activations.keys().any(|k| k.ends_with("/probs")), "no FP8 attention site");
+    assert!(r.report.components["transformer"].nmse <= 1e-2);
+    let gen = &r.report.generations;
+    assert!(gen[0].psnr_db > 20.0, "{:?}", gen[0]);
+    let sess = SessionOptions { intra_threads: 2, ..SessionOptions::default() };
+    assert!(sess.qdq_fusion, "the manifest, not the caller, turns the fusions off");
+    let mut p = Pipeline::new(&out, Box::new(move |path: &Path| cpu_session(path, &sess)))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let embeds = Tensor { shape: vec![1, 8, 40], data: (0..320).map(|i| (i as f32 * 0.37).cos()).collect() };
+    let mut req = Request::new(PromptSource::Embeds(embeds));
+    (req.width, req.height) = (Some(64), Some(64));
+    let img = p.generate(&req, &mut |_| {}).unwrap_or_else(|e| panic!("{e}")).image;
+    assert!(img.data.iter().all(|v| v.is_finite()));
+}
+
+#[test]
 fn failed_gate_writes_the_report_but_no_model() {
     let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let model = model_dir(tmp.path(), WeightMode::Copy);
@@ -253,6 +280,9 @@ fn bad_options_fail_early_and_name_the_culprit() {
     let mut o = base.clone();
     o.budget_nmse = 0.0;
     assert!(err_of(&o).contains("--budget-nmse"));
+    let mut o = base.clone();
+    o.fp8_attention = true; // with --precision int8
+    assert!(err_of(&o).contains("--fp8-attention"), "{}", err_of(&o));
     let mut o = base.clone();
     o.out = model.clone();
     assert!(err_of(&o).contains("--out"));

@@ -22,7 +22,8 @@ same --seed gives bit-identical scales.
 INT8: symmetric per-channel weights, per-tensor activations (optionally SmoothQuant); in the
 DiT also the two attention products q·kᵀ and softmax·v (per-tensor q, kᵀ, v and softmax
 ranges; the softmax range is its observed maximum), unless --float-attention.
-FP8: E4M3FN with per-tensor scales (Hopper, Ada, Thor; simulated on CPU); attention in float.
+FP8: E4M3FN with per-tensor scales (Hopper, Ada, Thor; simulated on CPU); attention in float
+unless --fp8-attention.
 Layers whose quantisation costs most stay in float until the held-out output NMSE of each
 graph is within --budget-nmse; per-forward vector layers (timestep embedding, modulation)
 stay in float unless --quantize-vectors.
@@ -122,8 +123,13 @@ pub struct Args {
     /// Keep the DiT's attention products (q·kᵀ and softmax·v) in float. By default INT8 puts
     /// Q/DQ on their four inputs too (ONNX Runtime then runs them as int8 matmuls and TensorRT
     /// as fused int8 attention); FP8 always keeps them in float.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "fp8_attention")]
     float_attention: bool,
+    /// FP8: quantise the DiT's attention products too, for TensorRT's FP8 attention (Hopper, Ada,
+    /// Thor). ONNX Runtime's CPU provider loads such graphs only with its Q/DQ fusions off:
+    /// flux2 turns them off for FP8 graphs; elsewhere set session.disable_quant_qdq=1.
+    #[arg(long)]
+    fp8_attention: bool,
     /// Timed runs per graph for the report's CPU latency (median; 0 skips).
     #[arg(long, default_value_t = 3)]
     latency_runs: usize,
@@ -189,6 +195,7 @@ fn options(a: &Args) -> anyhow::Result<CalibrateOptions> {
     o.exclude = a.exclude.clone();
     o.quantize_vectors = a.quantize_vectors;
     o.float_attention = a.float_attention;
+    o.fp8_attention = a.fp8_attention;
     (o.latency_runs, o.threads) = (a.latency_runs, a.threads);
     o.trt_cache_version = a.trt_cache_version.clone();
     Ok(o)
