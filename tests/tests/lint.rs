@@ -111,6 +111,14 @@ fn calibrated_graphs_pass_and_fp8_is_refused_where_there_is_no_fp8() {
         assert_clean(&r, &format!("fp8 on {gpu}"));
         assert!(r.graphs.iter().all(|g| g.qdq.fp8 > 0), "{:?}", r.graphs);
     }
+    // FP8 attention (Q/DQ on both activation inputs of the DiT's products): a warning for ORT
+    let r = lint(fp8.path(), LintTarget::Ort, None);
+    let f = r
+        .warnings()
+        .find(|f| f.rule == "qdq-ort-fp8-matmul")
+        .unwrap_or_else(|| panic!("no FP8 matmul warning"));
+    assert!(f.graph == "transformer.onnx" && f.message.contains("session.disable_quant_qdq"), "{f}");
+    assert!(!r.has_errors(), "{:?}", errors(&r));
     for gpu in [GpuTarget::Orin, GpuTarget::Ampere] {
         let r = lint(fp8.path(), LintTarget::TensorRt10, Some(gpu));
         let f = find(&r, "qdq-fp8-gpu");

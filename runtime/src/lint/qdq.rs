@@ -89,6 +89,16 @@ fn quant_type(ix: &GraphIndex, n: &NodeProto) -> i32 {
     }
 }
 
+/// How many inputs of `n` are FP8 activations behind a `DequantizeLinear` (not weights).
+fn fp8_activation_inputs(ix: &GraphIndex, n: &NodeProto) -> usize {
+    n.input
+        .iter()
+        .filter_map(|s| ix.producer_of(s))
+        .filter(|p| p.op_type == "DequantizeLinear" && quant_type(ix, p) == dtype::FLOAT8E4M3FN)
+        .filter(|p| p.input.first().is_some_and(|x| ix.constant(x).is_none()))
+        .count()
+}
+
 /// Runs every Q/DQ rule over the graph; returns the Q/DQ counts.
 pub fn check(ix: &GraphIndex, cx: &Ctx, out: &mut Vec<Finding>) -> QdqCount {
     let trt = cx.target != LintTarget::Ort;
@@ -105,6 +115,16 @@ pub fn check(ix: &GraphIndex, cx: &Ctx, out: &mut Vec<Finding>) -> QdqCount {
             })
         };
         if !is_qdq(n) {
+            if !trt && n.op_type == "MatMul" && fp8_activation_inputs(ix, n) == 2 {
+                find(
+                    Severity::Warning,
+                    "qdq-ort-fp8-matmul",
+                    "FP8 Q/DQ on both (activation) inputs: ONNX Runtime 1.31's CPU provider loads this \
+                     only with its Q/DQ fusions off (session option session.disable_quant_qdq=1; flux2 \
+                     sets it for FP8 graphs)"
+                        .into(),
+                );
+            }
             if trt && QUANTIZED_OPS.contains(&n.op_type.as_str()) {
                 let dq = |k: usize| {
                     n.input

@@ -7,6 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
+use flux2_calib::attention::find_sites;
 use flux2_calib::formats::Format;
 use flux2_calib::layers::find_layers;
 use flux2_calib::onnx_file::{write_model, DataMode, OnnxFile};
@@ -30,20 +31,25 @@ pub fn export_pipeline(target: Target) -> TempDir {
     dir
 }
 
-/// A copy of `src` with every MatMul/Conv quantised to `format` by the calibrator's Q/DQ
-/// insertion (activation ranges are synthetic: the lint looks at structure, not accuracy).
+/// A copy of `src` with every MatMul/Conv, and the DiT's attention products, quantised to
+/// `format` by the calibrator's Q/DQ insertion (activation ranges are synthetic: the lint looks
+/// at structure, not accuracy).
 pub fn calibrated(src: &Path, format: Format) -> TempDir {
     let out = tempfile::tempdir().unwrap();
     let mut manifest = Manifest::read(src).unwrap();
     for (name, entry) in manifest.graphs.iter_mut() {
         let file = OnnxFile::read(&src.join(&entry.file)).unwrap();
         let layers = find_layers(&file).unwrap();
-        let chosen: BTreeSet<String> = layers.iter().map(|l| l.name.clone()).collect();
+        let sites = if name == "transformer" { find_sites(&file).unwrap() } else { vec![] };
+        let mut chosen: BTreeSet<String> = layers.iter().map(|l| l.name.clone()).collect();
+        chosen.extend(sites.iter().map(|s| s.name.clone()));
         let activations: BTreeMap<String, ActivationQuant> = layers
             .iter()
-            .map(|l| (l.activation.clone(), ActivationQuant { amax: 4.0, smooth: None }))
+            .map(|l| l.activation.clone())
+            .chain(sites.iter().flat_map(|s| s.inputs.iter().cloned()))
+            .map(|t| (t, ActivationQuant { amax: 4.0, smooth: None }))
             .collect();
-        let plan = QdqPlan { format, layers: &chosen, sites: &[], activations: &activations };
+        let plan = QdqPlan { format, layers: &chosen, sites: &sites, activations: &activations };
         let q = insert_qdq(&file, &layers, &plan).unwrap_or_else(|e| panic!("{name}: {e}"));
         let stem = entry.file.trim_end_matches(".onnx").to_string();
         write_model(&q.proto, &file, out.path(), &stem, DataMode::SelfContained).unwrap();
