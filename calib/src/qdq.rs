@@ -16,6 +16,9 @@
 //! * Activations: one per-tensor scale from the calibrator and a Q/DQ pair per consumer (ONNX
 //!   Runtime fuses only when a Q feeds a single DQ; measured: a Q shared by q/k/v projections
 //!   left all three unfused). TensorRT merges the duplicates.
+//! * Attention sites ([`crate::attention`]) chosen in the plan are expanded first (fused
+//!   `Attention` → scale·q, q·kᵀ, softmax, P·v); each of their four product inputs gets its own
+//!   per-tensor Q/DQ pair, right in front of the product.
 //! * SmoothQuant factors, when given for an activation, become a `Mul` by 1/s in front of its
 //!   quantiser and are folded into each consumer's weight rows.
 //!

@@ -122,7 +122,7 @@ pub struct Args {
     quantize_vectors: bool,
     /// Keep the DiT's attention products (q·kᵀ and softmax·v) in float. By default INT8 puts
     /// Q/DQ on their four inputs too (ONNX Runtime then runs them as int8 matmuls and TensorRT
-    /// as fused int8 attention); FP8 always keeps them in float.
+    /// as fused int8 attention); FP8 keeps them in float unless --fp8-attention.
     #[arg(long, conflicts_with = "fp8_attention")]
     float_attention: bool,
     /// FP8: quantise the DiT's attention products too, for TensorRT's FP8 attention (Hopper, Ada,
