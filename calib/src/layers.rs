@@ -1,7 +1,8 @@
 //! The quantisable layers of a graph: every `MatMul` whose second input is a constant weight
 //! (possibly behind the exporter's `Transpose` of an (out, in) weight, or a link-mode assembly
-//! chain) and every `Conv` with a constant weight. Everything else (norms, softmax, attention,
-//! RoPE, element-wise ops, activation×activation matmuls) stays in float.
+//! chain) and every `Conv` with a constant weight. Norms, softmax, RoPE and element-wise ops stay
+//! in float; attention's two activation×activation products are quantised as sites of their own
+//! ([`crate::attention`]).
 //!
 //! Also the graph edits the statistics and sensitivity runs need: exposing intermediate tensors
 //! as outputs, and dropping nodes and initializers nothing reads any more.
