@@ -103,29 +103,9 @@ impl Manifest {
 /// Inputs and outputs of a finished graph, as manifest entries.
 pub fn io_specs(model: &Model) -> (Vec<IoSpec>, Vec<IoSpec>) {
     let spec = |v: &flux2_graphs::onnx::ValueInfoProto| {
-        let (dtype, shape) = match v.r#type.as_ref().and_then(|t| t.value.as_ref()) {
-            Some(flux2_graphs::onnx::type_proto::Value::TensorType(t)) => (
-                flux2_graphs::DType::from_onnx(t.elem_type).map(|d| d.name().to_string()).unwrap_or_default(),
-                t.shape
-                    .as_ref()
-                    .map(|s| {
-                        s.dim
-                            .iter()
-                            .map(|d| match &d.value {
-                                Some(flux2_graphs::onnx::tensor_shape_proto::dimension::Value::DimValue(
-                                    n,
-                                )) => n.to_string(),
-                                Some(flux2_graphs::onnx::tensor_shape_proto::dimension::Value::DimParam(
-                                    p,
-                                )) => p.clone(),
-                                None => "?".into(),
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default(),
-            ),
-            None => (String::new(), vec![]),
-        };
+        let (dtype, shape) = flux2_graphs::tensor_type_of(v)
+            .map(|(d, dims)| (d.map(|d| d.name().to_string()).unwrap_or_default(), dims))
+            .unwrap_or_default();
         IoSpec { name: v.name.clone(), dtype, shape }
     };
     let g = model.proto.graph.as_ref();

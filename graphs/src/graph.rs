@@ -558,24 +558,8 @@ impl Model {
     pub fn summary(&self) -> String {
         let Some(g) = self.proto.graph.as_ref() else { return String::new() };
         let io = |v: &crate::onnx::ValueInfoProto| {
-            let (dt, dims) = match v.r#type.as_ref().and_then(|t| t.value.as_ref()) {
-                Some(type_proto::Value::TensorType(t)) => (
-                    DType::from_onnx(t.elem_type).map(|d| d.name()).unwrap_or("?"),
-                    t.shape
-                        .as_ref()
-                        .map(|s| {
-                            s.dim
-                                .iter()
-                                .map(|d| match &d.value {
-                                    Some(tensor_shape_proto::dimension::Value::DimValue(n)) => n.to_string(),
-                                    Some(tensor_shape_proto::dimension::Value::DimParam(p)) => p.clone(),
-                                    None => "?".into(),
-                                })
-                                .collect::<Vec<_>>()
-                                .join(",")
-                        })
-                        .unwrap_or_default(),
-                ),
+            let (dt, dims) = match crate::tensor_type_of(v) {
+                Some((dtype, dims)) => (dtype.map(|d| d.name()).unwrap_or("?"), dims.join(",")),
                 None => ("?", String::new()),
             };
             format!("{}: {dt} [{dims}]", v.name)

@@ -72,6 +72,32 @@ pub fn inline_tensor_bytes(t: &onnx::TensorProto, elem_size: usize) -> Option<Ve
     }
 }
 
+/// The declared tensor type of a graph input or output: its element type (None when it is not
+/// one of ours) and its dims as text (a number, a symbol name, or `?` when unset; empty when no
+/// shape is declared). None when the value is not a tensor.
+pub fn tensor_type_of(v: &onnx::ValueInfoProto) -> Option<(Option<DType>, Vec<String>)> {
+    use onnx::tensor_shape_proto::dimension::Value;
+    let Some(onnx::type_proto::Value::TensorType(t)) = v.r#type.as_ref().and_then(|t| t.value.as_ref())
+    else {
+        return None;
+    };
+    let dims = t
+        .shape
+        .as_ref()
+        .map(|s| {
+            s.dim
+                .iter()
+                .map(|d| match &d.value {
+                    Some(Value::DimValue(n)) => n.to_string(),
+                    Some(Value::DimParam(p)) => p.clone(),
+                    None => "?".into(),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Some((DType::from_onnx(t.elem_type), dims))
+}
+
 /// Encodes f32 values as little-endian bytes of `dtype` (f32, f16 or bf16).
 pub fn encode_floats(dtype: DType, values: &[f32]) -> Vec<u8> {
     match dtype {
