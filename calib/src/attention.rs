@@ -31,6 +31,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::consts::Consts;
 use crate::error::{CalibError, Result};
+use crate::layers::unique_name;
 use crate::onnx_file::{dtype, OnnxFile};
 
 /// Which of the four inputs of an attention site a tensor is.
@@ -128,13 +129,7 @@ fn site_name(node: &str, taken: &mut HashSet<String>) -> String {
         Some((prefix, _)) => format!("{prefix}.attention"),
         None => "attention".to_string(),
     };
-    let mut name = base.clone();
-    let mut k = 1;
-    while !taken.insert(name.clone()) {
-        name = format!("{base}#{k}");
-        k += 1;
-    }
-    name
+    unique_name(&base, '#', taken)
 }
 
 /// Finds the attention sites of a graph, in graph order.

@@ -62,6 +62,17 @@ impl Layer {
     }
 }
 
+/// `base`, or `base{sep}1`, `base{sep}2`, ... : the first one not in `taken` (then added to it).
+pub(crate) fn unique_name(base: &str, sep: char, taken: &mut HashSet<String>) -> String {
+    let mut name = base.to_string();
+    let mut k = 1;
+    while !taken.insert(name.clone()) {
+        name = format!("{base}{sep}{k}");
+        k += 1;
+    }
+    name
+}
+
 /// Finds the quantisable layers, in graph order. Reads each weight once to learn its shape.
 pub fn find_layers(file: &OnnxFile) -> Result<Vec<Layer>> {
     let consts = Consts::new(file);
@@ -86,13 +97,7 @@ pub fn find_layers(file: &OnnxFile) -> Result<Vec<Layer>> {
             continue;
         }
         let declared = consts.declared_name(w);
-        let base = declared.strip_suffix(".weight").unwrap_or(&declared).to_string();
-        let mut name = base.clone();
-        let mut k = 1;
-        while !names.insert(name.clone()) {
-            name = format!("{base}#{k}");
-            k += 1;
-        }
+        let name = unique_name(declared.strip_suffix(".weight").unwrap_or(&declared), '#', &mut names);
         layers.push(Layer {
             name,
             node: n.name.clone(),

@@ -47,7 +47,7 @@ use crate::attention::{expand, AttentionSite, Point};
 use crate::consts::Consts;
 use crate::error::{CalibError, Result};
 use crate::formats::Format;
-use crate::layers::{prune, Layer, LayerOp};
+use crate::layers::{prune, unique_name, Layer, LayerOp};
 use crate::onnx_file::{dtype, OnnxFile};
 use crate::smoothquant::fold_into_weight;
 
@@ -234,15 +234,7 @@ pub fn insert_qdq(file: &OnnxFile, layers: &[Layer], plan: &QdqPlan) -> Result<Q
         file.graph().node.iter().flat_map(|n| n.output.iter().cloned()).collect();
     taken.extend(file.graph().initializer.iter().map(|t| t.name.clone()));
     taken.extend(file.graph().input.iter().map(|t| t.name.clone()));
-    let mut fresh = |want: String| -> String {
-        let mut name = want.clone();
-        let mut k = 1;
-        while !taken.insert(name.clone()) {
-            name = format!("{want}_{k}");
-            k += 1;
-        }
-        name
-    };
+    let mut fresh = |want: String| unique_name(&want, '_', &mut taken);
     let fmt = plan.format;
     let zp_bytes = |n: usize| vec![0u8; n]; // int8 0 and FP8 +0.0 are both byte 0
     let mut out_nodes: Vec<NodeProto> = Vec::with_capacity(file.graph().node.len() + 4 * by_node.len());
