@@ -166,10 +166,7 @@ impl OpProblem for AttentionProblem {
         vec![y]
     }
     fn approximation(&self) -> Approximation {
-        match self.dtype {
-            DType::F16 => Approximation::Half,
-            _ => Approximation::Approximate,
-        }
+        Approximation::for_dtype(self.dtype, Approximation::Approximate)
     }
 }
 
@@ -243,10 +240,7 @@ impl OpProblem for RopeProblem {
         vec![y]
     }
     fn approximation(&self) -> Approximation {
-        match self.dtype {
-            DType::F16 => Approximation::Half,
-            _ => Approximation::Close,
-        }
+        Approximation::for_dtype(self.dtype, Approximation::Close)
     }
 }
 

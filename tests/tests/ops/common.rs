@@ -35,6 +35,15 @@ impl Approximation {
             Approximation::Half => 1e-2,
         }
     }
+
+    /// `Half` for an f16 graph, else `f32` (what the op reaches in f32).
+    pub fn for_dtype(dtype: DType, f32: Approximation) -> Approximation {
+        if dtype == DType::F16 {
+            Approximation::Half
+        } else {
+            f32
+        }
+    }
 }
 
 /// One op under test: a random instance, the graph that computes it, and the naive answer.

@@ -157,10 +157,7 @@ impl OpProblem for NormProblem {
         vec![y]
     }
     fn approximation(&self) -> Approximation {
-        match self.dtype {
-            DType::F16 => Approximation::Half,
-            _ => Approximation::Approximate,
-        }
+        Approximation::for_dtype(self.dtype, Approximation::Approximate)
     }
 }
 
