@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::layout::{Kind, ModelSource};
-use crate::manifest::{fingerprint, io_specs, GraphEntry, Manifest};
+use crate::manifest::{dim_ranges, fingerprint, io_specs, GraphEntry, Manifest};
 use crate::models::{build, BuiltGraph, ExportOptions};
 use crate::names::{resolve_weights, ResolvedWeight};
 use crate::writer::{write_model, WeightMode, WriteOptions};
@@ -134,7 +134,7 @@ fn write_all(
                 parameters: g.model.weights.iter().map(|w| w.shape.iter().product::<usize>() as u64).sum(),
                 inputs,
                 outputs,
-                dim_ranges: g.model.dim_ranges.clone(),
+                dim_ranges: dim_ranges(&g.model),
                 precision: None,
             },
         );
@@ -177,7 +177,9 @@ fn write_all(
             std::fs::copy(p, &dst).map_err(io_err(&dst))?;
         }
     }
-    manifest.write(staging)?;
+    manifest
+        .write(staging)
+        .map_err(|e| ExportError::Output { path: staging.to_path_buf(), msg: e.to_string() })?;
     Ok(manifest)
 }
 
