@@ -1,4 +1,5 @@
-//! `flux2 doctor` end to end: it always reports (exit 0) what it found and what is missing.
+//! `flux2 doctor` end to end: it always reports (exit 0) what it found and what is missing,
+//! starting with the CPU and its instruction sets.
 
 use std::process::Command;
 
@@ -7,7 +8,14 @@ fn reports_runtime_gpu_and_libraries() {
     let o = Command::new(env!("CARGO_BIN_EXE_flux2")).arg("doctor").output().expect("running flux2");
     let stdout = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success(), "{stdout}{}", String::from_utf8_lossy(&o.stderr));
+    let cpu = flux2_runtime::cpu::CpuInfo::detect();
+    assert!(stdout.starts_with("CPU\n"), "{stdout}");
+    assert!(stdout.contains(&format!("model: {}", cpu.model)), "{stdout}");
+    assert!(stdout.contains(&format!("logical CPUs: {}", cpu.logical_cpus)), "{stdout}");
     for section in [
+        "instruction sets: ",
+        "not available: ",
+        "int8 matmuls: ",
         "ONNX Runtime",
         "library: ",
         "version: 1.31",

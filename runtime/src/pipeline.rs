@@ -4,10 +4,14 @@
 //! time offsets 10, 20, …; VAE decode. Mirrors diffusers 0.42.1 `Flux2Pipeline` /
 //! `Flux2KleinPipeline.__call__` in float32.
 //!
+//! Several images of one prompt (seeds s, s+1, …) run as one batch: every graph call takes
+//! all images at once (and both CFG branches), which keeps the CPU's matrix kernels busier
+//! than N separate runs, while each image stays bit-identical to its one-image run because
+//! every graph computes its batch rows independently.
+//!
 //! Everything a request can get wrong is checked by [`Pipeline::plan`] before any model
 //! runs. Sessions are created once per pipeline and reused across steps and requests.
 
-use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -16,14 +20,20 @@ use ort::session::Session;
 
 use crate::images::Chw;
 use crate::model_dir::{Guidance, ModelDir};
-use crate::schedule::{euler_step, Schedule, Shift};
+use crate::schedule::{Schedule, Shift};
 use crate::tensor_file::Tensor;
 use crate::tensors::{run_borrowed, InputRef};
 use crate::tokenizer::PromptEncoder;
 use crate::RuntimeError;
 
+#[path = "pipeline_batch.rs"]
+mod batch;
+#[path = "pipeline_denoise.rs"]
+mod denoise;
 #[path = "pipeline_steps.rs"]
 mod steps;
+#[path = "pipeline_text.rs"]
+mod text;
 
 /// Builds an ONNX Runtime session for a graph file (CPU, CUDA or TensorRT).
 pub type SessionFactory = Box<dyn Fn(&Path) -> Result<Session, RuntimeError>>;
@@ -46,8 +56,11 @@ pub struct Request {
     pub steps: Option<usize>,
     pub guidance: Option<f32>,
     pub shift: Shift,
+    /// Seed of the first image; image k of a batch uses `seed + k` (wrapping).
     pub seed: u64,
-    /// Noise [1, C, H/16, W/16] instead of the seeded generator.
+    /// Images to make from this request (one batch; [`Pipeline::generate_batch`]). Default 1.
+    pub num_images: usize,
+    /// Noise [num_images, C, H/16, W/16] instead of the seeded generator.
     pub noise: Option<Tensor>,
     pub max_sequence_length: usize,
 }
@@ -64,6 +77,7 @@ impl Request {
             guidance: None,
             shift: Shift::Empirical,
             seed: 0,
+            num_images: 1,
             noise: None,
             max_sequence_length: 512,
         }
@@ -80,6 +94,8 @@ pub struct Plan {
     pub cfg: bool,
     pub schedule: Schedule,
     pub references: Vec<Chw>,
+    /// Images in the batch (`Request::num_images`).
+    pub num_images: usize,
 }
 
 /// Progress events.
@@ -107,6 +123,17 @@ pub struct Generated {
     /// [3, H, W] in [0, 1] (diffusers `output_type="pt"`).
     pub image: Chw,
     pub plan: Plan,
+    pub timings: Timings,
+}
+
+/// The images of one batched request and how they were made.
+pub struct Batch {
+    /// [3, H, W] each in [0, 1], in seed order.
+    pub images: Vec<Chw>,
+    /// The seed of each image (`seed`, `seed + 1`, …); empty when the request gave the noise.
+    pub seeds: Vec<u64>,
+    pub plan: Plan,
+    /// For the whole batch (each stage ran once for all images).
     pub timings: Timings,
 }
 
@@ -156,12 +183,33 @@ impl Pipeline {
         steps::plan(&self.model, req)
     }
 
-    /// Generates one image.
+    /// Generates one image (`req.num_images` must be 1; see [`Pipeline::generate_batch`]).
     pub fn generate(
         &mut self,
         req: &Request,
         on_event: &mut dyn FnMut(Event),
     ) -> Result<Generated, RuntimeError> {
+        if req.num_images != 1 {
+            return Err(RuntimeError::Input {
+                name: "num_images".into(),
+                msg: format!("generate makes one image, not {}: call generate_batch", req.num_images),
+            });
+        }
+        let Batch { mut images, plan, timings, .. } = self.generate_batch(req, on_event)?;
+        let image = images.pop().ok_or_else(|| RuntimeError::Run("the batch made no image".into()))?;
+        Ok(Generated { image, plan, timings })
+    }
+
+    /// Generates `req.num_images` images from seeds `req.seed`, `req.seed + 1`, … (or the rows
+    /// of `req.noise`) in one pass: one text-encoder call for every prompt text, one DiT call
+    /// per step for all images (true CFG's two branches in the same call when their prompt
+    /// lengths agree) and one VAE-decoder call. Image k is bit-identical to a one-image run
+    /// with seed `req.seed + k` on ONNX Runtime's CPU provider (see the README's batching notes).
+    pub fn generate_batch(
+        &mut self,
+        req: &Request,
+        on_event: &mut dyn FnMut(Event),
+    ) -> Result<Batch, RuntimeError> {
         let plan = self.plan(req)?;
         let mut timings = Timings::default();
         on_event(Event::Stage("loading models"));
@@ -173,13 +221,7 @@ impl Pipeline {
 
         on_event(Event::Stage("text encoder"));
         let t = Instant::now();
-        let cond = self.embeddings(&req.prompt, req.max_sequence_length)?;
-        let empty = PromptSource::Text(String::new());
-        let uncond = if plan.cfg {
-            Some(self.embeddings(req.negative.as_ref().unwrap_or(&empty), req.max_sequence_length)?)
-        } else {
-            None
-        };
+        let (cond, uncond) = self.prompt_embeddings(&plan, req)?;
         timings.text_encoder = t.elapsed().as_secs_f64();
 
         on_event(Event::Stage("vae encode"));
@@ -187,33 +229,22 @@ impl Pipeline {
         let (ref_tokens, ref_ids) = self.encode_references(&plan.references)?;
         timings.vae_encode = t.elapsed().as_secs_f64();
 
-        let (h, w) = (plan.height / 16, plan.width / 16);
         let c = self.model.latent_channels();
-        // The DiT input [noisy tokens | reference tokens]: the noisy part is updated in place.
-        let mut x = match &req.noise {
-            Some(n) => steps::pack(&n.data, c, h, w),
-            None => steps::pack(&crate::noise::noise(req.seed, &[1, c, h, w]), c, h, w),
-        }; // [h·w, C] tokens
-        let n_img = x.len();
-        x.extend_from_slice(&ref_tokens);
-        let img_ids = steps::image_ids(h, w, &ref_ids);
-        let n = plan.schedule.steps();
-        for i in 0..n {
-            on_event(Event::Step { index: i, total: n });
-            let t = Instant::now();
-            let (sigma, next) = (plan.schedule.sigmas[i], plan.schedule.sigmas[i + 1]);
-            let v = self.velocity(&plan, &x, n_img, &img_ids, sigma, &cond, uncond.as_deref())?;
-            euler_step(&mut x[..n_img], &v, sigma, next).map_err(|e| RuntimeError::Run(e.to_string()))?;
-            timings.dit_steps.push(t.elapsed().as_secs_f64());
-        }
+        let mut latents = batch::Latents::new(&plan, req, c, &ref_tokens)?;
+        let dit = batch::DitBatch::new(&latents, &ref_ids, &cond, uncond.as_deref())?;
+        self.denoise(&plan, &dit, &mut latents, &mut timings, on_event)?;
 
         on_event(Event::Stage("vae decode"));
         let t = Instant::now();
-        let image = self.decode(&x[..n_img], c, h, w)?;
+        let images = self.decode(&latents)?;
         timings.vae_decode = t.elapsed().as_secs_f64();
         timings.total = started.elapsed().as_secs_f64();
         timings.ort = self.ort_time;
-        Ok(Generated { image, plan, timings })
+        let seeds = match req.noise {
+            Some(_) => vec![],
+            None => (0..plan.num_images as u64).map(|k| req.seed.wrapping_add(k)).collect(),
+        };
+        Ok(Batch { images, seeds, plan, timings })
     }
 
     /// Creates the sessions a request needs (once per pipeline).
@@ -229,136 +260,5 @@ impl Pipeline {
         self.session("transformer")?;
         self.session("vae_decoder")?;
         Ok(())
-    }
-
-    /// Prompt embeddings [1, L, ctx] (given ones are borrowed, not copied).
-    fn embeddings<'p>(
-        &mut self,
-        prompt: &'p PromptSource,
-        max_len: usize,
-    ) -> Result<Cow<'p, Tensor>, RuntimeError> {
-        match prompt {
-            PromptSource::Embeds(t) => Ok(Cow::Borrowed(t)),
-            PromptSource::Text(text) => {
-                if self.tokenizer.is_none() {
-                    let dir = self.model.tokenizer_dir().ok_or_else(|| RuntimeError::Model {
-                        path: self.model.dir.clone(),
-                        msg: "no tokenizer/ folder: export the text encoder from a diffusers folder, or pass embeddings".into(),
-                    })?;
-                    let family = steps::text_family(&self.model)?;
-                    let tok = PromptEncoder::from_tokenizer_dir(&dir, family)
-                        .map_err(|e| RuntimeError::Model { path: dir.clone(), msg: e.to_string() })?;
-                    self.tokenizer = Some(tok);
-                }
-                let enc = match &self.tokenizer {
-                    Some(t) => t
-                        .encode(&[text.as_str()], max_len)
-                        .map_err(|e| RuntimeError::Input { name: "prompt".into(), msg: e.to_string() })?,
-                    None => unreachable!("tokenizer set above"),
-                };
-                if enc.truncated[0] > 0 {
-                    log::warn!(
-                        "prompt truncated: {} tokens beyond --max-sequence-length {max_len} dropped",
-                        enc.truncated[0]
-                    );
-                }
-                let shape = vec![1, enc.len];
-                let inputs = [
-                    ("input_ids", InputRef::I64(shape.clone(), &enc.input_ids)),
-                    ("attention_mask", InputRef::I64(shape, &enc.attention_mask)),
-                ];
-                let out = self.call("text_encoder", &inputs)?;
-                steps::take(out, "prompt_embeds").map(Cow::Owned)
-            }
-        }
-    }
-
-    /// Encodes each reference with the VAE encoder: packed tokens and their (t, i, j) ids.
-    fn encode_references(&mut self, refs: &[Chw]) -> Result<(Vec<f32>, Vec<[i64; 4]>), RuntimeError> {
-        let mut tokens = Vec::new();
-        let mut ids = Vec::new();
-        for (k, r) in refs.iter().enumerate() {
-            let image = InputRef::F32(vec![1, 3, r.height, r.width], &r.data);
-            let out = self.call("vae_encoder", &[("image", image)])?;
-            let lat = steps::take(out, "latents")?;
-            let (c, h, w) = (lat.shape[1], lat.shape[2], lat.shape[3]);
-            tokens.extend(steps::pack(&lat.data, c, h, w));
-            let t = 10 + 10 * k as i64;
-            for i in 0..h {
-                for j in 0..w {
-                    ids.push([t, i as i64, j as i64, 0]);
-                }
-            }
-        }
-        Ok((tokens, ids))
-    }
-
-    /// The velocity of the noisy tokens `x[..n_img]` (with CFG: v_u + g·(v_c − v_u)).
-    #[allow(clippy::too_many_arguments)]
-    fn velocity(
-        &mut self,
-        plan: &Plan,
-        x: &[f32],
-        n_img: usize,
-        img_ids: &[i64],
-        sigma: f32,
-        cond: &Tensor,
-        uncond: Option<&Tensor>,
-    ) -> Result<Vec<f32>, RuntimeError> {
-        let mut v = self.dit_call(plan, x, n_img, img_ids, sigma, cond)?;
-        if let Some(u) = uncond {
-            let v_u = self.dit_call(plan, x, n_img, img_ids, sigma, u)?;
-            let g = plan.guidance;
-            for (c, u) in v.iter_mut().zip(&v_u) {
-                *c = u + g * (*c - u);
-            }
-        }
-        Ok(v)
-    }
-
-    /// One DiT call on `x` = [noisy tokens | reference tokens]; returns the velocity of the
-    /// first `n_img` values (the noisy tokens) only.
-    fn dit_call(
-        &mut self,
-        plan: &Plan,
-        x: &[f32],
-        n_img: usize,
-        img_ids: &[i64],
-        sigma: f32,
-        text: &Tensor,
-    ) -> Result<Vec<f32>, RuntimeError> {
-        let c = self.model.latent_channels();
-        let txt_ids = steps::text_ids(text.shape.get(1).copied().unwrap_or(0));
-        // diffusers passes (σ·1000 in float32) / 1000
-        let scalars = [(sigma * 1000.0) / 1000.0, plan.guidance];
-        let inputs = steps::dit_inputs(plan, x, img_ids, &txt_ids, &scalars, text, c)?;
-        let out = self.call("transformer", &inputs)?;
-        let mut v = steps::take(out, "velocity")?.data;
-        if v.len() < n_img {
-            return Err(RuntimeError::Run(format!(
-                "velocity has {} values, expected {n_img} or more",
-                v.len()
-            )));
-        }
-        v.truncate(n_img);
-        Ok(v)
-    }
-
-    /// Unpacks tokens and decodes: [3, H, W] in [0, 1].
-    fn decode(&mut self, tokens: &[f32], c: usize, h: usize, w: usize) -> Result<Chw, RuntimeError> {
-        let lat = steps::unpack(tokens, c, h, w);
-        let out = self.call("vae_decoder", &[("latents", InputRef::F32(vec![1, c, h, w], &lat))])?;
-        let img = steps::take(out, "image")?;
-        let [_, 3, height, width] = img.shape[..] else {
-            return Err(RuntimeError::Run(format!(
-                "decoded image has shape {:?}, expected [1, 3, H, W]",
-                img.shape
-            )));
-        };
-        let mut data = img.data;
-        for v in data.iter_mut() {
-            *v = (*v / 2.0 + 0.5).clamp(0.0, 1.0);
-        }
-        Ok(Chw { width, height, data })
     }
 }

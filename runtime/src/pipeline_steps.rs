@@ -1,5 +1,5 @@
 //! Pieces of the pipeline that are plain data handling: request validation, token
-//! packing, position ids and DiT input assembly.
+//! packing and position ids.
 
 use std::collections::HashMap;
 
@@ -8,7 +8,6 @@ use crate::images::load_reference;
 use crate::model_dir::{Guidance, ModelDir};
 use crate::schedule::Schedule;
 use crate::tensor_file::Tensor;
-use crate::tensors::InputRef;
 use crate::tokenizer::Family;
 use crate::RuntimeError;
 
@@ -43,7 +42,7 @@ pub(super) fn unpack(tokens: &[f32], c: usize, h: usize, w: usize) -> Vec<f32> {
     out
 }
 
-/// Position ids [1, h·w + refs, 4] (flattened): noisy tokens (0, i, j, 0) then the references' ids.
+/// Position ids of one row, [h·w + refs, 4] (flattened): noisy tokens (0, i, j, 0) then the references' ids.
 pub(super) fn image_ids(h: usize, w: usize, refs: &[[i64; 4]]) -> Vec<i64> {
     let mut ids = Vec::with_capacity((h * w + refs.len()) * 4);
     for i in 0..h {
@@ -57,43 +56,9 @@ pub(super) fn image_ids(h: usize, w: usize, refs: &[[i64; 4]]) -> Vec<i64> {
     ids
 }
 
-/// Text position ids [1, L, 4] (flattened): (0, 0, 0, l).
+/// Text position ids of one row, [L, 4] (flattened): (0, 0, 0, l).
 pub(super) fn text_ids(len: usize) -> Vec<i64> {
     (0..len as i64).flat_map(|l| [0, 0, 0, l]).collect()
-}
-
-/// Inputs of one DiT call, borrowed: `x` = [noisy | reference tokens] (S·C values), their
-/// ids (S·4), the text ids (L·4) and `scalars` = [timestep, guidance].
-pub(super) fn dit_inputs<'a>(
-    plan: &Plan,
-    x: &'a [f32],
-    img_ids: &'a [i64],
-    txt_ids: &'a [i64],
-    scalars: &'a [f32; 2],
-    text: &'a Tensor,
-    c: usize,
-) -> Result<Vec<(&'static str, InputRef<'a>)>, RuntimeError> {
-    let s = x.len() / c;
-    let l = txt_ids.len() / 4;
-    if s * c != x.len() || img_ids.len() != s * 4 || text.shape.len() != 3 || text.shape[1] != l {
-        return Err(RuntimeError::Run(format!(
-            "DiT inputs disagree: {} latent values for {c} channels, {} image ids, text {:?}, {l} text ids",
-            x.len(),
-            img_ids.len() / 4,
-            text.shape
-        )));
-    }
-    let mut inputs = vec![
-        ("hidden_states", InputRef::F32(vec![1, s, c], x)),
-        ("encoder_hidden_states", InputRef::F32(text.shape.clone(), &text.data)),
-        ("timestep", InputRef::F32(vec![1], &scalars[..1])),
-        ("img_ids", InputRef::I64(vec![1, s, 4], img_ids)),
-        ("txt_ids", InputRef::I64(vec![1, l, 4], txt_ids)),
-    ];
-    if plan.mode == Guidance::Embedded {
-        inputs.push(("guidance", InputRef::F32(vec![1], &scalars[1..])));
-    }
-    Ok(inputs)
 }
 
 /// Text-encoder family of an exported model (from the copied text-encoder config).
@@ -171,13 +136,18 @@ pub(super) fn plan(model: &ModelDir, req: &Request) -> Result<Plan, RuntimeError
         return Err(input_err("--steps", "must be at least 1"));
     }
     let (h, w) = (height / 16, width / 16);
+    let num_images = req.num_images;
+    if num_images == 0 {
+        return Err(input_err("--num-images", "must be at least 1"));
+    }
     if let Some(n) = &req.noise {
         let c = model.latent_channels();
-        if n.shape != [1, c, h, w] {
+        if n.shape != [num_images, c, h, w] || n.data.len() != num_images * c * h * w {
+            let images = if num_images == 1 { "a".to_string() } else { num_images.to_string() };
             return Err(input_err(
                 "--noise",
                 format!(
-                    "tensor 'noise' has shape {:?}; a {width}×{height} image needs [1, {c}, {h}, {w}]",
+                    "tensor 'noise' has shape {:?}; {images} {width}×{height} image(s) need [{num_images}, {c}, {h}, {w}]",
                     n.shape
                 ),
             ));
@@ -185,5 +155,5 @@ pub(super) fn plan(model: &ModelDir, req: &Request) -> Result<Plan, RuntimeError
     }
     let schedule =
         Schedule::for_tokens(h * w, steps, req.shift).map_err(|e| input_err("--shift", e.to_string()))?;
-    Ok(Plan { width, height, mode, guidance, cfg, schedule, references })
+    Ok(Plan { width, height, mode, guidance, cfg, schedule, references, num_images })
 }

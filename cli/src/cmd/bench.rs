@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
+use flux2_runtime::cpu::CpuInfo;
 use flux2_runtime::images::{write_png, Chw};
 use flux2_runtime::pipeline::{Pipeline, PromptSource, Request, SessionFactory, Timings};
 use flux2_runtime::tensor_file::{read_tensor, Tensor};
@@ -18,7 +19,13 @@ Runs --warmup untimed generations, then --runs timed ones, and reports min / med
 of: the text encoder, each DiT step (pooled over runs), the VAE encoder (per generation,
 all references), the VAE decoder and the whole generation, plus the share of time spent
 outside ONNX Runtime calls (our own overhead), session creation and peak RSS. --refs N
-benchmarks editing with N synthetic reference images of the output size.
+benchmarks editing with N synthetic reference images of the output size. --batch N makes N
+images per generation (seeds 0..N, as `flux2 generate --num-images N`): the stages are then
+times per batch, and images/s is N over the end-to-end time.
+
+The CPU model and its instruction sets (AVX2, AVX-512, VNNI, AMX, BF16; from /proc/cpuinfo)
+head the report and are in the JSON (`cpu`), so figures from different machines can be told
+apart.
 
 Without a text encoder in the export (or with --prompt-embeds), random embeddings of the
 model's context width and --max-sequence-length tokens stand in for the prompt.
@@ -26,7 +33,8 @@ model's context width and --max-sequence-length tokens stand in for the prompt.
 Examples:
   flux2 bench --model klein-onnx
   flux2 bench --model klein-onnx --width 512 --height 512 --runs 10 --json bench.json --plot bench.png
-  flux2 bench --model klein-onnx --refs 2 --steps 4";
+  flux2 bench --model klein-onnx --refs 2 --steps 4
+  for n in 1 2 4; do flux2 bench --model klein-onnx --batch $n --json bench-b$n.json; done";
 
 /// Measure per-stage latency of an exported model (sessions created once, then reused).
 #[derive(clap::Args)]
@@ -50,6 +58,9 @@ pub struct Args {
     /// Untimed generations first (warm caches and allocator).
     #[arg(long, default_value_t = 1)]
     pub warmup: usize,
+    /// Images per generation (one batch; seeds 0, 1, ...).
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
     /// Synthetic reference images (editing), each of the output size (at least 64×64).
     #[arg(long, default_value_t = 0)]
     pub refs: usize,
@@ -171,6 +182,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if args.runs == 0 {
         bail!("--runs must be at least 1");
     }
+    if args.batch == 0 {
+        bail!("--batch must be at least 1");
+    }
     let factory: SessionFactory = match (args.threads, args.provider.as_str()) {
         (Some(0), _) => bail!("--threads must be at least 1"),
         (Some(n), "cpu") => {
@@ -199,6 +213,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         (Some(args.width), Some(args.height), args.steps, args.guidance);
     req.max_sequence_length = args.max_sequence_length;
     req.references = refs;
+    req.num_images = args.batch;
     let result = measure(&mut pipe, &req, &args);
     if tmp.exists() {
         let _ = std::fs::remove_dir_all(&tmp);
@@ -217,7 +232,7 @@ fn measure(pipe: &mut Pipeline, req: &Request, args: &Args) -> anyhow::Result<(V
     let mut runs = Vec::new();
     for i in 0..args.warmup + args.runs {
         pb.set_message(if i < args.warmup { "warm-up" } else { "timed" });
-        let out = pipe.generate(req, &mut |_| {})?;
+        let out = pipe.generate_batch(req, &mut |_| {})?;
         if i == 0 {
             load = out.timings.load;
         }
@@ -228,6 +243,22 @@ fn measure(pipe: &mut Pipeline, req: &Request, args: &Args) -> anyhow::Result<(V
     }
     pb.finish_and_clear();
     Ok((runs, load, steps))
+}
+
+fn print_header(args: &Args, steps: usize, threads: usize, text: bool, cpu: &CpuInfo) {
+    println!("CPU: {}", cpu.summary());
+    println!(
+        "{} — {}×{}, batch {}, {steps} steps, {} ref(s), prompt {}, provider {}, {threads} threads; {} warm-up + {} timed runs",
+        args.model.display(),
+        args.width,
+        args.height,
+        args.batch,
+        args.refs,
+        if text { "text" } else { "embeddings" },
+        args.provider,
+        args.warmup,
+        args.runs
+    );
 }
 
 fn report(
@@ -241,31 +272,9 @@ fn report(
     let stages = stage_samples(runs, text, args.refs > 0);
     let rss = peak_rss();
     let threads = args.threads.unwrap_or_else(|| SessionOptions::default().intra_threads);
-    println!(
-        "{} — {}×{}, {steps} steps, {} ref(s), prompt {}, provider {}, {threads} threads; {} warm-up + {} timed runs",
-        args.model.display(),
-        args.width,
-        args.height,
-        args.refs,
-        if text { "text" } else { "embeddings" },
-        args.provider,
-        args.warmup,
-        args.runs
-    );
-    println!("{:<14} {:>5} {:>11} {:>11} {:>11}", "stage", "n", "min ms", "median ms", "p90 ms");
-    let mut json_stages = serde_json::Map::new();
-    for (name, samples) in &stages {
-        if let Some(s) = Stats::of(samples) {
-            println!(
-                "{name:<14} {:>5} {:>11.2} {:>11.2} {:>11.2}",
-                s.n,
-                s.min * 1e3,
-                s.median * 1e3,
-                s.p90 * 1e3
-            );
-            json_stages.insert(name.to_string(), json!({"stats": s, "samples": samples}));
-        }
-    }
+    let cpu = CpuInfo::detect();
+    print_header(args, steps, threads, text, &cpu);
+    let json_stages = print_stages(&stages);
     let outside: Vec<f64> = runs.iter().map(|t| (t.total - t.ort) / t.total.max(1e-12)).collect();
     let frac = Stats::of(&outside);
     if let Some(f) = &frac {
@@ -273,6 +282,14 @@ fn report(
             "time outside ONNX Runtime calls: median {:.2}% (max {:.2}%) of end to end",
             100.0 * f.median,
             100.0 * f.max
+        );
+    }
+    let rate: Vec<f64> = runs.iter().map(|t| args.batch as f64 / t.total.max(1e-12)).collect();
+    let images_per_second = Stats::of(&rate);
+    if let Some(r) = &images_per_second {
+        println!(
+            "images/s: median {:.4} (min {:.4}, max {:.4}; batch {})",
+            r.median, r.min, r.max, args.batch
         );
     }
     println!("session creation (once): {:.1} ms", load * 1e3);
@@ -284,13 +301,15 @@ fn report(
         let doc = json!({
             "model": args.model.display().to_string(),
             "variant": pipe.model.manifest.variant,
-            "width": args.width, "height": args.height, "steps": steps, "refs": args.refs,
+            "cpu": cpu,
+            "width": args.width, "height": args.height, "steps": steps, "refs": args.refs, "batch": args.batch,
             "runs": args.runs, "warmup": args.warmup, "provider": args.provider, "threads": threads,
             "prompt": if text { json!(args.prompt) } else { json!(null) },
             "max_sequence_length": args.max_sequence_length,
             "unit": "seconds",
             "stages": json_stages,
             "outside_ort_fraction": {"stats": frac, "samples": outside},
+            "images_per_second": {"stats": images_per_second, "samples": rate},
             "session_creation": load,
             "peak_rss_bytes": rss,
         });
@@ -301,6 +320,25 @@ fn report(
         plot_stages(path, &stages)?;
     }
     Ok(())
+}
+
+/// Prints the min / median / p90 table; returns the stages as JSON (stats and samples).
+fn print_stages(stages: &[(&str, Vec<f64>)]) -> serde_json::Map<String, serde_json::Value> {
+    println!("{:<14} {:>5} {:>11} {:>11} {:>11}", "stage", "n", "min ms", "median ms", "p90 ms");
+    let mut json_stages = serde_json::Map::new();
+    for (name, samples) in stages {
+        if let Some(s) = Stats::of(samples) {
+            println!(
+                "{name:<14} {:>5} {:>11.2} {:>11.2} {:>11.2}",
+                s.n,
+                s.min * 1e3,
+                s.median * 1e3,
+                s.p90 * 1e3
+            );
+            json_stages.insert(name.to_string(), json!({"stats": s, "samples": samples}));
+        }
+    }
+    json_stages
 }
 
 fn write_atomic(path: &Path, text: &str) -> anyhow::Result<()> {

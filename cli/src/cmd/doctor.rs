@@ -1,5 +1,6 @@
 //! `flux2 doctor`: what this machine can run, and what to install for the rest.
 
+use flux2_runtime::cpu::CpuInfo;
 use flux2_runtime::providers::ExecutionProvider;
 use flux2_runtime::trt::host::{provider_library, ORT_GPU_HINT};
 use flux2_runtime::trt::libs::{
@@ -12,7 +13,28 @@ use flux2_runtime::trt::probe::{
 use flux2_runtime::trt::GpuTarget;
 use flux2_runtime::{environment, find_ort_library};
 
-/// Show the ONNX Runtime library and its providers, the GPU, driver, CUDA, cuDNN and TensorRT
+/// The CPU section: model and the instruction sets ONNX Runtime's CPU kernels use.
+fn print_cpu(cpu: &CpuInfo) {
+    println!("CPU");
+    println!("  model: {}", cpu.model);
+    if let Some(f) = &cpu.family {
+        println!("  id: {f}");
+    }
+    println!("  logical CPUs: {}", cpu.logical_cpus);
+    let list = |v: &[String]| if v.is_empty() { "none".to_string() } else { v.join(" ") };
+    println!("  instruction sets: {}", list(&cpu.isa));
+    println!("  not available: {}", list(&cpu.missing));
+    let int8 = if cpu.has("AMX-INT8") {
+        "AMX tiles"
+    } else if cpu.has("AVX-512 VNNI") || cpu.has("AVX-VNNI") || cpu.has("DOTPROD") {
+        "VNNI / dot-product instructions"
+    } else {
+        "no int8 dot-product instructions: INT8 graphs gain less here than on VNNI CPUs"
+    };
+    println!("  int8 matmuls: {int8}");
+}
+
+/// Show the CPU (model, AVX2 / AVX-512 / VNNI / AMX / BF16), the ONNX Runtime library and its providers, the GPU, driver, CUDA, cuDNN and TensorRT
 /// libraries this process can load, and what to install when something is missing.
 ///
 /// Libraries are looked up the way the providers load them (LD_LIBRARY_PATH, the ldconfig
@@ -27,6 +49,7 @@ pub struct Args {}
 
 pub fn run(_args: Args) -> anyhow::Result<()> {
     let mut todo: Vec<String> = Vec::new();
+    print_cpu(&CpuInfo::detect());
     println!("ONNX Runtime");
     let lib = find_ort_library();
     match &lib {
