@@ -38,5 +38,6 @@ for P in ${PRECISIONS:-int8 fp8}; do
   "$FLUX2" calibrate --model "$WORK/f32-h$HEADS" --precision "$P" --out "$OUT" \
     --samples 32 --heldout 4 --latency-runs "$RUNS" --eval-images 0
   echo "== $P (hidden $((HEADS * 128))) =="
+  echo "CPU: $("$FLUX2" doctor --cpu)"
   "$PY" scripts/bench_int8_report.py "$WORK/f32-h$HEADS" "$OUT" --runs "$RUNS"
 done

@@ -274,7 +274,8 @@ def main():
         ("VAE decode", ref["vae_decode"], st["vae_decode"]["stats"]),
         ("end to end", ref["end_to_end"], st["end_to_end"]["stats"]),
     ]
-    print(f"\n{a.width}x{a.height}, {a.steps} steps, {a.threads} threads, medians of {a.runs} runs (seconds)")
+    print(f"\nCPU: {ours['cpu_summary']}")
+    print(f"{a.width}x{a.height}, {a.steps} steps, {a.threads} threads, medians of {a.runs} runs (seconds)")
     print(f"{'stage':<14}{'diffusers':>12}{'flux2':>12}{'speed-up':>10}{'(min/min)':>11}")
     for name, r, o in rows:
         print(f"{name:<14}{r['median']:>12.3f}{o['median']:>12.3f}{r['median'] / o['median']:>9.2f}x"
@@ -282,6 +283,7 @@ def main():
     print(f"flux2 time outside ONNX Runtime calls: {100 * outside:.2f}% of end to end (target <= 2%)")
     print(f"end-to-end speed-up: {ref_e2e / ours_e2e:.2f}x (target >= 2x); same-noise image PSNR {quality:.1f} dB")
     summary = dict(
+        cpu=ours["cpu_summary"],
         config=cfg, width=a.width, height=a.height, steps=a.steps, runs=a.runs, warmup=a.warmup, threads=a.threads,
         versions=dict(diffusers=diffusers.__version__, transformers=transformers.__version__, torch=torch.__version__),
         diffusers=ref, flux2=ours, export_seconds=export_s, speedup_end_to_end=ref_e2e / ours_e2e,

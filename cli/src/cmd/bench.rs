@@ -301,7 +301,7 @@ fn report(
         let doc = json!({
             "model": args.model.display().to_string(),
             "variant": pipe.model.manifest.variant,
-            "cpu": cpu,
+            "cpu": cpu, "cpu_summary": cpu.summary(),
             "width": args.width, "height": args.height, "steps": steps, "refs": args.refs, "batch": args.batch,
             "runs": args.runs, "warmup": args.warmup, "provider": args.provider, "threads": threads,
             "prompt": if text { json!(args.prompt) } else { json!(null) },

@@ -41,13 +41,22 @@ fn print_cpu(cpu: &CpuInfo) {
 /// cache) plus pip's NVIDIA wheels next to ONNX Runtime (site-packages/nvidia/*/lib,
 /// site-packages/tensorrt_libs). Exits 0 unless ONNX Runtime itself cannot be loaded.
 ///
-/// Example:
+/// Examples:
 ///   ORT_DYLIB_PATH=/venv/lib/python3.11/site-packages/onnxruntime/capi/libonnxruntime.so.1.31.1 flux2 doctor
+///   echo "CPU: $(flux2 doctor --cpu)"     # the one line benchmark scripts print with their figures
 #[derive(clap::Args)]
 #[command(verbatim_doc_comment)]
-pub struct Args {}
+pub struct Args {
+    /// Print only the CPU line (model, logical CPUs, instruction sets present and missing).
+    #[arg(long)]
+    pub cpu: bool,
+}
 
-pub fn run(_args: Args) -> anyhow::Result<()> {
+pub fn run(args: Args) -> anyhow::Result<()> {
+    if args.cpu {
+        println!("{}", CpuInfo::detect().summary());
+        return Ok(());
+    }
     let mut todo: Vec<String> = Vec::new();
     print_cpu(&CpuInfo::detect());
     println!("ONNX Runtime");
