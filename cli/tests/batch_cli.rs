@@ -44,8 +44,10 @@ fn num_images_matches_single_runs_bit_for_bit() {
     let model = demo(tmp.path());
     let p = |name: &str| tmp.path().join(name).to_str().unwrap().to_string();
     let (out, all) = (p("fox.png"), p("all.safetensors"));
-    let stdout =
-        ok(&generate(&model, &["--seed", "5", "--num-images", "3", "--out", &out, "--save-tensor", &all]), "batch");
+    let stdout = ok(
+        &generate(&model, &["--seed", "5", "--num-images", "3", "--out", &out, "--save-tensor", &all]),
+        "batch",
+    );
     assert!(stdout.contains("batch of 3") && stdout.contains("images/s"), "{stdout}");
     let batch = read_tensor(Path::new(&all), "image").unwrap();
     assert_eq!(batch.shape, [3, 3, 32, 32]);

@@ -37,7 +37,8 @@ fn reports_runtime_gpu_and_libraries() {
 
 #[test]
 fn cpu_flag_prints_the_summary_line_only() {
-    let o = Command::new(env!("CARGO_BIN_EXE_flux2")).args(["doctor", "--cpu"]).output().expect("running flux2");
+    let o =
+        Command::new(env!("CARGO_BIN_EXE_flux2")).args(["doctor", "--cpu"]).output().expect("running flux2");
     assert!(o.status.success());
     let stdout = String::from_utf8_lossy(&o.stdout);
     assert_eq!(stdout, format!("{}\n", flux2_runtime::cpu::CpuInfo::detect().summary()));

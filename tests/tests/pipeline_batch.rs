@@ -28,7 +28,8 @@ fn open(model: &str, out: &Path) -> Pipeline {
     export_to(&src, out, None, opts, WeightMode::Copy).unwrap_or_else(|e| panic!("exporting {model}: {e}"));
     // one thread per session: cargo runs the tests in parallel
     let so = SessionOptions { intra_threads: 1, ..SessionOptions::default() };
-    Pipeline::new(out, Box::new(move |p| cpu_session(p, &so))).unwrap_or_else(|e| panic!("opening {model}: {e}"))
+    Pipeline::new(out, Box::new(move |p| cpu_session(p, &so)))
+        .unwrap_or_else(|e| panic!("opening {model}: {e}"))
 }
 
 fn tensors() -> HashMap<String, Input> {
@@ -78,7 +79,8 @@ fn true_cfg_text_prompt_and_reference_one_call_of_2n_rows() {
     let mut pipe = open("klein_base", dir.path());
     let mut req = Request::new(PromptSource::Text("a red cat sitting on a mat".into()));
     req.references = vec![fixture("pipeline/ref1.png")];
-    (req.width, req.height, req.steps, req.seed, req.max_sequence_length) = (Some(48), Some(32), Some(2), 11, 24);
+    (req.width, req.height, req.steps, req.seed, req.max_sequence_length) =
+        (Some(48), Some(32), Some(2), 11, 24);
     let plan = pipe.plan(&req).expect("plan");
     assert!(plan.cfg, "klein base samples with true CFG");
     batch_equals_singles(&mut pipe, &req, 3);
@@ -89,7 +91,8 @@ fn true_cfg_prompt_lengths_differ_one_call_per_branch() {
     let dir = tempfile::tempdir().expect("temp dir");
     let mut pipe = open("klein_base", dir.path());
     let io = tensors();
-    let (cond, uncond) = (tensor(&io, "klein_cfg_prompt_embeds"), tensor(&io, "klein_cfg_negative_prompt_embeds"));
+    let (cond, uncond) =
+        (tensor(&io, "klein_cfg_prompt_embeds"), tensor(&io, "klein_cfg_negative_prompt_embeds"));
     assert_ne!(cond.shape[1], uncond.shape[1], "the fixture's prompts should differ in length");
     let mut req = Request::new(PromptSource::Embeds(cond));
     req.negative = Some(PromptSource::Embeds(uncond));
@@ -118,7 +121,8 @@ fn given_noise_rows_and_reported_seeds() {
     req.num_images = 3;
     let seeded = pipe.generate_batch(&req, &mut |_| {}).expect("seeded batch");
     assert_eq!(seeded.seeds, [u64::MAX - 1, u64::MAX, 0], "seeds wrap");
-    let noise: Vec<f32> = (0..2).flat_map(|k| flux2_runtime::noise::noise(100 + k, &[1, 128, 2, 2])).collect();
+    let noise: Vec<f32> =
+        (0..2).flat_map(|k| flux2_runtime::noise::noise(100 + k, &[1, 128, 2, 2])).collect();
     req.noise = Some(Tensor { shape: vec![2, 128, 2, 2], data: noise });
     let images = batch_equals_singles(&mut pipe, &req, 2);
     req.num_images = 2;
