@@ -270,33 +270,13 @@ fn report(
     text: bool,
 ) -> anyhow::Result<()> {
     let stages = stage_samples(runs, text, args.refs > 0);
-    let rss = peak_rss();
     let threads = args.threads.unwrap_or_else(|| SessionOptions::default().intra_threads);
     let cpu = CpuInfo::detect();
     print_header(args, steps, threads, text, &cpu);
     let json_stages = print_stages(&stages);
     let outside: Vec<f64> = runs.iter().map(|t| (t.total - t.ort) / t.total.max(1e-12)).collect();
-    let frac = Stats::of(&outside);
-    if let Some(f) = &frac {
-        println!(
-            "time outside ONNX Runtime calls: median {:.2}% (max {:.2}%) of end to end",
-            100.0 * f.median,
-            100.0 * f.max
-        );
-    }
     let rate: Vec<f64> = runs.iter().map(|t| args.batch as f64 / t.total.max(1e-12)).collect();
-    let images_per_second = Stats::of(&rate);
-    if let Some(r) = &images_per_second {
-        println!(
-            "images/s: median {:.4} (min {:.4}, max {:.4}; batch {})",
-            r.median, r.min, r.max, args.batch
-        );
-    }
-    println!("session creation (once): {:.1} ms", load * 1e3);
-    match rss {
-        Some(b) => println!("peak RSS: {:.1} MiB", b as f64 / (1 << 20) as f64),
-        None => println!("peak RSS: unknown (no /proc/self/status)"),
-    }
+    print_summary(&outside, &rate, args.batch, load);
     if let Some(path) = &args.json {
         let doc = json!({
             "model": args.model.display().to_string(),
@@ -308,10 +288,10 @@ fn report(
             "max_sequence_length": args.max_sequence_length,
             "unit": "seconds",
             "stages": json_stages,
-            "outside_ort_fraction": {"stats": frac, "samples": outside},
-            "images_per_second": {"stats": images_per_second, "samples": rate},
+            "outside_ort_fraction": {"stats": Stats::of(&outside), "samples": outside},
+            "images_per_second": {"stats": Stats::of(&rate), "samples": rate},
             "session_creation": load,
-            "peak_rss_bytes": rss,
+            "peak_rss_bytes": peak_rss(),
         });
         write_atomic(path, &(serde_json::to_string_pretty(&doc)? + "\n"))?;
         println!("wrote {}", path.display());
@@ -320,6 +300,25 @@ fn report(
         plot_stages(path, &stages)?;
     }
     Ok(())
+}
+
+/// Prints the share outside ONNX Runtime, images/s, session creation and peak RSS.
+fn print_summary(outside: &[f64], rate: &[f64], batch: usize, load: f64) {
+    if let Some(f) = Stats::of(outside) {
+        println!(
+            "time outside ONNX Runtime calls: median {:.2}% (max {:.2}%) of end to end",
+            100.0 * f.median,
+            100.0 * f.max
+        );
+    }
+    if let Some(r) = Stats::of(rate) {
+        println!("images/s: median {:.4} (min {:.4}, max {:.4}; batch {batch})", r.median, r.min, r.max);
+    }
+    println!("session creation (once): {:.1} ms", load * 1e3);
+    match peak_rss() {
+        Some(b) => println!("peak RSS: {:.1} MiB", b as f64 / (1 << 20) as f64),
+        None => println!("peak RSS: unknown (no /proc/self/status)"),
+    }
 }
 
 /// Prints the min / median / p90 table; returns the stages as JSON (stats and samples).
