@@ -150,6 +150,6 @@ fn bad_batch_requests_name_the_option() {
     let err = pipe.generate(&req, &mut |_| {}).err().expect("generate with 2 images").to_string();
     assert!(err.contains("generate_batch"), "{err}");
     req.noise = Some(Tensor { shape: vec![1, 128, 2, 2], data: vec![0.0; 512] });
-    let err = pipe.plan(&req).err().expect("one noise row for two images").to_string();
+    let err = pipe.plan(&req).expect_err("one noise row for two images").to_string();
     assert!(err.contains("--noise") && err.contains("[2, 128, 2, 2]"), "{err}");
 }
