@@ -39,6 +39,8 @@ enum Command {
     Doctor(cmd::doctor::Args),
     /// Per-stage latency (min/median/p90), overhead outside ONNX Runtime and peak RSS of an exported model.
     Bench(cmd::bench::Args),
+    #[command(name = "synth-checkpoint", hide = true)]
+    SynthCheckpoint(cmd::synth::Args),
     // COMMANDS-END
 }
 
@@ -70,6 +72,7 @@ fn main() {
         Command::Build(a) => cmd::build::run(a),
         Command::Doctor(a) => cmd::doctor::run(a),
         Command::Bench(a) => cmd::bench::run(a),
+        Command::SynthCheckpoint(a) => cmd::synth::run(a),
         // DISPATCH-END
     };
     if let Err(e) = result {

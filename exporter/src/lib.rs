@@ -5,6 +5,7 @@
 
 pub mod checkpoint;
 pub mod convert;
+pub mod copy;
 pub mod export;
 pub mod layout;
 pub mod manifest;
@@ -12,6 +13,7 @@ pub mod models;
 pub mod names;
 pub mod safetensors;
 pub mod synth;
+pub mod verify;
 pub mod writer;
 
 pub use checkpoint::{Checkpoint, TensorInfo};

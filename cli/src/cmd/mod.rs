@@ -11,5 +11,6 @@ pub mod export;
 pub mod generate;
 pub mod inspect;
 pub mod schedule;
+pub mod synth;
 pub mod timesteps;
 // MODULES-END
