@@ -50,7 +50,7 @@ impl Checkpoint {
         if !path.exists() {
             return Err(ExportError::Io {
                 path: path.to_path_buf(),
-                source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
+                err: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
             });
         }
         Self::from_files(path, &[path.to_path_buf()])
@@ -110,6 +110,13 @@ impl Checkpoint {
             }
         }
         files.sort();
+        if let Some(missing) = files.iter().find(|f| !f.is_file()) {
+            return Err(bad(format!(
+                "lists shard {} which {} (an unfinished download?)",
+                missing.display(),
+                if missing.exists() { "is not a file" } else { "does not exist" }
+            )));
+        }
         let ckpt = Self::from_files(index, &files)?;
         for (name, v) in map {
             let f = dir.join(v.as_str().unwrap_or_default());

@@ -8,8 +8,13 @@
 //! * the **writer** (the calling thread, which also reports progress) appends full buffers
 //!   with one `write` each and returns them to the converter; `fdatasync` runs once at the
 //!   end so the export is on disk when it reports success.
+//! * writeback is started as the file grows (Linux `sync_file_range` on each [`WINDOW`]) and
+//!   the page cache of windows already on disk is dropped, so dirty pages never pile up
+//!   into one long flush at the end and a 30 GB export does not push everything else out of
+//!   memory.
 //!
-//! Memory is bounded by [`BUFFERS`] × [`BUF`] plus one read buffer, whatever the model size.
+//! Memory is bounded by [`BUFFERS`] × [`BUF`] plus one read buffer, whatever the model size,
+//! and the page cache the export dirties by [`WINDOWS_IN_FLIGHT`] × [`WINDOW`].
 //! Conversion overlaps the write of the previous buffer, so on two cores the export runs
 //! at the speed of the slower of the two, which is the disk.
 
@@ -28,6 +33,11 @@ use crate::{io_err, ExportError, Result};
 pub const BUF: usize = 16 << 20;
 /// Output buffers in flight: one being filled, one being written, one queued.
 pub const BUFFERS: usize = 3;
+
+/// Writeback unit: after each window is written its writeback is started.
+pub const WINDOW: u64 = 64 << 20;
+/// Windows whose writeback may be in progress before the writer waits for the oldest.
+pub const WINDOWS_IN_FLIGHT: usize = 4;
 
 /// Where each weight landed in the data file: (offset, length).
 pub type Placement = Vec<(u64, u64)>;
@@ -92,14 +102,60 @@ fn write_blocks(
 ) -> Result<()> {
     // the converter drops its sender when done; an error ends the loop early, and dropping
     // `full` / `free` then makes the converter's next send fail so it stops too
+    let mut wb = Writeback::default();
     for block in full {
         let mut block = block?;
         out.write_all(&block.buf).map_err(io_err(path))?;
+        wb.wrote(out, block.buf.len() as u64);
         progress(block.source_bytes);
         block.buf.clear();
         let _ = free.send(block.buf);
     }
     Ok(())
+}
+
+/// Starts writeback window by window and drops the cache of windows already on disk. Only
+/// a hint to the kernel: errors are ignored here (the final `fdatasync` reports real ones).
+#[derive(Default)]
+struct Writeback {
+    written: u64,
+    started: u64,
+    in_flight: std::collections::VecDeque<(u64, u64)>,
+}
+
+impl Writeback {
+    #[cfg(target_os = "linux")]
+    fn wrote(&mut self, file: &File, n: u64) {
+        use std::os::fd::AsRawFd;
+        self.written += n;
+        let fd = file.as_raw_fd();
+        while self.written - self.started >= WINDOW {
+            let range = (self.started, WINDOW);
+            // SAFETY: plain syscalls on a file descriptor we own, with in-range offsets.
+            unsafe {
+                libc::sync_file_range(fd, range.0 as i64, range.1 as i64, libc::SYNC_FILE_RANGE_WRITE);
+            }
+            self.in_flight.push_back(range);
+            self.started += WINDOW;
+            if self.in_flight.len() > WINDOWS_IN_FLIGHT {
+                if let Some((off, len)) = self.in_flight.pop_front() {
+                    let wait = libc::SYNC_FILE_RANGE_WAIT_BEFORE
+                        | libc::SYNC_FILE_RANGE_WRITE
+                        | libc::SYNC_FILE_RANGE_WAIT_AFTER;
+                    // SAFETY: as above.
+                    unsafe {
+                        libc::sync_file_range(fd, off as i64, len as i64, wait);
+                        libc::posix_fadvise(fd, off as i64, len as i64, libc::POSIX_FADV_DONTNEED);
+                    }
+                }
+            }
+        }
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn wrote(&mut self, _file: &File, n: u64) {
+        self.written += n;
+    }
 }
 
 struct Converter<'a> {

@@ -67,6 +67,7 @@ pub fn export(
     let total =
         planned.iter().map(|(_, _, w)| w.iter().flat_map(|w| &w.pieces).map(|p| p.len).sum::<u64>()).sum();
     progress(Progress::Start { total });
+    let created = !out.exists();
     std::fs::create_dir_all(out).map_err(|e| ExportError::Output {
         path: out.to_path_buf(),
         msg: format!("cannot create the output folder: {e}"),
@@ -81,6 +82,9 @@ pub fn export(
         Ok(m)
     });
     let _ = std::fs::remove_dir_all(&staging);
+    if result.is_err() && created {
+        let _ = std::fs::remove_dir(out); // only if still empty: a failed export leaves nothing
+    }
     result
 }
 

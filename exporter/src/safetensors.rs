@@ -68,6 +68,15 @@ impl SafeFile {
         if path.is_dir() {
             return Err(bad(path, "is a folder, not a .safetensors file"));
         }
+        if let (false, Ok(target)) = (path.exists(), std::fs::read_link(path)) {
+            return Err(bad(
+                path,
+                format!(
+                    "is a symlink to {}, which does not exist (an unfinished Hugging Face download?)",
+                    target.display()
+                ),
+            ));
+        }
         let file = std::fs::File::open(path).map_err(io_err(path))?;
         // SAFETY: the map is read-only; we never hand out references that outlive it, and a
         // concurrent truncation of the file by another process is outside our contract.

@@ -199,8 +199,14 @@ fn hard_link(
     let real = std::fs::canonicalize(src).map_err(io_err(src))?;
     let base = src.file_name().and_then(|n| n.to_str()).unwrap_or("weights.safetensors");
     let target = link_dir.join(format!("{file:03}-{base}"));
-    std::fs::hard_link(&real, &target)
-        .map_err(|e| ExportError::Output { path: target.clone(), msg: link_failure(&real, &e) })?;
+    std::fs::hard_link(&real, &target).map_err(|e| ExportError::Output {
+        // name the place in the finished folder, not in the staging folder
+        path: target
+            .components()
+            .filter(|c| !c.as_os_str().to_string_lossy().starts_with(".flux2-staging-"))
+            .collect(),
+        msg: link_failure(&real, &e),
+    })?;
     report.files.push(target.clone());
     Ok(format!("weights/{stem}/{}", target.file_name().and_then(|n| n.to_str()).unwrap_or(base)))
 }
@@ -209,17 +215,20 @@ fn hard_link(
 fn link_failure(src: &Path, e: &std::io::Error) -> String {
     let why = match e.kind() {
         std::io::ErrorKind::CrossesDevices => {
-            "the output folder is on another filesystem than the checkpoint, and hard links cannot cross              filesystems"
+            "the output folder is on another filesystem than the checkpoint, and hard links cannot cross \
+             filesystems"
                 .to_string()
         }
         std::io::ErrorKind::PermissionDenied => {
-            "the system does not let this user hard-link that file (it belongs to someone else and is not              writable: fs.protected_hardlinks)"
+            "the system does not let this user hard-link that file (it belongs to someone else and is not \
+             writable: fs.protected_hardlinks)"
                 .to_string()
         }
         _ => format!("{e}"),
     };
     format!(
-        "--weights link cannot hard-link {} into the output folder: {why}. Use --weights copy, put --out on          the checkpoint's filesystem, or add --link-fallback copy to copy only where linking is impossible",
+        "--weights link cannot hard-link {} into the output folder: {why}. Use --weights copy, put --out on \
+         the checkpoint's filesystem, or add --link-fallback copy to copy only where linking is impossible",
         src.display()
     )
 }

@@ -28,6 +28,13 @@ pub struct ModelDir {
 impl ModelDir {
     /// Opens `dir` (must hold `manifest.json`).
     pub fn open(dir: &Path) -> Result<ModelDir, RuntimeError> {
+        if !dir.is_dir() {
+            let what = if dir.exists() { "is a file, not a model folder" } else { "does not exist" };
+            return Err(RuntimeError::Model {
+                path: dir.to_path_buf(),
+                msg: format!("{what} (give the folder `flux2 export --out` wrote)"),
+            });
+        }
         if !dir.join("manifest.json").is_file() {
             return Err(RuntimeError::Model {
                 path: dir.to_path_buf(),

@@ -42,23 +42,23 @@ pub struct Args {
     /// Reference image for editing (repeatable; PNG or JPEG, at least 64 px a side).
     #[arg(long = "ref")]
     pub references: Vec<PathBuf>,
-    /// Width in pixels, a multiple of 16 [default: first reference's, else 1024].
-    #[arg(long)]
+    /// Width in pixels, a multiple of 16, at most 4096 [default: first reference's, else 1024].
+    #[arg(long, allow_negative_numbers = true)]
     pub width: Option<usize>,
-    /// Height in pixels, a multiple of 16 [default: first reference's, else 1024].
-    #[arg(long)]
+    /// Height in pixels, a multiple of 16, at most 4096 [default: first reference's, else 1024].
+    #[arg(long, allow_negative_numbers = true)]
     pub height: Option<usize>,
     /// Sampling steps [default: 4 for distilled klein, 50 otherwise].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub steps: Option<usize>,
     /// Guidance: embedded (dev) or CFG scale (klein base); ignored by distilled klein [default: 4.0].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub guidance: Option<f32>,
     /// Schedule shift: empirical (FLUX.2's μ), resolution[:BASE_TOKENS] (α = √(tokens/base)), fixed:ALPHA.
     #[arg(long, default_value = "empirical")]
     pub shift: String,
     /// Seed of the built-in noise generator (same image on every machine).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     pub seed: u64,
     /// Noise instead of the seed: safetensors with tensor `noise` [1, 128, H/16, W/16].
     #[arg(long)]
@@ -103,8 +103,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Some(p) => Some(read_tensor(p, "noise")?),
         None => None,
     };
-    flux2_runtime::images::output_format(&args.out).context("--out")?;
     check_output("--out", &args.out)?;
+    flux2_runtime::images::output_format(&args.out).context("--out")?;
     if let Some(p) = &args.save_tensor {
         check_output("--save-tensor", p)?;
     }
