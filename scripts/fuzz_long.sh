@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 CASES=${1:-20000}
 cargo test --release -p flux2-tests --test fuzz_inputs --no-run >/dev/null 2>&1 || \
     cargo test --release -p flux2-tests --test fuzz_inputs --no-run
-READERS=$(cargo test --release -q -p flux2-tests --test fuzz_inputs -- --list 2>/dev/null | grep -c ': test$')
+READERS=$(cargo test --release -q -p flux2-tests --test fuzz_inputs -- --list 2>/dev/null | grep ': test$' | grep -vc allocation_counter)
 echo "CPU: $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) cores"
 T0=$(date +%s.%N)
 FUZZ_CASES=$CASES cargo test --release -q -p flux2-tests --test fuzz_inputs -- --test-threads "$(nproc)"

@@ -286,3 +286,18 @@ fn reference_images() {
         })
         .expect("image decoding");
 }
+
+/// The bound is only a check if the counter sees allocations: a 1 MiB vector must register,
+/// and so must the allocation of a reader that loads a whole file.
+#[test]
+fn the_allocation_counter_counts() {
+    let (v, peak) = measured(|| vec![1u8; 1 << 20]);
+    assert_eq!(v.len(), 1 << 20);
+    assert!(peak >= 1 << 20, "peak {peak}");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p =
+        write(dir.path(), "big.safetensors", &valid_safetensors(&[("prompt_embeds", vec![1, 256, 1024])]));
+    let (r, peak) = measured(|| flux2_runtime::tensor_file::read_tensor(&p, "prompt_embeds"));
+    assert!(r.is_ok());
+    assert!(peak >= 2 * 256 * 1024 * 4, "reading 1 MiB of data and its f32 copy registers {peak} bytes");
+}
