@@ -71,7 +71,7 @@ pub fn write_model(
     let mut prelude: Vec<NodeProto> = Vec::new();
     let mut inits: Vec<TensorProto> = Vec::new();
     match opts.mode {
-        WeightMode::Copy => copy_weights(weights, ckpt, dir, stem, opts, &mut inits, &mut report, progress)?,
+        WeightMode::Copy => inits = copy_weights(weights, ckpt, dir, stem, opts, &mut report, progress)?,
         WeightMode::Link => {
             let linked = link_weights(
                 weights,
@@ -88,9 +88,9 @@ pub fn write_model(
                 // --link-fallback copy: this graph's weights are copied instead
                 let link_dir = dir.join("weights").join(stem);
                 std::fs::remove_dir_all(&link_dir).map_err(io_err(&link_dir))?;
-                (inits, prelude) = (Vec::new(), Vec::new());
+                prelude = Vec::new();
                 report = WriteReport { onnx: report.onnx, ..Default::default() };
-                copy_weights(weights, ckpt, dir, stem, opts, &mut inits, &mut report, progress)?;
+                inits = copy_weights(weights, ckpt, dir, stem, opts, &mut report, progress)?;
                 report.mode = Some(WeightMode::Copy);
             }
         }
@@ -127,19 +127,19 @@ fn copy_weights(
     dir: &Path,
     stem: &str,
     opts: &WriteOptions,
-    inits: &mut Vec<TensorProto>,
     report: &mut WriteReport,
     progress: &mut dyn FnMut(u64),
-) -> Result<()> {
+) -> Result<Vec<TensorProto>> {
     let data_name = format!("{stem}.onnx.data");
     let data_path = dir.join(&data_name);
     report.bytes_written =
         crate::copy::copy_weights(weights, ckpt, &data_path, opts.allow_nonfinite, progress)?;
-    for (w, (start, len)) in weights.iter().zip(crate::copy::placement(weights)) {
-        inits.push(external(&w.decl.name, w.decl.dtype.onnx(), &w.decl.shape, &data_name, start, len));
-    }
     report.files.push(data_path);
-    Ok(())
+    let places = crate::copy::placement(weights);
+    let init = |(w, (start, len)): (&ResolvedWeight, (u64, u64))| {
+        external(&w.decl.name, w.decl.dtype.onnx(), &w.decl.shape, &data_name, start, len)
+    };
+    Ok(weights.iter().zip(places).map(init).collect())
 }
 
 #[allow(clippy::too_many_arguments)]
