@@ -5,6 +5,7 @@
 
 pub mod checkpoint;
 pub mod convert;
+pub mod copy;
 pub mod export;
 pub mod layout;
 pub mod manifest;
@@ -12,6 +13,7 @@ pub mod models;
 pub mod names;
 pub mod safetensors;
 pub mod synth;
+pub mod verify;
 pub mod writer;
 
 pub use checkpoint::{Checkpoint, TensorInfo};
@@ -24,8 +26,8 @@ use std::path::PathBuf;
 /// Errors of the exporter; each names the file, tensor, shape or option at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum ExportError {
-    #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {err}")]
+    Io { path: PathBuf, err: std::io::Error },
     #[error("{path}: not a valid safetensors file: {msg}")]
     BadSafetensors { path: PathBuf, msg: String },
     #[error("{path}: {msg}")]
@@ -50,5 +52,5 @@ pub type Result<T> = std::result::Result<T, ExportError>;
 
 pub(crate) fn io_err(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> ExportError {
     let path = path.into();
-    move |source| ExportError::Io { path, source }
+    move |err| ExportError::Io { path, err }
 }

@@ -10,15 +10,12 @@
 //!   differs from the graph's, a `Cast` follows the initializer; pieces of fused tensors
 //!   become a `Concat`; reinterpreted shapes a `Reshape`.
 
-use std::io::Write;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use flux2_graphs::onnx::{self, NodeProto, StringStringEntryProto, TensorProto};
 use flux2_graphs::{attr, Model};
 
 use crate::checkpoint::Checkpoint;
-use crate::convert::convert;
 use crate::names::{Piece, ResolvedWeight};
 use crate::{io_err, ExportError, Result};
 
@@ -34,6 +31,18 @@ pub enum WeightMode {
 #[derive(Clone, Debug)]
 pub struct WriteOptions {
     pub mode: WeightMode,
+    /// Copy mode: export tensors holding NaN/Inf instead of failing on them.
+    pub allow_nonfinite: bool,
+    /// Link mode: where a hard link is impossible (another filesystem, a file we may not
+    /// link), copy this graph's weights instead of failing.
+    pub link_fallback_copy: bool,
+}
+
+impl WriteOptions {
+    /// The options of `mode` with every check on and no fallback.
+    pub fn new(mode: WeightMode) -> WriteOptions {
+        WriteOptions { mode, allow_nonfinite: false, link_fallback_copy: false }
+    }
 }
 
 /// What [`write_model`] produced.
@@ -43,9 +52,9 @@ pub struct WriteReport {
     pub files: Vec<PathBuf>,
     pub bytes_written: u64,
     pub bytes_linked: u64,
+    /// How the weights were stored in the end (copy after a link fallback).
+    pub mode: Option<WeightMode>,
 }
-
-const CHUNK: usize = 8 << 20;
 
 /// Writes `<dir>/<stem>.onnx` plus its weights. `progress` receives bytes processed.
 pub fn write_model(
@@ -62,11 +71,31 @@ pub fn write_model(
     let mut prelude: Vec<NodeProto> = Vec::new();
     let mut inits: Vec<TensorProto> = Vec::new();
     match opts.mode {
-        WeightMode::Copy => copy_weights(weights, ckpt, dir, stem, &mut inits, &mut report, progress)?,
+        WeightMode::Copy => inits = copy_weights(weights, ckpt, dir, stem, opts, &mut report, progress)?,
         WeightMode::Link => {
-            link_weights(weights, ckpt, dir, stem, &mut inits, &mut prelude, &mut report, progress)?
+            let linked = link_weights(
+                weights,
+                ckpt,
+                dir,
+                stem,
+                opts,
+                &mut inits,
+                &mut prelude,
+                &mut report,
+                progress,
+            )?;
+            if !linked {
+                // --link-fallback copy: this graph's weights are copied instead
+                let link_dir = dir.join("weights").join(stem);
+                std::fs::remove_dir_all(&link_dir).map_err(io_err(&link_dir))?;
+                prelude = Vec::new();
+                report = WriteReport { onnx: report.onnx, ..Default::default() };
+                inits = copy_weights(weights, ckpt, dir, stem, opts, &mut report, progress)?;
+                report.mode = Some(WeightMode::Copy);
+            }
         }
     }
+    report.mode.get_or_insert(opts.mode);
     let graph = proto.graph.get_or_insert_with(Default::default);
     graph.initializer.extend(inits);
     prelude.append(&mut graph.node);
@@ -97,64 +126,20 @@ fn copy_weights(
     ckpt: &Checkpoint,
     dir: &Path,
     stem: &str,
-    inits: &mut Vec<TensorProto>,
+    opts: &WriteOptions,
     report: &mut WriteReport,
     progress: &mut dyn FnMut(u64),
-) -> Result<()> {
+) -> Result<Vec<TensorProto>> {
     let data_name = format!("{stem}.onnx.data");
     let data_path = dir.join(&data_name);
-    let file = std::fs::File::create(&data_path).map_err(io_err(&data_path))?;
-    let mut out = std::io::BufWriter::with_capacity(CHUNK, file);
-    let sources = open_sources(ckpt)?;
-    let mut pos = 0u64;
-    let (mut raw, mut conv) = (Vec::new(), Vec::new());
-    for w in weights {
-        let align =
-            if w.decl.shape.iter().product::<usize>() * w.decl.dtype.size() >= 1 << 20 { 4096 } else { 64 };
-        let pad = (align - pos % align) % align;
-        out.write_all(&vec![0u8; pad as usize]).map_err(io_err(&data_path))?;
-        pos += pad;
-        let start = pos;
-        for p in &w.pieces {
-            let elem = p.dtype.size() as u64;
-            let step = (CHUNK as u64 / elem).max(1) * elem;
-            let mut off = 0u64;
-            while off < p.len {
-                let n = step.min(p.len - off) as usize;
-                raw.resize(n, 0);
-                let f = &sources[p.file];
-                f.read_exact_at(&mut raw, p.offset + off).map_err(io_err(&ckpt.files[p.file].path))?;
-                conv.clear();
-                if !convert(p.dtype, w.decl.dtype, &raw, &mut conv) {
-                    return Err(ExportError::Tensor {
-                        name: p.tensor.clone(),
-                        path: ckpt.files[p.file].path.clone(),
-                        msg: format!("cannot convert {} to {}", p.dtype, w.decl.dtype),
-                    });
-                }
-                out.write_all(&conv).map_err(io_err(&data_path))?;
-                pos += conv.len() as u64;
-                off += n as u64;
-                progress(n as u64);
-            }
-        }
-        inits.push(external(
-            &w.decl.name,
-            w.decl.dtype.onnx(),
-            &w.decl.shape,
-            &data_name,
-            start,
-            pos - start,
-        ));
-    }
-    out.flush().map_err(io_err(&data_path))?;
-    report.bytes_written = pos;
+    report.bytes_written =
+        crate::copy::copy_weights(weights, ckpt, &data_path, opts.allow_nonfinite, progress)?;
     report.files.push(data_path);
-    Ok(())
-}
-
-fn open_sources(ckpt: &Checkpoint) -> Result<Vec<std::fs::File>> {
-    ckpt.files.iter().map(|f| std::fs::File::open(&f.path).map_err(io_err(&f.path))).collect()
+    let places = crate::copy::placement(weights);
+    let init = |(w, (start, len)): (&ResolvedWeight, (u64, u64))| {
+        external(&w.decl.name, w.decl.dtype.onnx(), &w.decl.shape, &data_name, start, len)
+    };
+    Ok(weights.iter().zip(places).map(init).collect())
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -163,11 +148,12 @@ fn link_weights(
     ckpt: &Checkpoint,
     dir: &Path,
     stem: &str,
+    opts: &WriteOptions,
     inits: &mut Vec<TensorProto>,
     prelude: &mut Vec<NodeProto>,
     report: &mut WriteReport,
     progress: &mut dyn FnMut(u64),
-) -> Result<()> {
+) -> Result<bool> {
     let link_dir = dir.join("weights").join(stem);
     std::fs::create_dir_all(&link_dir).map_err(io_err(&link_dir))?;
     let mut locations: Vec<Option<String>> = vec![None; ckpt.files.len()];
@@ -177,7 +163,11 @@ fn link_weights(
             let loc = match &locations[p.file] {
                 Some(l) => l.clone(),
                 None => {
-                    let l = hard_link(ckpt, p.file, &link_dir, stem, report)?;
+                    let l = match hard_link(ckpt, p.file, &link_dir, stem, report) {
+                        Ok(l) => l,
+                        Err(_) if opts.link_fallback_copy => return Ok(false),
+                        Err(e) => return Err(e),
+                    };
                     locations[p.file] = Some(l.clone());
                     l
                 }
@@ -192,9 +182,12 @@ fn link_weights(
             prelude.extend(assemble(w, &parts));
         }
     }
-    Ok(())
+    Ok(true)
 }
 
+/// Hard-links checkpoint file `file` into `link_dir`, returning its external-data location.
+/// Symlinks are resolved first (a Hugging Face cache snapshot is symlinks into `blobs/`;
+/// linking the symlink itself would leave a dangling relative link in the output).
 fn hard_link(
     ckpt: &Checkpoint,
     file: usize,
@@ -203,19 +196,41 @@ fn hard_link(
     report: &mut WriteReport,
 ) -> Result<String> {
     let src = &ckpt.files[file].path;
+    let real = std::fs::canonicalize(src).map_err(io_err(src))?;
     let base = src.file_name().and_then(|n| n.to_str()).unwrap_or("weights.safetensors");
     let target = link_dir.join(format!("{file:03}-{base}"));
-    std::fs::hard_link(src, &target).map_err(|e| ExportError::Output {
-        path: target.clone(),
-        msg: format!(
-            "--weights link hard-links {} into the output folder and that failed ({e}); the output must be on \
-             the same filesystem as the checkpoint and the checkpoint files must be yours or writable. Use \
-             --weights copy or another --out",
-            src.display()
-        ),
+    std::fs::hard_link(&real, &target).map_err(|e| ExportError::Output {
+        // name the place in the finished folder, not in the staging folder
+        path: target
+            .components()
+            .filter(|c| !c.as_os_str().to_string_lossy().starts_with(".flux2-staging-"))
+            .collect(),
+        msg: link_failure(&real, &e),
     })?;
     report.files.push(target.clone());
     Ok(format!("weights/{stem}/{}", target.file_name().and_then(|n| n.to_str()).unwrap_or(base)))
+}
+
+/// Why a hard link failed, and what to do instead.
+fn link_failure(src: &Path, e: &std::io::Error) -> String {
+    let why = match e.kind() {
+        std::io::ErrorKind::CrossesDevices => {
+            "the output folder is on another filesystem than the checkpoint, and hard links cannot cross \
+             filesystems"
+                .to_string()
+        }
+        std::io::ErrorKind::PermissionDenied => {
+            "the system does not let this user hard-link that file (it belongs to someone else and is not \
+             writable: fs.protected_hardlinks)"
+                .to_string()
+        }
+        _ => format!("{e}"),
+    };
+    format!(
+        "--weights link cannot hard-link {} into the output folder: {why}. Use --weights copy, put --out on \
+         the checkpoint's filesystem, or add --link-fallback copy to copy only where linking is impossible",
+        src.display()
+    )
 }
 
 /// Nodes that build a non-plain weight from its linked pieces: Concat, Reshape, Cast.

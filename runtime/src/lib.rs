@@ -18,7 +18,7 @@ pub mod tensors;
 pub mod tokenizer;
 pub mod trt;
 
-pub use ort_env::{cpu_session, environment, find_ort_library, SessionOptions};
+pub use ort_env::{cpu_session, environment, find_ort_library, locate_ort_library, SessionOptions};
 pub use tensors::{run, run_borrowed, Input, InputRef};
 
 use std::path::PathBuf;

@@ -3,7 +3,8 @@
 //! ort is built with `load-dynamic`: nothing is linked at build time. The library is
 //! looked up, in order, from `ORT_DYLIB_PATH`, the project's `.venv` (made by
 //! `scripts/setup.sh`, searched upward from the working directory and the executable),
-//! and finally the system's `libonnxruntime.so`.
+//! and finally the system's `libonnxruntime.so`. Errors say which library could not be
+//! loaded, which setting chose it, and how to get the right one.
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -20,11 +21,23 @@ static ENV: OnceLock<std::result::Result<Environment, String>> = OnceLock::new()
 
 /// Where the ONNX Runtime library would be loaded from, if found.
 pub fn find_ort_library() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("ORT_DYLIB_PATH") {
+    locate_ort_library().ok().map(|(p, _)| p)
+}
+
+/// The library to load and where that choice came from (for messages), or why none was found.
+/// A set `ORT_DYLIB_PATH` is final: if it names no file, that is the error (we do not quietly
+/// load another library than the one asked for).
+pub fn locate_ort_library() -> Result<(PathBuf, String), String> {
+    if let Some(p) = std::env::var_os("ORT_DYLIB_PATH").filter(|p| !p.is_empty()) {
         let p = PathBuf::from(p);
         if p.is_file() {
-            return Some(p);
+            return Ok((p, "ORT_DYLIB_PATH".into()));
         }
+        return Err(format!(
+            "ORT_DYLIB_PATH={} is not a file; it must name the ONNX Runtime library ({ORT_LIB_NAME} from \
+             the onnxruntime==1.31.1 wheel). {SETUP_HINT}",
+            p.display()
+        ));
     }
     let mut starts: Vec<PathBuf> = Vec::new();
     if let Ok(cwd) = std::env::current_dir() {
@@ -39,12 +52,20 @@ pub fn find_ort_library() -> Option<PathBuf> {
     for start in starts {
         for dir in start.ancestors() {
             if let Some(p) = venv_lib(&dir.join(".venv")) {
-                return Some(p);
+                return Ok((
+                    p,
+                    format!("the default: the onnxruntime wheel in {}", dir.join(".venv").display()),
+                ));
             }
         }
     }
-    None
+    Err(format!("ONNX Runtime library ({ORT_LIB_NAME}) not found. {SETUP_HINT}"))
 }
+
+/// How to get the right library.
+const SETUP_HINT: &str = "Run `source scripts/setup.sh` (installs the onnxruntime==1.31.1 wheel into \
+                          ./.venv and exports ORT_DYLIB_PATH), or set ORT_DYLIB_PATH to its \
+                          onnxruntime/capi/libonnxruntime.so.1.31.1";
 
 fn venv_lib(venv: &Path) -> Option<PathBuf> {
     let lib = venv.join("lib");
@@ -60,13 +81,15 @@ fn venv_lib(venv: &Path) -> Option<PathBuf> {
 /// The process-wide ONNX Runtime environment (loaded once).
 pub fn environment() -> Result<&'static Environment, RuntimeError> {
     let env = ENV.get_or_init(|| {
-        let path = find_ort_library().ok_or_else(|| {
+        let (path, from) = locate_ort_library()?;
+        let builder = ort::init_from(&path).map_err(|e| {
             format!(
-                "ONNX Runtime library ({ORT_LIB_NAME}) not found: run `scripts/setup.sh` (installs the \
-                 onnxruntime==1.31.1 wheel into ./.venv) or set ORT_DYLIB_PATH to the library"
+                "could not load the ONNX Runtime library {} (chosen by {from}): {e}. It must be \
+                 {ORT_LIB_NAME}, the library of the onnxruntime==1.31.1 wheel, not another file or \
+                 version. {SETUP_HINT}",
+                path.display()
             )
         })?;
-        let builder = ort::init_from(&path).map_err(|e| format!("loading {}: {e}", path.display()))?;
         builder.with_name("flux2").build().map_err(|e| format!("ONNX Runtime environment: {e}"))
     });
     env.as_ref().map_err(|e| RuntimeError::OrtLibrary(e.clone()))

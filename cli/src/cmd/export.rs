@@ -14,9 +14,15 @@ use flux2_graphs::{DType, Target};
 /// text_encoder/, tokenizer/), one component folder, a BFL single file such as
 /// ae.safetensors or flux2-dev.safetensors, or a folder of such files.
 ///
+/// A Hugging Face cache snapshot (~/.cache/huggingface/hub/models--*/snapshots/<rev>/) works
+/// as it is: its symlinks are followed. Copy mode checks every weight for NaN/Inf as it
+/// converts; link mode does with --verify.
+///
 /// Examples:
 ///   flux2 export --checkpoint ./FLUX.2-klein-4B --out ./klein-onnx
 ///   flux2 export --checkpoint ae.safetensors --out ./vae --components vae --weights link
+///   flux2 export --checkpoint ./FLUX.2-klein-4B --out /mnt/other/klein --weights link \
+///       --verify --link-fallback copy
 #[derive(clap::Args)]
 #[command(verbatim_doc_comment)]
 pub struct Args {
@@ -38,6 +44,18 @@ pub struct Args {
     /// be on the same filesystem; nothing is copied, export takes seconds at any size).
     #[arg(long, default_value = "copy")]
     weights: String,
+    /// With --weights link: where a hard link is impossible (output on another filesystem, a
+    /// file owned by someone else), `copy` copies that graph's weights instead of failing.
+    #[arg(long, value_name = "copy")]
+    link_fallback: Option<String>,
+    /// Copy mode checks every value it converts and fails on a tensor holding NaN or Inf;
+    /// this exports such tensors anyway.
+    #[arg(long)]
+    allow_nonfinite: bool,
+    /// Link mode: read all the weights first and fail on tensors holding NaN or Inf (copy
+    /// mode always checks).
+    #[arg(long)]
+    verify: bool,
     /// Graph flavour: ort (opset 23 fused Attention/RMSNorm/RoPE) or tensorrt (TensorRT 10 parser ops).
     #[arg(long, default_value = "ort")]
     target: String,
@@ -97,11 +115,30 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     };
     let options = options(&args.dtype, &args.target, args.text_layers.clone(), args.config.as_ref())?;
     let source = ModelSource::open(&args.checkpoint)?;
-    let req = ExportRequest { components, options, weights };
+    let link_fallback_copy = match args.link_fallback.as_deref() {
+        None => false,
+        Some("copy") if weights == WeightMode::Link => true,
+        Some("copy") => bail!("--link-fallback copy only applies to --weights link"),
+        Some(other) => bail!("--link-fallback: '{other}' is not supported (the only fallback is copy)"),
+    };
+    if args.verify && weights == WeightMode::Copy {
+        eprintln!("note: --verify is implied by --weights copy, which checks every value it converts");
+    }
+    let mut req = ExportRequest::new(components, options, weights);
+    req.allow_nonfinite = args.allow_nonfinite;
+    req.verify = args.verify;
+    req.link_fallback_copy = link_fallback_copy;
     let started = std::time::Instant::now();
     let pb = crate::progress::bar(0, "export");
     let manifest = export(&source, &args.out, &req, &mut |p| match p {
-        Progress::Start { total } => pb.set_length(total),
+        Progress::Verify { total } => {
+            pb.set_length(total);
+            pb.set_message("verify");
+        }
+        Progress::Start { total } => {
+            pb.set_position(0);
+            pb.set_length(total);
+        }
         Progress::Graph { stem } => pb.set_message(stem.to_string()),
         Progress::Bytes(n) => pb.inc(n),
     })?;

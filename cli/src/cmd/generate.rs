@@ -42,23 +42,23 @@ pub struct Args {
     /// Reference image for editing (repeatable; PNG or JPEG, at least 64 px a side).
     #[arg(long = "ref")]
     pub references: Vec<PathBuf>,
-    /// Width in pixels, a multiple of 16 [default: first reference's, else 1024].
-    #[arg(long)]
+    /// Width in pixels, a multiple of 16, at most 4096 [default: first reference's, else 1024].
+    #[arg(long, allow_negative_numbers = true)]
     pub width: Option<usize>,
-    /// Height in pixels, a multiple of 16 [default: first reference's, else 1024].
-    #[arg(long)]
+    /// Height in pixels, a multiple of 16, at most 4096 [default: first reference's, else 1024].
+    #[arg(long, allow_negative_numbers = true)]
     pub height: Option<usize>,
     /// Sampling steps [default: 4 for distilled klein, 50 otherwise].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub steps: Option<usize>,
     /// Guidance: embedded (dev) or CFG scale (klein base); ignored by distilled klein [default: 4.0].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub guidance: Option<f32>,
     /// Schedule shift: empirical (FLUX.2's μ), resolution[:BASE_TOKENS] (α = √(tokens/base)), fixed:ALPHA.
     #[arg(long, default_value = "empirical")]
     pub shift: String,
     /// Seed of the built-in noise generator (same image on every machine).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     pub seed: u64,
     /// Noise instead of the seed: safetensors with tensor `noise` [1, 128, H/16, W/16].
     #[arg(long)]
@@ -66,7 +66,8 @@ pub struct Args {
     /// Maximum prompt length in tokens (longer prompts are truncated with a warning).
     #[arg(long, default_value_t = 512)]
     pub max_sequence_length: usize,
-    /// Output PNG (written with the prompt, seed, steps, guidance, shift and model in its metadata).
+    /// Output image: .png (with the prompt, seed, steps, guidance, shift and model in its
+    /// metadata) or .jpg/.jpeg; other extensions are refused.
     #[arg(long)]
     pub out: PathBuf,
     /// Also write the image as safetensors tensor `image` float32 [1, 3, H, W] in [0, 1].
@@ -102,10 +103,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Some(p) => Some(read_tensor(p, "noise")?),
         None => None,
     };
-    if let Some(dir) = args.out.parent().filter(|d| !d.as_os_str().is_empty()) {
-        if !dir.is_dir() {
-            bail!("--out {}: folder {} does not exist", args.out.display(), dir.display());
-        }
+    check_output("--out", &args.out)?;
+    flux2_runtime::images::output_format(&args.out).context("--out")?;
+    if let Some(p) = &args.save_tensor {
+        check_output("--save-tensor", p)?;
     }
     let mut req = Request::new(prompt);
     req.negative = negative;
@@ -129,7 +130,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     pb.finish_and_clear();
 
     let meta = provenance(&args, &pipe, &out.plan);
-    flux2_runtime::images::write_png(&args.out, &out.image, &meta)?;
+    flux2_runtime::images::write_image(&args.out, &out.image, &meta)?;
     if let Some(p) = &args.save_tensor {
         let t = Tensor { shape: vec![1, 3, out.image.height, out.image.width], data: out.image.data.clone() };
         write_tensors(p, &[("image", &t)])?;
@@ -154,6 +155,26 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         100.0 * t.ort / t.total.max(1e-9)
     );
     Ok(())
+}
+
+/// Fails before any model runs when `path` cannot be written: its folder is missing, not a
+/// folder or not writable, or `path` itself is a folder.
+fn check_output(option: &str, path: &std::path::Path) -> anyhow::Result<()> {
+    if path.is_dir() {
+        bail!("{option} {}: is a folder; give a file name", path.display());
+    }
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+    if !dir.is_dir() {
+        bail!("{option} {}: folder {} does not exist", path.display(), dir.display());
+    }
+    let probe = dir.join(format!(".flux2-write-test-{}", std::process::id()));
+    match std::fs::File::create(&probe) {
+        Ok(_) => {
+            let _ = std::fs::remove_file(&probe);
+            Ok(())
+        }
+        Err(e) => bail!("{option} {}: cannot write in {}: {e}", path.display(), dir.display()),
+    }
 }
 
 fn provenance(args: &Args, pipe: &Pipeline, plan: &flux2_runtime::pipeline::Plan) -> Vec<(String, String)> {

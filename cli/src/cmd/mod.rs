@@ -19,5 +19,7 @@ pub mod generate;
 pub mod inspect;
 pub mod schedule;
 #[cfg(feature = "full")]
+pub mod synth;
+#[cfg(feature = "full")]
 pub mod timesteps;
 // MODULES-END
