@@ -39,6 +39,7 @@ enum Command {
     Doctor(cmd::doctor::Args),
     /// Per-stage latency (min/median/p90), overhead outside ONNX Runtime and peak RSS of an exported model.
     Bench(cmd::bench::Args),
+    Triton(cmd::triton::Args),
     // COMMANDS-END
 }
 
@@ -70,6 +71,7 @@ fn main() {
         Command::Build(a) => cmd::build::run(a),
         Command::Doctor(a) => cmd::doctor::run(a),
         Command::Bench(a) => cmd::bench::run(a),
+        Command::Triton(a) => cmd::triton::run(a),
         // DISPATCH-END
     };
     if let Err(e) = result {

@@ -12,4 +12,5 @@ pub mod generate;
 pub mod inspect;
 pub mod schedule;
 pub mod timesteps;
+pub mod triton;
 // MODULES-END
