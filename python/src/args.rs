@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use numpy::{PyArrayMethods, PyReadonlyArray3, PyUntypedArrayMethods};
+use numpy::{PyReadonlyArray3, PyUntypedArrayMethods};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes};

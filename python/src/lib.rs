@@ -66,6 +66,9 @@ fn schedule<'py>(
     let width = args::dimension("--width", Some(width))?.unwrap_or_default();
     let height = args::dimension("--height", Some(height))?.unwrap_or_default();
     let steps = args::count("--steps", Some(steps))?.unwrap_or_default();
+    if steps == 0 {
+        return Err(PyValueError::new_err("input '--steps': must be at least 1"));
+    }
     let shift: Shift = match shift {
         Some(s) => s.parse().map_err(|e| PyValueError::new_err(format!("--shift: {e}")))?,
         None => Shift::Empirical,

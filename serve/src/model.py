@@ -105,6 +105,7 @@ class TritonPythonModel:
         try:
             image = self.pipe.generate(progress=progress, **kwargs)
         except flux2.CancelledError as e:
+            self.logger.log_info(f"flux2: request {request.request_id()!r} {e}")
             return _error(f"flux2: {e}", "CANCELLED")
         except ValueError as e:
             return _error(str(e), "INVALID_ARG")
