@@ -113,7 +113,10 @@ mod tests {
             (ExportArgs { weights: "move".into(), ..Default::default() }, "--weights"),
             (ExportArgs { target: "tflite".into(), ..Default::default() }, "--target"),
             (ExportArgs { components: Some(vec!["unet".into()]), ..Default::default() }, "unet"),
-            (ExportArgs { config: Some("/nonexistent/config.json".into()), ..Default::default() }, "--config"),
+            (
+                ExportArgs { config: Some("/nonexistent/config.json".into()), ..Default::default() },
+                "--config",
+            ),
         ];
         for (args, culprit) in cases {
             let e = args.into_request().err().map(|e| e.to_string()).unwrap_or_default();

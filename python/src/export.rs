@@ -26,7 +26,10 @@ fn strings(name: &str, v: &Bound<'_, PyAny>) -> PyResult<Vec<String>> {
 fn indices(name: &str, v: &Bound<'_, PyAny>) -> PyResult<Vec<usize>> {
     strings(name, v)?
         .iter()
-        .map(|s| s.parse::<usize>().map_err(|_| PyValueError::new_err(format!("{name}: '{s}' is not a layer index"))))
+        .map(|s| {
+            s.parse::<usize>()
+                .map_err(|_| PyValueError::new_err(format!("{name}: '{s}' is not a layer index")))
+        })
         .collect()
 }
 

@@ -73,9 +73,8 @@ fn schedule<'py>(
         Some(s) => s.parse().map_err(|e| PyValueError::new_err(format!("--shift: {e}")))?,
         None => Shift::Empirical,
     };
-    let s = Schedule::new(width, height, steps, shift).map_err(|e| {
-        PyValueError::new_err(format!("schedule for {width}x{height}, {steps} steps: {e}"))
-    })?;
+    let s = Schedule::new(width, height, steps, shift)
+        .map_err(|e| PyValueError::new_err(format!("schedule for {width}x{height}, {steps} steps: {e}")))?;
     let d = PyDict::new(py);
     d.set_item("width", width)?;
     d.set_item("height", height)?;

@@ -68,7 +68,12 @@ impl Pipeline {
         let threads = args::count("--threads", threads)?;
         let factory = session_factory(provider, threads).map_err(|e| PyValueError::new_err(e.to_string()))?;
         let inner = Inner::new(&model_dir, factory).map_err(|e| PyValueError::new_err(e.to_string()))?;
-        Ok(Pipeline { inner: Mutex::new(inner), model_dir, provider: provider.to_string(), last: Mutex::new(None) })
+        Ok(Pipeline {
+            inner: Mutex::new(inner),
+            model_dir,
+            provider: provider.to_string(),
+            last: Mutex::new(None),
+        })
     }
 
     /// Generates one image: numpy uint8 `[H, W, 3]`, the pixels `flux2 generate` writes to its
@@ -130,7 +135,8 @@ impl Pipeline {
         if let Some(e) = cb.raised.take() {
             return Err(e);
         }
-        let out = result.map_err(|(invalid, e)| if invalid { PyValueError::new_err(e.to_string()) } else { py_err(e) })?;
+        let out = result
+            .map_err(|(invalid, e)| if invalid { PyValueError::new_err(e.to_string()) } else { py_err(e) })?;
         let (h, w) = (out.image.height, out.image.width);
         let pixels = py.detach(|| to_rgb8(&out.image));
         *lock(&self.last)? = Some(out.timings);

@@ -17,9 +17,17 @@ use crate::RuntimeError;
 pub enum Reference {
     Path(PathBuf),
     /// Encoded image bytes; `name` identifies them in messages (e.g. `references[1]`).
-    Encoded { name: String, bytes: Vec<u8> },
+    Encoded {
+        name: String,
+        bytes: Vec<u8>,
+    },
     /// 8-bit RGB pixels, row-major `[height, width, 3]`.
-    Rgb { name: String, width: usize, height: usize, pixels: Vec<u8> },
+    Rgb {
+        name: String,
+        width: usize,
+        height: usize,
+        pixels: Vec<u8>,
+    },
 }
 
 impl Reference {

@@ -25,7 +25,8 @@ static LOADED: OnceLock<PathBuf> = OnceLock::new();
 /// the first session; choosing another library afterwards is an error, so one process never
 /// holds two ONNX Runtime libraries.
 pub fn use_ort_library(path: &Path) -> Result<PathBuf, RuntimeError> {
-    let bad = |msg: String| RuntimeError::OrtLibrary(format!("ONNX Runtime library {}: {msg}", path.display()));
+    let bad =
+        |msg: String| RuntimeError::OrtLibrary(format!("ONNX Runtime library {}: {msg}", path.display()));
     let abs = std::fs::canonicalize(path).map_err(|e| bad(e.to_string()))?;
     if !abs.is_file() {
         return Err(bad("not a file".into()));

@@ -76,7 +76,9 @@ impl GenerateArgs {
             (None, None) => None,
         };
         let shift: Shift = match &self.shift {
-            Some(s) => s.parse().map_err(|e: crate::schedule::ScheduleError| input_err("--shift", e.to_string()))?,
+            Some(s) => {
+                s.parse().map_err(|e: crate::schedule::ScheduleError| input_err("--shift", e.to_string()))?
+            }
             None => Shift::Empirical,
         };
         let noise = match &self.noise {
@@ -86,7 +88,8 @@ impl GenerateArgs {
         let mut req = Request::new(prompt);
         req.negative = negative;
         req.references = self.references;
-        (req.width, req.height, req.steps, req.guidance) = (self.width, self.height, self.steps, self.guidance);
+        (req.width, req.height, req.steps, req.guidance) =
+            (self.width, self.height, self.steps, self.guidance);
         req.shift = shift;
         req.seed = self.seed;
         req.noise = noise;
@@ -135,7 +138,8 @@ mod tests {
         let bad = GenerateArgs { shift: Some("fixed:-1".into()), ..GenerateArgs::text("a") };
         let e = bad.into_request().unwrap_err().to_string();
         assert!(e.contains("--shift") && e.contains("-1"), "{e}");
-        let missing = GenerateArgs { noise: Some("/nonexistent/n.safetensors".into()), ..GenerateArgs::text("a") };
+        let missing =
+            GenerateArgs { noise: Some("/nonexistent/n.safetensors".into()), ..GenerateArgs::text("a") };
         let e = missing.into_request().unwrap_err().to_string();
         assert!(e.contains("/nonexistent/n.safetensors"), "{e}");
         let ok = GenerateArgs { shift: Some("fixed:3".into()), seed: 9, ..GenerateArgs::text("a") };

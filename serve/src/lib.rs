@@ -13,8 +13,8 @@
 //! a container). The repository is written beside `out` and renamed into place.
 
 pub mod models;
-pub mod pbtxt;
 mod paths;
+pub mod pbtxt;
 
 use std::path::{Path, PathBuf};
 
@@ -82,7 +82,9 @@ fn check(o: &RepositoryOptions) -> Result<(), ServeError> {
     }
     match (o.provider.as_str(), &o.engines) {
         ("cpu" | "cuda", None) | ("tensorrt", Some(_)) => Ok(()),
-        ("tensorrt", None) => Err(opt("--provider", "tensorrt needs --engines BUILD_DIR (a `flux2 build` folder)")),
+        ("tensorrt", None) => {
+            Err(opt("--provider", "tensorrt needs --engines BUILD_DIR (a `flux2 build` folder)"))
+        }
         (p, Some(_)) => Err(opt("--provider", format!("'{p}' with --engines: the engines run on tensorrt"))),
         (p, None) => Err(opt("--provider", format!("'{p}' is not one of cpu, cuda, tensorrt"))),
     }
@@ -92,9 +94,12 @@ fn check(o: &RepositoryOptions) -> Result<(), ServeError> {
 /// and `force` is off, or if any model cannot be described.
 pub fn write_repository(o: &RepositoryOptions) -> Result<Report, ServeError> {
     check(o)?;
-    let model = ModelDir::open(&o.model).map_err(|e| ServeError::Model { path: o.model.clone(), msg: e.to_string() })?;
+    let model = ModelDir::open(&o.model)
+        .map_err(|e| ServeError::Model { path: o.model.clone(), msg: e.to_string() })?;
     let build = match &o.engines {
-        Some(b) => Some(ModelDir::open(b).map_err(|e| ServeError::Model { path: b.clone(), msg: e.to_string() })?),
+        Some(b) => {
+            Some(ModelDir::open(b).map_err(|e| ServeError::Model { path: b.clone(), msg: e.to_string() })?)
+        }
         None => None,
     };
     let staging = Staging::new(&o.out, o.force)?;
@@ -130,17 +135,26 @@ pub fn write_repository(o: &RepositoryOptions) -> Result<Report, ServeError> {
 }
 
 /// A stage from a build folder: config and the folder holding its engine.
-fn plan_stage(build: &ModelDir, name: &str, instances: usize) -> Result<(pbtxt::Message, PathBuf), ServeError> {
+fn plan_stage(
+    build: &ModelDir,
+    name: &str,
+    instances: usize,
+) -> Result<(pbtxt::Message, PathBuf), ServeError> {
     let path = build.dir.join("tensorrt.json");
     let bad = |msg: String| ServeError::Model { path: path.clone(), msg };
     let text = std::fs::read_to_string(&path)
         .map_err(|e| bad(format!("{e}; --engines must be a `flux2 build` folder")))?;
     let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(format!("not JSON: {e}")))?;
     let graph = &json["graphs"][name];
-    let engines: Vec<&str> =
-        graph["engines"].as_array().map(|a| a.iter().filter_map(|e| e.as_str()).collect()).unwrap_or_default();
+    let engines: Vec<&str> = graph["engines"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|e| e.as_str()).collect())
+        .unwrap_or_default();
     let [engine] = engines[..] else {
-        return Err(bad(format!("graph {name} lists {} engine files; a tensorrt_plan model needs one", engines.len())));
+        return Err(bad(format!(
+            "graph {name} lists {} engine files; a tensorrt_plan model needs one",
+            engines.len()
+        )));
     };
     let engine = build.dir.join(engine);
     if !engine.is_file() {

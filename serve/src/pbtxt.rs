@@ -54,7 +54,10 @@ impl Message {
 
     /// A `parameters { key: K value { string_value: V } }` entry (a map<string, ModelParameter>).
     pub fn parameter(self, key: &str, value: &str) -> Message {
-        self.msg("parameters", Message::new().str("key", key).msg("value", Message::new().str("string_value", value)))
+        self.msg(
+            "parameters",
+            Message::new().str("key", key).msg("value", Message::new().str("string_value", value)),
+        )
     }
 
     /// The message as text format, fields one per line.
@@ -119,14 +122,18 @@ mod tests {
         let m = Message::new()
             .str("name", "flux2")
             .bare("max_batch_size", 0)
-            .msg("input", Message::new().str("name", "a").bare("data_type", "TYPE_FP32").ints("dims", &[-1, 3]))
+            .msg(
+                "input",
+                Message::new().str("name", "a").bare("data_type", "TYPE_FP32").ints("dims", &[-1, 3]),
+            )
             .msg("input", Message::new().str("name", "b"))
             .parameter("model_dir", "../x");
         let text = m.render();
         assert!(text.contains("name: \"flux2\"\nmax_batch_size: 0\ninput {\n  name: \"a\""), "{text}");
         assert!(text.contains("  dims: [-1, 3]\n"), "{text}");
         assert_eq!(text.matches("input {").count(), 2);
-        assert!(text.contains("parameters {\n  key: \"model_dir\"\n  value {\n    string_value: \"../x\"\n  }\n}"));
+        assert!(text
+            .contains("parameters {\n  key: \"model_dir\"\n  value {\n    string_value: \"../x\"\n  }\n}"));
     }
 
     #[test]

@@ -53,9 +53,10 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let provider = args.provider.clone().unwrap_or_else(|| {
-        if args.engines.is_some() { "tensorrt" } else { "cpu" }.to_string()
-    });
+    let provider = args
+        .provider
+        .clone()
+        .unwrap_or_else(|| if args.engines.is_some() { "tensorrt" } else { "cpu" }.to_string());
     let report = write_repository(&RepositoryOptions {
         model: args.model,
         out: args.out,
