@@ -11,10 +11,11 @@
 //! the reference image below 50 dB, so a run that drops or misreads an input fails here.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use flux2_exporter::WeightMode;
 use flux2_graphs::Target;
+use flux2_runtime::images::Reference;
 use flux2_runtime::pipeline::{Generated, Pipeline, PromptSource, Request};
 use flux2_runtime::tensor_file::Tensor;
 use flux2_runtime::{cpu_session, Input, SessionOptions};
@@ -96,8 +97,8 @@ fn request(
         .as_array()
         .expect("references list")
         .iter()
-        .map(|r| fixture(&format!("pipeline/{}", r.as_str().expect("reference file name"))))
-        .collect::<Vec<PathBuf>>();
+        .map(|r| Reference::Path(fixture(&format!("pipeline/{}", r.as_str().expect("reference file name")))))
+        .collect();
     if c["width_given"].as_bool().expect("width_given") {
         req.width = Some(usize_of(c, "width"));
         req.height = Some(usize_of(c, "height"));
