@@ -21,8 +21,8 @@ use crate::{args, py_err};
 /// A FLUX.2 pipeline over an export folder (`flux2 export` / `flux2 build` output).
 ///
 /// `provider`: "cpu", "cuda" or "tensorrt" (a `flux2 build` folder); `threads`: intra-op
-/// threads per session on the CPU (default: every core). Sessions are created by the first
-/// `generate` and reused.
+/// threads per session on the CPU (default: every core); `device_id`: the GPU of the GPU
+/// providers. Sessions are created by the first `generate` and reused.
 #[pyclass(module = "flux2")]
 pub struct Pipeline {
     inner: Mutex<Inner>,
@@ -63,10 +63,11 @@ impl Progress {
 #[pymethods]
 impl Pipeline {
     #[new]
-    #[pyo3(signature = (model_dir, provider="cpu", threads=None))]
-    fn new(model_dir: PathBuf, provider: &str, threads: Option<i64>) -> PyResult<Self> {
+    #[pyo3(signature = (model_dir, provider="cpu", threads=None, device_id=0))]
+    fn new(model_dir: PathBuf, provider: &str, threads: Option<i64>, device_id: i32) -> PyResult<Self> {
         let threads = args::count("--threads", threads)?;
-        let factory = session_factory(provider, threads).map_err(|e| PyValueError::new_err(e.to_string()))?;
+        let factory =
+            session_factory(provider, threads, device_id).map_err(|e| PyValueError::new_err(e.to_string()))?;
         let inner = Inner::new(&model_dir, factory).map_err(|e| PyValueError::new_err(e.to_string()))?;
         Ok(Pipeline {
             inner: Mutex::new(inner),

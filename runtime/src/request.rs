@@ -102,9 +102,13 @@ impl GenerateArgs {
 }
 
 /// Sessions for `provider` (`cpu`, `cuda`, `tensorrt`) with `threads` intra-op threads on the
-/// CPU provider (default: every core). GPU providers fail with what is missing instead of
-/// falling back to the CPU.
-pub fn session_factory(provider: &str, threads: Option<usize>) -> Result<SessionFactory, RuntimeError> {
+/// CPU provider (default: every core), GPU providers on GPU `device_id`. GPU providers fail with
+/// what is missing instead of falling back to the CPU.
+pub fn session_factory(
+    provider: &str,
+    threads: Option<usize>,
+    device_id: i32,
+) -> Result<SessionFactory, RuntimeError> {
     let kind: ExecutionProvider = provider.parse()?;
     let mut opts = SessionOptions::default();
     match (threads, kind) {
@@ -115,7 +119,7 @@ pub fn session_factory(provider: &str, threads: Option<usize>) -> Result<Session
         }
         (None, _) => {}
     }
-    Ok(provider_factory(kind, 0, opts))
+    Ok(provider_factory(kind, device_id, opts))
 }
 
 #[cfg(test)]
@@ -149,12 +153,12 @@ mod tests {
 
     #[test]
     fn threads_only_on_cpu() {
-        let e = session_factory("cpu", Some(0)).err().map(|e| e.to_string()).unwrap_or_default();
+        let e = session_factory("cpu", Some(0), 0).err().map(|e| e.to_string()).unwrap_or_default();
         assert!(e.contains("--threads"), "{e}");
-        let e = session_factory("cuda", Some(2)).err().map(|e| e.to_string()).unwrap_or_default();
+        let e = session_factory("cuda", Some(2), 0).err().map(|e| e.to_string()).unwrap_or_default();
         assert!(e.contains("cuda"), "{e}");
-        assert!(session_factory("cpu", Some(2)).is_ok());
-        let e = session_factory("rocm", None).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(session_factory("cpu", Some(2), 0).is_ok());
+        let e = session_factory("rocm", None, 0).err().map(|e| e.to_string()).unwrap_or_default();
         assert!(e.contains("rocm"), "{e}");
     }
 }

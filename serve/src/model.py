@@ -82,14 +82,15 @@ class TritonPythonModel:
     def initialize(self, args):
         config = json.loads(args["model_config"])
         params = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
-        here = os.path.join(args["model_repository"])
+        here = args["model_repository"]  # this model's folder
         model_dir = params.get("model_dir", "")
         if not model_dir:
             raise pb_utils.TritonModelException("flux2: parameter 'model_dir' is missing")
         model_dir = os.path.normpath(os.path.join(here, model_dir))
         threads = int(params["threads"]) if params.get("threads") else None
         provider = params.get("provider", "cpu")
-        self.pipe = flux2.Pipeline(model_dir, provider=provider, threads=threads)
+        device = int(args.get("model_instance_device_id") or 0) if args.get("model_instance_kind") == "GPU" else 0
+        self.pipe = flux2.Pipeline(model_dir, provider=provider, threads=threads, device_id=device)
         self.logger = pb_utils.Logger
         self.logger.log_info(f"flux2: {self.pipe!r} loaded ({self.pipe.variant}), ONNX Runtime {flux2.ort_library()}")
 

@@ -171,7 +171,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if args.runs == 0 {
         bail!("--runs must be at least 1");
     }
-    let factory = flux2_runtime::request::session_factory(&args.provider, args.threads)
+    let factory = flux2_runtime::request::session_factory(&args.provider, args.threads, 0)
         .with_context(|| format!("--provider {}", args.provider))?;
     let mut pipe = Pipeline::new(&args.model, factory)?;
     let has_text = pipe.model.entry("text_encoder").is_some();
