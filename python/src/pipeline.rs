@@ -66,8 +66,8 @@ impl Pipeline {
     #[pyo3(signature = (model_dir, provider="cpu", threads=None, device_id=0))]
     fn new(model_dir: PathBuf, provider: &str, threads: Option<i64>, device_id: i32) -> PyResult<Self> {
         let threads = args::count("--threads", threads)?;
-        let factory =
-            session_factory(provider, threads, device_id).map_err(|e| PyValueError::new_err(e.to_string()))?;
+        let factory = session_factory(provider, threads, device_id)
+            .map_err(|e| PyValueError::new_err(e.to_string()))?;
         let inner = Inner::new(&model_dir, factory).map_err(|e| PyValueError::new_err(e.to_string()))?;
         Ok(Pipeline {
             inner: Mutex::new(inner),

@@ -113,6 +113,18 @@ pub struct Generated {
     pub timings: Timings,
 }
 
+/// Passes an event to the caller; a `Break` answer cancels the request there.
+fn emit(on_event: &mut dyn FnMut(Event) -> ControlFlow<()>, e: Event) -> Result<(), RuntimeError> {
+    let what = match &e {
+        Event::Stage(s) => format!("before {s}"),
+        Event::Step { index, total } => format!("before sampling step {} of {total}", index + 1),
+    };
+    match on_event(e) {
+        ControlFlow::Continue(()) => Ok(()),
+        ControlFlow::Break(()) => Err(RuntimeError::Cancelled(what)),
+    }
+}
+
 /// The pipeline over one model folder.
 pub struct Pipeline {
     pub model: ModelDir,
@@ -180,24 +192,14 @@ impl Pipeline {
     ) -> Result<Generated, RuntimeError> {
         let plan = self.plan(req)?;
         let mut timings = Timings::default();
-        let mut on_event = |e: Event| -> Result<(), RuntimeError> {
-            let what = match &e {
-                Event::Stage(s) => format!("before {s}"),
-                Event::Step { index, total } => format!("before sampling step {} of {total}", index + 1),
-            };
-            match on_event(e) {
-                ControlFlow::Continue(()) => Ok(()),
-                ControlFlow::Break(()) => Err(RuntimeError::Cancelled(what)),
-            }
-        };
-        on_event(Event::Stage("loading models"))?;
+        emit(on_event, Event::Stage("loading models"))?;
         let t = Instant::now();
         self.load(&plan, req)?;
         timings.load = t.elapsed().as_secs_f64();
         let started = Instant::now();
         self.ort_time = 0.0;
 
-        on_event(Event::Stage("text encoder"))?;
+        emit(on_event, Event::Stage("text encoder"))?;
         let t = Instant::now();
         let cond = self.embeddings(&req.prompt, req.max_sequence_length)?;
         let empty = PromptSource::Text(String::new());
@@ -208,7 +210,7 @@ impl Pipeline {
         };
         timings.text_encoder = t.elapsed().as_secs_f64();
 
-        on_event(Event::Stage("vae encode"))?;
+        emit(on_event, Event::Stage("vae encode"))?;
         let t = Instant::now();
         let (ref_tokens, ref_ids) = self.encode_references(&plan.references)?;
         timings.vae_encode = t.elapsed().as_secs_f64();
@@ -225,7 +227,7 @@ impl Pipeline {
         let img_ids = steps::image_ids(h, w, &ref_ids);
         let n = plan.schedule.steps();
         for i in 0..n {
-            on_event(Event::Step { index: i, total: n })?;
+            emit(on_event, Event::Step { index: i, total: n })?;
             let t = Instant::now();
             let (sigma, next) = (plan.schedule.sigmas[i], plan.schedule.sigmas[i + 1]);
             let v = self.velocity(&plan, &x, n_img, &img_ids, sigma, &cond, uncond.as_deref())?;
@@ -233,7 +235,7 @@ impl Pipeline {
             timings.dit_steps.push(t.elapsed().as_secs_f64());
         }
 
-        on_event(Event::Stage("vae decode"))?;
+        emit(on_event, Event::Stage("vae decode"))?;
         let t = Instant::now();
         let image = self.decode(&x[..n_img], c, h, w)?;
         timings.vae_decode = t.elapsed().as_secs_f64();
