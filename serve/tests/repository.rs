@@ -61,10 +61,16 @@ fn onnx_stages_link_the_export_and_take_dims_from_the_manifest() {
     assert_eq!(names, ["flux2", "transformer", "vae_decoder"]);
     let flux2 = read(&out.join("flux2/config.pbtxt"));
     assert!(flux2.contains("backend: \"python\"") && flux2.contains("count: 2"), "{flux2}");
-    assert!(flux2.contains("string_value: \"../../export\"") && flux2.contains("string_value: \"3\""), "{flux2}");
+    assert!(
+        flux2.contains("string_value: \"../../export\"") && flux2.contains("string_value: \"3\""),
+        "{flux2}"
+    );
     assert_eq!(read(&out.join("flux2/1/model.py")), flux2_serve::MODEL_PY);
     let dit = read(&out.join("transformer/config.pbtxt"));
-    assert!(dit.contains("platform: \"onnxruntime_onnx\"") && dit.contains("default_model_filename: \"transformer.onnx\""));
+    assert!(
+        dit.contains("platform: \"onnxruntime_onnx\"")
+            && dit.contains("default_model_filename: \"transformer.onnx\"")
+    );
     assert!(dit.contains("name: \"txt_ids\"\n  data_type: TYPE_INT64\n  dims: [-1, -1, 4]"), "{dit}");
     let dec = read(&out.join("vae_decoder/config.pbtxt"));
     assert!(dec.contains("data_type: TYPE_FP16\n  dims: [1, 128, -1, -1]"), "{dec}");
@@ -83,29 +89,41 @@ fn engines_become_tensorrt_plans_with_their_profiles() {
     std::fs::create_dir_all(build.join("engines")).unwrap();
     std::fs::write(build.join("engines/dit_sm90.engine"), b"plan").unwrap();
     std::fs::write(build.join("engines/dec_sm90.engine"), b"plan").unwrap();
-    let profile = json!([{"name": "hidden_states", "min": [1, 1, 128], "opt": [1, 4096, 128], "max": [1, 8192, 128]}]);
+    let profile =
+        json!([{"name": "hidden_states", "min": [1, 1, 128], "opt": [1, 4096, 128], "max": [1, 8192, 128]}]);
     let trt = json!({"graphs": {
         "transformer": {"engines": ["engines/dit_sm90.engine"], "profiles": {"profiles": [profile, profile]}},
         "vae_decoder": {"engines": ["engines/dec_sm90.engine"], "profiles": {"profiles": []}}}});
     std::fs::write(build.join("tensorrt.json"), trt.to_string()).unwrap();
     let out = d.path().join("repo");
-    let o = RepositoryOptions { engines: Some(build.clone()), provider: "tensorrt".into(), ..options(&model, &out) };
+    let o = RepositoryOptions {
+        engines: Some(build.clone()),
+        provider: "tensorrt".into(),
+        ..options(&model, &out)
+    };
     write_repository(&o).unwrap();
     let dit = read(&out.join("transformer/config.pbtxt"));
-    assert!(dit.contains("platform: \"tensorrt_plan\"") && dit.contains("default_model_filename: \"dit_sm90.engine\""));
+    assert!(
+        dit.contains("platform: \"tensorrt_plan\"")
+            && dit.contains("default_model_filename: \"dit_sm90.engine\"")
+    );
     assert!(dit.contains("kind: KIND_GPU") && dit.contains("profile: [\"0\", \"1\"]"), "{dit}");
     assert!(!read(&out.join("vae_decoder/config.pbtxt")).contains("profile:"));
     assert_eq!(std::fs::read_link(out.join("transformer/1")).unwrap(), Path::new("../../build/engines"));
     let flux2 = read(&out.join("flux2/config.pbtxt"));
-    assert!(flux2.contains("\"../../build\"") && flux2.contains("\"tensorrt\"") && flux2.contains("KIND_GPU"));
+    assert!(
+        flux2.contains("\"../../build\"") && flux2.contains("\"tensorrt\"") && flux2.contains("KIND_GPU")
+    );
 
     // an engine listed but missing: refused, nothing written
     std::fs::remove_file(build.join("engines/dec_sm90.engine")).unwrap();
     let o = RepositoryOptions { out: d.path().join("repo2"), ..o };
     let e = write_repository(&o).unwrap_err().to_string();
     assert!(e.contains("dec_sm90.engine") && e.contains("missing"), "{e}");
-    let mut left: Vec<String> =
-        std::fs::read_dir(d.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into()).collect();
+    let mut left: Vec<String> = std::fs::read_dir(d.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into())
+        .collect();
     left.sort();
     assert_eq!(left, ["build", "export", "repo"]);
 }
