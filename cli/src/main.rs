@@ -49,6 +49,8 @@ enum Command {
     #[cfg(feature = "full")]
     #[command(name = "synth-checkpoint", hide = true)]
     SynthCheckpoint(cmd::synth::Args),
+    #[cfg(feature = "full")]
+    Triton(cmd::triton::Args),
     // COMMANDS-END
 }
 
@@ -89,6 +91,8 @@ fn main() {
         Command::Bench(a) => cmd::bench::run(a),
         #[cfg(feature = "full")]
         Command::SynthCheckpoint(a) => cmd::synth::run(a),
+        #[cfg(feature = "full")]
+        Command::Triton(a) => cmd::triton::run(a),
         // DISPATCH-END
     };
     if let Err(e) = result {

@@ -3,6 +3,7 @@
 //! from names and shapes, and writes ONNX files with external data, either copied
 //! (converted to the requested dtype) or linked to byte ranges of the original files.
 
+pub mod args;
 pub mod checkpoint;
 pub mod convert;
 pub mod copy;
@@ -46,6 +47,8 @@ pub enum ExportError {
     Graph(#[from] flux2_graphs::GraphError),
     #[error("output {path}: {msg}")]
     Output { path: PathBuf, msg: String },
+    #[error("{name}: {msg}")]
+    Option { name: String, msg: String },
 }
 
 pub type Result<T> = std::result::Result<T, ExportError>;

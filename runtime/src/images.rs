@@ -10,9 +10,45 @@
 //! floored to a multiple of 16 and the image centre-cropped (`left = (w − w16) // 2`); pixels
 //! go RGB -> [0,1] -> 2x − 1.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::RuntimeError;
+
+/// Where a reference image comes from: a file, encoded bytes (PNG or JPEG, e.g. from a
+/// network request) or raw pixels. Every source goes through the same preparation, so the
+/// same picture gives the same tensor whichever way it arrives.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Reference {
+    Path(PathBuf),
+    /// Encoded image bytes; `name` identifies them in messages (e.g. `references[1]`).
+    Encoded {
+        name: String,
+        bytes: Vec<u8>,
+    },
+    /// 8-bit RGB pixels, row-major `[height, width, 3]`.
+    Rgb {
+        name: String,
+        width: usize,
+        height: usize,
+        pixels: Vec<u8>,
+    },
+}
+
+impl Reference {
+    /// What messages call this reference: the file path or the given name.
+    pub fn label(&self) -> PathBuf {
+        match self {
+            Reference::Path(p) => p.clone(),
+            Reference::Encoded { name, .. } | Reference::Rgb { name, .. } => PathBuf::from(name),
+        }
+    }
+}
+
+impl From<PathBuf> for Reference {
+    fn from(p: PathBuf) -> Self {
+        Reference::Path(p)
+    }
+}
 
 /// A CHW float image.
 #[derive(Clone, Debug)]
@@ -44,18 +80,51 @@ fn bad(path: &Path, msg: impl Into<String>) -> RuntimeError {
     RuntimeError::Image { path: path.to_path_buf(), msg: msg.into() }
 }
 
-/// Loads and prepares a reference image: [3, h, w] in [-1, 1], h and w multiples of 16.
+/// Loads and prepares a reference image file: [3, h, w] in [-1, 1], h and w multiples of 16.
 pub fn load_reference(path: &Path) -> Result<Chw, RuntimeError> {
-    if path.is_dir() {
-        return Err(bad(path, "is a folder, not an image file"));
-    }
-    let mut reader = image::ImageReader::open(path)
-        .map_err(|e| bad(path, format!("cannot open: {e}")))?
-        .with_guessed_format()
-        .map_err(|e| bad(path, format!("cannot read: {e}")))?;
-    reader.limits(decode_limits());
-    let img = reader.decode().map_err(|e| bad(path, format!("not a readable image (PNG or JPEG): {e}")))?;
-    let mut rgb = img.to_rgb8();
+    prepare_reference(&Reference::Path(path.to_path_buf()))
+}
+
+/// Decodes a reference from any source into 8-bit RGB.
+fn decode_reference(r: &Reference) -> Result<image::RgbImage, RuntimeError> {
+    let path = r.label();
+    let decoded = match r {
+        Reference::Path(p) if p.is_dir() => return Err(bad(p, "is a folder, not an image file")),
+        Reference::Path(p) => {
+            let mut reader = image::ImageReader::open(p)
+                .map_err(|e| bad(&path, format!("cannot open: {e}")))?
+                .with_guessed_format()
+                .map_err(|e| bad(&path, format!("cannot read: {e}")))?;
+            reader.limits(decode_limits());
+            reader.decode()
+        }
+        Reference::Encoded { bytes, .. } => {
+            let mut reader = image::ImageReader::new(std::io::Cursor::new(bytes))
+                .with_guessed_format()
+                .map_err(|e| bad(&path, format!("cannot read: {e}")))?;
+            reader.limits(decode_limits());
+            reader.decode()
+        }
+        Reference::Rgb { width, height, pixels, .. } => {
+            let n = width.checked_mul(*height).and_then(|n| n.checked_mul(3)).unwrap_or(usize::MAX);
+            return u32::try_from(*width)
+                .ok()
+                .zip(u32::try_from(*height).ok())
+                .filter(|_| pixels.len() == n)
+                .and_then(|(w, h)| image::RgbImage::from_raw(w, h, pixels.clone()))
+                .ok_or_else(|| {
+                    bad(&path, format!("{} bytes for {width}×{height} RGB pixels (need {n})", pixels.len()))
+                });
+        }
+    };
+    Ok(decoded.map_err(|e| bad(&path, format!("not a readable image (PNG or JPEG): {e}")))?.to_rgb8())
+}
+
+/// Prepares a reference image: [3, h, w] in [-1, 1], h and w multiples of 16.
+pub fn prepare_reference(r: &Reference) -> Result<Chw, RuntimeError> {
+    let path = r.label();
+    let path = path.as_path();
+    let mut rgb = decode_reference(r)?;
     let (w, h) = rgb.dimensions();
     if w < MIN_SIDE || h < MIN_SIDE {
         return Err(bad(
@@ -122,8 +191,9 @@ pub fn write_image(path: &Path, img: &Chw, text: &[(String, String)]) -> Result<
     }
 }
 
-/// Interleaved 8-bit RGB of a CHW image in [0, 1], rounded as diffusers' PIL output.
-fn to_rgb8(img: &Chw) -> Vec<u8> {
+/// The 8-bit pixels of a [3, H, W] image in [0, 1], row-major `[H, W, 3]`: exactly what
+/// [`write_png`] stores (rounded, as diffusers' PIL output).
+pub fn to_rgb8(img: &Chw) -> Vec<u8> {
     let (w, h) = (img.width, img.height);
     let mut rgb = vec![0u8; w * h * 3];
     for y in 0..h {

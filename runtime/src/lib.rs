@@ -12,13 +12,14 @@ pub mod noise;
 pub mod ort_env;
 pub mod pipeline;
 pub mod providers;
+pub mod request;
 pub mod schedule;
 pub mod tensor_file;
 pub mod tensors;
 pub mod tokenizer;
 pub mod trt;
 
-pub use ort_env::{cpu_session, environment, find_ort_library, locate_ort_library, SessionOptions};
+pub use ort_env::{cpu_session, environment, find_ort_library, locate_ort_library, use_ort_library, SessionOptions};
 pub use tensors::{run, run_borrowed, Input, InputRef};
 
 use std::path::PathBuf;
@@ -40,6 +41,8 @@ pub enum RuntimeError {
     Image { path: PathBuf, msg: String },
     #[error("{path}: {msg}")]
     TensorFile { path: PathBuf, msg: String },
+    #[error("cancelled {0}")]
+    Cancelled(String),
 }
 
 /// A session factory for a provider name (`cpu`, `cuda`, `tensorrt`; see [`providers`]): GPU

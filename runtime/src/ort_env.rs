@@ -1,7 +1,8 @@
 //! Finding and loading the ONNX Runtime shared library, and building sessions.
 //!
 //! ort is built with `load-dynamic`: nothing is linked at build time. The library is
-//! looked up, in order, from `ORT_DYLIB_PATH`, the project's `.venv` (made by
+//! looked up, in order, from the path an embedding host chose with [`use_ort_library`] (the
+//! Python package passes the `onnxruntime` wheel's copy), `ORT_DYLIB_PATH`, the project's `.venv` (made by
 //! `scripts/setup.sh`, searched upward from the working directory and the executable),
 //! and finally the system's `libonnxruntime.so`. Errors say which library could not be
 //! loaded, which setting chose it, and how to get the right one.
@@ -18,6 +19,28 @@ use crate::RuntimeError;
 pub const ORT_LIB_NAME: &str = "libonnxruntime.so.1.31.1";
 
 static ENV: OnceLock<std::result::Result<Environment, String>> = OnceLock::new();
+static CHOSEN: OnceLock<PathBuf> = OnceLock::new();
+static LOADED: OnceLock<PathBuf> = OnceLock::new();
+
+/// Makes the process load ONNX Runtime from `path` (absolute, canonicalised). Must come before
+/// the first session; choosing another library afterwards is an error, so one process never
+/// holds two ONNX Runtime libraries.
+pub fn use_ort_library(path: &Path) -> Result<PathBuf, RuntimeError> {
+    let bad =
+        |msg: String| RuntimeError::OrtLibrary(format!("ONNX Runtime library {}: {msg}", path.display()));
+    let abs = std::fs::canonicalize(path).map_err(|e| bad(e.to_string()))?;
+    if !abs.is_file() {
+        return Err(bad("not a file".into()));
+    }
+    if let Some(loaded) = LOADED.get().filter(|l| **l != abs) {
+        return Err(bad(format!("this process already loaded ONNX Runtime from {}", loaded.display())));
+    }
+    let chosen = CHOSEN.get_or_init(|| abs.clone());
+    if *chosen != abs {
+        return Err(bad(format!("this process already uses {}", chosen.display())));
+    }
+    Ok(abs)
+}
 
 /// Where the ONNX Runtime library would be loaded from, if found.
 pub fn find_ort_library() -> Option<PathBuf> {
@@ -25,9 +48,12 @@ pub fn find_ort_library() -> Option<PathBuf> {
 }
 
 /// The library to load and where that choice came from (for messages), or why none was found.
-/// A set `ORT_DYLIB_PATH` is final: if it names no file, that is the error (we do not quietly
-/// load another library than the one asked for).
+/// A library chosen with [`use_ort_library`] comes first; a set `ORT_DYLIB_PATH` is final: if it
+/// names no file, that is the error (we do not quietly load another library than the one asked for).
 pub fn locate_ort_library() -> Result<(PathBuf, String), String> {
+    if let Some(p) = CHOSEN.get() {
+        return Ok((p.clone(), "use_ort_library".into()));
+    }
     if let Some(p) = std::env::var_os("ORT_DYLIB_PATH").filter(|p| !p.is_empty()) {
         let p = PathBuf::from(p);
         if p.is_file() {
@@ -82,6 +108,8 @@ fn venv_lib(venv: &Path) -> Option<PathBuf> {
 pub fn environment() -> Result<&'static Environment, RuntimeError> {
     let env = ENV.get_or_init(|| {
         let (path, from) = locate_ort_library()?;
+        let path = std::fs::canonicalize(&path).unwrap_or(path);
+        let _ = LOADED.set(path.clone());
         let builder = ort::init_from(&path).map_err(|e| {
             format!(
                 "could not load the ONNX Runtime library {} (chosen by {from}): {e}. It must be \

@@ -9,12 +9,13 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::ops::ControlFlow;
+use std::path::Path;
 use std::time::Instant;
 
 use ort::session::Session;
 
-use crate::images::Chw;
+use crate::images::{Chw, Reference};
 use crate::model_dir::{Guidance, ModelDir};
 use crate::schedule::{euler_step, Schedule, Shift};
 use crate::tensor_file::Tensor;
@@ -25,8 +26,9 @@ use crate::RuntimeError;
 #[path = "pipeline_steps.rs"]
 mod steps;
 
-/// Builds an ONNX Runtime session for a graph file (CPU, CUDA or TensorRT).
-pub type SessionFactory = Box<dyn Fn(&Path) -> Result<Session, RuntimeError>>;
+/// Builds an ONNX Runtime session for a graph file (CPU, CUDA or TensorRT). `Send + Sync` so
+/// a pipeline can move to the thread that runs it (e.g. with Python's GIL released).
+pub type SessionFactory = Box<dyn Fn(&Path) -> Result<Session, RuntimeError> + Send + Sync>;
 
 /// A prompt as text (encoded with the exported text encoder) or as embeddings [1, L, ctx].
 #[derive(Clone, Debug)]
@@ -40,7 +42,7 @@ pub enum PromptSource {
 pub struct Request {
     pub prompt: PromptSource,
     pub negative: Option<PromptSource>,
-    pub references: Vec<PathBuf>,
+    pub references: Vec<Reference>,
     pub width: Option<usize>,
     pub height: Option<usize>,
     pub steps: Option<usize>,
@@ -82,7 +84,8 @@ pub struct Plan {
     pub references: Vec<Chw>,
 }
 
-/// Progress events.
+/// Progress events. The callback of [`Pipeline::generate_with`] answers each with
+/// `ControlFlow::Break(())` to cancel the request there (between stages and sampling steps).
 pub enum Event<'a> {
     Stage(&'a str),
     Step { index: usize, total: usize },
@@ -108,6 +111,18 @@ pub struct Generated {
     pub image: Chw,
     pub plan: Plan,
     pub timings: Timings,
+}
+
+/// Passes an event to the caller; a `Break` answer cancels the request there.
+fn emit(on_event: &mut dyn FnMut(Event) -> ControlFlow<()>, e: Event) -> Result<(), RuntimeError> {
+    let what = match &e {
+        Event::Stage(s) => format!("before {s}"),
+        Event::Step { index, total } => format!("before sampling step {} of {total}", index + 1),
+    };
+    match on_event(e) {
+        ControlFlow::Continue(()) => Ok(()),
+        ControlFlow::Break(()) => Err(RuntimeError::Cancelled(what)),
+    }
 }
 
 /// The pipeline over one model folder.
@@ -162,16 +177,29 @@ impl Pipeline {
         req: &Request,
         on_event: &mut dyn FnMut(Event),
     ) -> Result<Generated, RuntimeError> {
+        self.generate_with(req, &mut |e| {
+            on_event(e);
+            ControlFlow::Continue(())
+        })
+    }
+
+    /// Generates one image; `on_event` may cancel it ([`RuntimeError::Cancelled`]) at any
+    /// event, i.e. before each stage and each sampling step.
+    pub fn generate_with(
+        &mut self,
+        req: &Request,
+        on_event: &mut dyn FnMut(Event) -> ControlFlow<()>,
+    ) -> Result<Generated, RuntimeError> {
         let plan = self.plan(req)?;
         let mut timings = Timings::default();
-        on_event(Event::Stage("loading models"));
+        emit(on_event, Event::Stage("loading models"))?;
         let t = Instant::now();
         self.load(&plan, req)?;
         timings.load = t.elapsed().as_secs_f64();
         let started = Instant::now();
         self.ort_time = 0.0;
 
-        on_event(Event::Stage("text encoder"));
+        emit(on_event, Event::Stage("text encoder"))?;
         let t = Instant::now();
         let cond = self.embeddings(&req.prompt, req.max_sequence_length)?;
         let empty = PromptSource::Text(String::new());
@@ -182,7 +210,7 @@ impl Pipeline {
         };
         timings.text_encoder = t.elapsed().as_secs_f64();
 
-        on_event(Event::Stage("vae encode"));
+        emit(on_event, Event::Stage("vae encode"))?;
         let t = Instant::now();
         let (ref_tokens, ref_ids) = self.encode_references(&plan.references)?;
         timings.vae_encode = t.elapsed().as_secs_f64();
@@ -199,7 +227,7 @@ impl Pipeline {
         let img_ids = steps::image_ids(h, w, &ref_ids);
         let n = plan.schedule.steps();
         for i in 0..n {
-            on_event(Event::Step { index: i, total: n });
+            emit(on_event, Event::Step { index: i, total: n })?;
             let t = Instant::now();
             let (sigma, next) = (plan.schedule.sigmas[i], plan.schedule.sigmas[i + 1]);
             let v = self.velocity(&plan, &x, n_img, &img_ids, sigma, &cond, uncond.as_deref())?;
@@ -207,7 +235,7 @@ impl Pipeline {
             timings.dit_steps.push(t.elapsed().as_secs_f64());
         }
 
-        on_event(Event::Stage("vae decode"));
+        emit(on_event, Event::Stage("vae decode"))?;
         let t = Instant::now();
         let image = self.decode(&x[..n_img], c, h, w)?;
         timings.vae_decode = t.elapsed().as_secs_f64();

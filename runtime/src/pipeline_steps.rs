@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use super::{Plan, PromptSource, Request};
-use crate::images::load_reference;
+use crate::images::prepare_reference;
 use crate::model_dir::{Guidance, ModelDir};
 use crate::schedule::Schedule;
 use crate::tensor_file::Tensor;
@@ -155,7 +155,7 @@ pub(super) fn plan(model: &ModelDir, req: &Request) -> Result<Plan, RuntimeError
     }
     let mut references = Vec::new();
     for p in &req.references {
-        references.push(load_reference(p)?);
+        references.push(prepare_reference(p)?);
     }
     if !references.is_empty() {
         model.graph("vae_encoder")?;

@@ -144,7 +144,7 @@ pub fn session_with_provider(
 }
 
 /// Opens a graph file into a session (the pipeline's `SessionFactory`).
-pub type Factory = Box<dyn Fn(&Path) -> Result<Session, RuntimeError>>;
+pub type Factory = crate::pipeline::SessionFactory;
 
 /// A session factory for the pipeline: `provider` over the graphs of one model folder.
 ///

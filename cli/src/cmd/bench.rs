@@ -4,10 +4,10 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
-use flux2_runtime::images::{write_png, Chw};
-use flux2_runtime::pipeline::{Pipeline, PromptSource, Request, SessionFactory, Timings};
+use flux2_runtime::images::{write_png, Chw, Reference};
+use flux2_runtime::pipeline::{Pipeline, PromptSource, Request, Timings};
 use flux2_runtime::tensor_file::{read_tensor, Tensor};
-use flux2_runtime::{cpu_session, SessionOptions};
+use flux2_runtime::SessionOptions;
 use serde_json::json;
 
 use crate::plot::{self, Bar, Figure};
@@ -171,15 +171,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if args.runs == 0 {
         bail!("--runs must be at least 1");
     }
-    let factory: SessionFactory = match (args.threads, args.provider.as_str()) {
-        (Some(0), _) => bail!("--threads must be at least 1"),
-        (Some(n), "cpu") => {
-            let opts = SessionOptions { intra_threads: n, ..SessionOptions::default() };
-            Box::new(move |p: &Path| cpu_session(p, &opts))
-        }
-        (Some(_), other) => bail!("--threads applies to the cpu provider, not {other}"),
-        (None, _) => super::generate::factory(&args.provider)?,
-    };
+    let factory = flux2_runtime::request::session_factory(&args.provider, args.threads, 0)
+        .with_context(|| format!("--provider {}", args.provider))?;
     let mut pipe = Pipeline::new(&args.model, factory)?;
     let has_text = pipe.model.entry("text_encoder").is_some();
     let prompt = match (&args.prompt_embeds, has_text) {
@@ -198,7 +191,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     (req.width, req.height, req.steps, req.guidance) =
         (Some(args.width), Some(args.height), args.steps, args.guidance);
     req.max_sequence_length = args.max_sequence_length;
-    req.references = refs;
+    req.references = refs.into_iter().map(Reference::Path).collect();
     let result = measure(&mut pipe, &req, &args);
     if tmp.exists() {
         let _ = std::fs::remove_dir_all(&tmp);

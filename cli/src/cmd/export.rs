@@ -2,11 +2,9 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Context};
-use flux2_exporter::export::{export, ExportRequest, Progress};
-use flux2_exporter::models::ExportOptions;
-use flux2_exporter::{Kind, ModelSource, WeightMode};
-use flux2_graphs::{DType, Target};
+use flux2_exporter::args::ExportArgs;
+use flux2_exporter::export::{export, Progress};
+use flux2_exporter::ModelSource;
 
 /// Export FLUX.2 components from safetensors to ONNX (no PyTorch needed).
 ///
@@ -68,66 +66,23 @@ pub struct Args {
     config: Option<PathBuf>,
 }
 
-pub fn parse_kind(s: &str) -> anyhow::Result<Kind> {
-    Ok(match s.trim().replace('_', "-").as_str() {
-        "vae" => Kind::Vae,
-        "transformer" | "dit" => Kind::Transformer,
-        "text-encoder" | "te" => Kind::TextEncoder,
-        other => bail!("--components: unknown component '{other}' (expected vae, transformer, text-encoder)"),
-    })
-}
-
-/// Parses the options shared with other commands.
-pub fn options(
-    dtype: &str,
-    target: &str,
-    text_layers: Option<Vec<usize>>,
-    config: Option<&PathBuf>,
-) -> anyhow::Result<ExportOptions> {
-    let dtype = match DType::parse(dtype) {
-        Some(d @ (DType::F32 | DType::F16 | DType::BF16)) => d,
-        _ => bail!("--dtype: '{dtype}' is not one of f32, f16, bf16"),
-    };
-    let target = match target {
-        "ort" | "onnxruntime" => Target::Ort,
-        "tensorrt" | "trt" => Target::TensorRt,
-        other => bail!("--target: '{other}' is not one of ort, tensorrt"),
-    };
-    let config_override = match config {
-        Some(p) => {
-            let text = std::fs::read_to_string(p).with_context(|| format!("--config {}", p.display()))?;
-            Some(serde_json::from_str(&text).with_context(|| format!("--config {}: not JSON", p.display()))?)
-        }
-        None => None,
-    };
-    Ok(ExportOptions { dtype, target, text_layers, config_override })
-}
-
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let weights = match args.weights.as_str() {
-        "copy" => WeightMode::Copy,
-        "link" => WeightMode::Link,
-        other => bail!("--weights: '{other}' is not one of copy, link"),
-    };
-    let components = match &args.components {
-        Some(list) => Some(list.iter().map(|s| parse_kind(s)).collect::<anyhow::Result<Vec<_>>>()?),
-        None => None,
-    };
-    let options = options(&args.dtype, &args.target, args.text_layers.clone(), args.config.as_ref())?;
+    let req = ExportArgs {
+        components: args.components.clone(),
+        dtype: args.dtype.clone(),
+        weights: args.weights.clone(),
+        target: args.target.clone(),
+        text_layers: args.text_layers.clone(),
+        config: args.config.clone(),
+        allow_nonfinite: args.allow_nonfinite,
+        verify: args.verify,
+        link_fallback: args.link_fallback.clone(),
+    }
+    .into_request()?;
     let source = ModelSource::open(&args.checkpoint)?;
-    let link_fallback_copy = match args.link_fallback.as_deref() {
-        None => false,
-        Some("copy") if weights == WeightMode::Link => true,
-        Some("copy") => bail!("--link-fallback copy only applies to --weights link"),
-        Some(other) => bail!("--link-fallback: '{other}' is not supported (the only fallback is copy)"),
-    };
-    if args.verify && weights == WeightMode::Copy {
+    if args.verify && req.weights == WeightMode::Copy {
         eprintln!("note: --verify is implied by --weights copy, which checks every value it converts");
     }
-    let mut req = ExportRequest::new(components, options, weights);
-    req.allow_nonfinite = args.allow_nonfinite;
-    req.verify = args.verify;
-    req.link_fallback_copy = link_fallback_copy;
     let started = std::time::Instant::now();
     let pb = crate::progress::bar(0, "export");
     let manifest = export(&source, &args.out, &req, &mut |p| match p {

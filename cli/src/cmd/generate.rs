@@ -3,9 +3,10 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context};
-use flux2_runtime::pipeline::{Event, Pipeline, PromptSource, Request, SessionFactory};
-use flux2_runtime::schedule::Shift;
-use flux2_runtime::tensor_file::{read_tensor, write_tensors, Tensor};
+use flux2_runtime::images::Reference;
+use flux2_runtime::pipeline::{Event, Pipeline, SessionFactory};
+use flux2_runtime::request::GenerateArgs;
+use flux2_runtime::tensor_file::{write_tensors, Tensor};
 
 /// Generate an image with an exported FLUX.2 model (a `flux2 export` folder).
 ///
@@ -83,43 +84,32 @@ pub fn factory(provider: &str) -> anyhow::Result<SessionFactory> {
     flux2_runtime::providers_factory(provider).with_context(|| format!("--provider {provider}"))
 }
 
-fn embeds(path: &std::path::Path) -> anyhow::Result<PromptSource> {
-    Ok(PromptSource::Embeds(read_tensor(path, "prompt_embeds")?))
+/// The options as the runtime's request arguments (checked there, shared with the Python package).
+fn generate_args(args: &Args) -> GenerateArgs {
+    GenerateArgs {
+        prompt: args.prompt.clone(),
+        prompt_embeds: args.prompt_embeds.clone(),
+        negative_prompt: args.negative_prompt.clone(),
+        negative_prompt_embeds: args.negative_prompt_embeds.clone(),
+        references: args.references.iter().cloned().map(Reference::Path).collect(),
+        width: args.width,
+        height: args.height,
+        steps: args.steps,
+        guidance: args.guidance,
+        shift: Some(args.shift.clone()),
+        seed: args.seed,
+        noise: args.noise.clone(),
+        max_sequence_length: args.max_sequence_length,
+    }
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let prompt = match (&args.prompt, &args.prompt_embeds) {
-        (Some(p), None) => PromptSource::Text(p.clone()),
-        (None, Some(f)) => embeds(f)?,
-        _ => bail!("give --prompt TEXT or --prompt-embeds FILE"),
-    };
-    let negative = match (&args.negative_prompt, &args.negative_prompt_embeds) {
-        (Some(p), _) => Some(PromptSource::Text(p.clone())),
-        (None, Some(f)) => Some(embeds(f)?),
-        _ => None,
-    };
-    let shift: Shift = args.shift.parse().map_err(|e| anyhow::anyhow!("--shift: {e}"))?;
-    let noise = match &args.noise {
-        Some(p) => Some(read_tensor(p, "noise")?),
-        None => None,
-    };
     check_output("--out", &args.out)?;
     flux2_runtime::images::output_format(&args.out).context("--out")?;
     if let Some(p) = &args.save_tensor {
         check_output("--save-tensor", p)?;
     }
-    let mut req = Request::new(prompt);
-    req.negative = negative;
-    req.references = args.references.clone();
-    req.width = args.width;
-    req.height = args.height;
-    req.steps = args.steps;
-    req.guidance = args.guidance;
-    req.shift = shift;
-    req.seed = args.seed;
-    req.noise = noise;
-    req.max_sequence_length = args.max_sequence_length;
-
+    let req = generate_args(&args).into_request()?;
     let mut pipe = Pipeline::new(&args.model, factory(&args.provider)?)?;
     let plan = pipe.plan(&req)?; // validate before any model runs
     let pb = crate::progress::bar(plan.schedule.steps() as u64, "denoise");

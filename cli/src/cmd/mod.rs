@@ -22,4 +22,6 @@ pub mod schedule;
 pub mod synth;
 #[cfg(feature = "full")]
 pub mod timesteps;
+#[cfg(feature = "full")]
+pub mod triton;
 // MODULES-END
