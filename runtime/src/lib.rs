@@ -4,6 +4,7 @@
 pub mod calibrate;
 pub mod images;
 pub mod lint;
+pub mod lora;
 pub mod model_dir;
 pub mod noise;
 pub mod ort_env;
