@@ -16,11 +16,11 @@ use super::{CalibrateError, CalibrateOptions, Event};
 use crate::model_dir::ModelDir;
 use crate::pipeline::{Pipeline, PromptSource, Request};
 use crate::tensor_file::Tensor;
-use crate::{cpu_session, SessionOptions};
+use crate::SessionOptions;
 
 fn pipeline(dir: &Path, sess: &SessionOptions) -> Result<Pipeline, CalibrateError> {
     let s = sess.clone();
-    Ok(Pipeline::new(dir, Box::new(move |p: &Path| cpu_session(p, &s)))?)
+    Ok(Pipeline::new(dir, Box::new(move |p: &Path, o: &[crate::Override]| crate::cpu_session_with(p, &s, o)))?)
 }
 
 /// Runs the evaluation set through both folders and compares the images.

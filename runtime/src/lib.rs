@@ -16,7 +16,7 @@ pub mod tensors;
 pub mod tokenizer;
 pub mod trt;
 
-pub use ort_env::{cpu_session, environment, find_ort_library, SessionOptions};
+pub use ort_env::{cpu_session, cpu_session_with, environment, find_ort_library, Override, SessionOptions};
 pub use tensors::{run, run_borrowed, Input, InputRef};
 
 use std::path::PathBuf;
@@ -38,6 +38,8 @@ pub enum RuntimeError {
     Image { path: PathBuf, msg: String },
     #[error("{path}: {msg}")]
     TensorFile { path: PathBuf, msg: String },
+    #[error(transparent)]
+    Lora(#[from] lora::LoraError),
 }
 
 /// A session factory for a provider name (`cpu`, `cuda`, `tensorrt`; see [`providers`]): GPU

@@ -9,7 +9,10 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use ort::environment::Environment;
-use ort::session::{builder::GraphOptimizationLevel, Session};
+use std::sync::Arc;
+
+use ort::session::{builder::GraphOptimizationLevel, builder::SessionBuilder, Session};
+use ort::value::DynValue;
 
 use crate::RuntimeError;
 
@@ -91,8 +94,32 @@ impl Default for SessionOptions {
     }
 }
 
+/// A weight handed to ONNX Runtime in place of the graph's initializer of the same name
+/// (same shape and dtype) when a session is created: run-time LoRA adapters.
+pub type Override = (String, Arc<DynValue>);
+
 /// Opens an ONNX model on the CPU provider.
 pub fn cpu_session(path: &Path, opts: &SessionOptions) -> Result<Session, RuntimeError> {
+    cpu_session_with(path, opts, &[])
+}
+
+/// Adds initializer overrides to a session builder.
+pub(crate) fn with_overrides(
+    mut builder: SessionBuilder,
+    overrides: &[Override],
+    path: &Path,
+) -> Result<SessionBuilder, RuntimeError> {
+    for (name, value) in overrides {
+        builder = builder.with_external_initializer(name, value.clone()).map_err(|e| RuntimeError::Session {
+            path: path.to_path_buf(),
+            msg: format!("initializer override '{name}': {e}"),
+        })?;
+    }
+    Ok(builder)
+}
+
+/// Opens an ONNX model on the CPU provider with initializer overrides.
+pub fn cpu_session_with(path: &Path, opts: &SessionOptions, overrides: &[Override]) -> Result<Session, RuntimeError> {
     let env = environment()?;
     let ctx = |e: ort::Error| RuntimeError::Session { path: path.to_path_buf(), msg: e.to_string() };
     let level = if opts.optimization { GraphOptimizationLevel::All } else { GraphOptimizationLevel::Disable };
@@ -102,7 +129,7 @@ pub fn cpu_session(path: &Path, opts: &SessionOptions) -> Result<Session, Runtim
     if !opts.qdq_fusion || manifest_precision(path).as_deref() == Some("fp8") {
         builder = builder.with_config_entry("session.disable_quant_qdq", "1").map_err(|e| ctx(e.into()))?;
     }
-    builder.commit_from_file(path).map_err(ctx)
+    with_overrides(builder, overrides, path)?.commit_from_file(path).map_err(ctx)
 }
 
 /// The `precision` the `manifest.json` beside `path` gives its graph, if any.

@@ -7,7 +7,7 @@ use anyhow::{bail, Context};
 use flux2_runtime::images::{write_png, Chw};
 use flux2_runtime::pipeline::{Pipeline, PromptSource, Request, SessionFactory, Timings};
 use flux2_runtime::tensor_file::{read_tensor, Tensor};
-use flux2_runtime::{cpu_session, SessionOptions};
+use flux2_runtime::{cpu_session_with, SessionOptions};
 use serde_json::json;
 
 use crate::plot::{self, Bar, Figure};
@@ -65,6 +65,9 @@ pub struct Args {
     /// Guidance (dev: embedded; klein base: CFG scale).
     #[arg(long)]
     pub guidance: Option<f32>,
+    /// LoRA adapter applied at run time, FILE[:SCALE] (repeatable; scale 1 by default).
+    #[arg(long, value_name = "FILE[:SCALE]")]
+    pub lora: Vec<String>,
     /// Execution provider: cpu, cuda or tensorrt.
     #[arg(long, default_value = "cpu")]
     pub provider: String,
@@ -175,12 +178,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         (Some(0), _) => bail!("--threads must be at least 1"),
         (Some(n), "cpu") => {
             let opts = SessionOptions { intra_threads: n, ..SessionOptions::default() };
-            Box::new(move |p: &Path| cpu_session(p, &opts))
+            Box::new(move |p: &Path, o: &[flux2_runtime::Override]| cpu_session_with(p, &opts, o))
         }
         (Some(_), other) => bail!("--threads applies to the cpu provider, not {other}"),
         (None, _) => super::generate::factory(&args.provider)?,
     };
     let mut pipe = Pipeline::new(&args.model, factory)?;
+    super::generate::apply_adapters(&mut pipe, &args.lora)?;
     let has_text = pipe.model.entry("text_encoder").is_some();
     let prompt = match (&args.prompt_embeds, has_text) {
         (Some(p), _) => PromptSource::Embeds(read_tensor(p, "prompt_embeds")?),

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context};
+use flux2_runtime::lora::AdapterSpec;
 use flux2_runtime::pipeline::{Event, Pipeline, PromptSource, Request, SessionFactory};
 use flux2_runtime::schedule::Shift;
 use flux2_runtime::tensor_file::{read_tensor, write_tensors, Tensor};
@@ -21,6 +22,13 @@ use flux2_runtime::tensor_file::{read_tensor, write_tensors, Tensor};
 ///   flux2 generate --model klein-onnx --prompt "make it night" --ref day.png --out night.png
 ///   flux2 generate --model dev-onnx --prompt-embeds p.safetensors --noise n.safetensors \
 ///       --width 512 --height 512 --out x.png --save-tensor x.safetensors
+///   flux2 generate --model klein-onnx --prompt "a fox" --lora style.safetensors:0.8 \
+///       --lora detail.safetensors --out fox.png        # LoRA adapters, no re-export
+///
+/// --lora FILE[:SCALE] (repeatable, scale 1 by default) applies adapters at run time: diffusers /
+/// PEFT, BFL / ai-toolkit or kohya files, detected from their keys. The touched DiT weights are
+/// merged in memory and replace the export's at session creation; nothing is written. Quantised
+/// (calibrated) exports refuse run-time adapters: merge with `flux2 export --lora`, then calibrate.
 #[derive(clap::Args)]
 #[command(verbatim_doc_comment)]
 pub struct Args {
@@ -75,6 +83,28 @@ pub struct Args {
     /// Execution provider: cpu, cuda or tensorrt.
     #[arg(long, default_value = "cpu")]
     pub provider: String,
+    /// LoRA adapter applied at run time, FILE[:SCALE] (repeatable; scale 1 by default).
+    #[arg(long, value_name = "FILE[:SCALE]")]
+    pub lora: Vec<String>,
+}
+
+/// Parses `--lora` arguments and applies them to the pipeline's DiT, reporting what changed.
+pub fn apply_adapters(pipe: &mut Pipeline, specs: &[String]) -> anyhow::Result<()> {
+    if specs.is_empty() {
+        return Ok(());
+    }
+    let specs: Vec<AdapterSpec> = specs.iter().map(|s| AdapterSpec::parse(s)).collect::<Result<_, _>>()?;
+    for r in pipe.set_adapters(&specs)? {
+        eprintln!(
+            "adapter {} ({}, rank {}, scale {}): {} DiT tensors merged at run time",
+            r.file,
+            r.format,
+            r.rank,
+            r.scale,
+            r.tensors.len()
+        );
+    }
+    Ok(())
 }
 
 /// Session factory for `--provider`.
@@ -120,6 +150,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     req.max_sequence_length = args.max_sequence_length;
 
     let mut pipe = Pipeline::new(&args.model, factory(&args.provider)?)?;
+    apply_adapters(&mut pipe, &args.lora)?;
     let plan = pipe.plan(&req)?; // validate before any model runs
     let pb = crate::progress::bar(plan.schedule.steps() as u64, "denoise");
     let out = pipe.generate(&req, &mut |e| match e {

@@ -258,6 +258,8 @@ pub fn graph_overrides(
 ) -> Result<(Vec<(String, Arc<DynValue>)>, MergePlan)> {
     let weights = GraphWeights::open(graph)?;
     weights.check_adaptable()?;
+    // tensors for ONNX Runtime need its library loaded
+    crate::environment().map_err(|e| model_err(graph, e.to_string()))?;
     let files = adapters
         .iter()
         .map(|a| Ok((super::LoraFile::open(&a.path)?, a.scale)))
