@@ -20,7 +20,10 @@ use crate::SessionOptions;
 
 fn pipeline(dir: &Path, sess: &SessionOptions) -> Result<Pipeline, CalibrateError> {
     let s = sess.clone();
-    Ok(Pipeline::new(dir, Box::new(move |p: &Path, o: &[crate::Override]| crate::cpu_session_with(p, &s, o)))?)
+    Ok(Pipeline::new(
+        dir,
+        Box::new(move |p: &Path, o: &[crate::Override]| crate::cpu_session_with(p, &s, o)),
+    )?)
 }
 
 /// Runs the evaluation set through both folders and compares the images.

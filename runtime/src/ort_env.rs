@@ -110,16 +110,21 @@ pub(crate) fn with_overrides(
     path: &Path,
 ) -> Result<SessionBuilder, RuntimeError> {
     for (name, value) in overrides {
-        builder = builder.with_external_initializer(name, value.clone()).map_err(|e| RuntimeError::Session {
-            path: path.to_path_buf(),
-            msg: format!("initializer override '{name}': {e}"),
-        })?;
+        builder =
+            builder.with_external_initializer(name, value.clone()).map_err(|e| RuntimeError::Session {
+                path: path.to_path_buf(),
+                msg: format!("initializer override '{name}': {e}"),
+            })?;
     }
     Ok(builder)
 }
 
 /// Opens an ONNX model on the CPU provider with initializer overrides.
-pub fn cpu_session_with(path: &Path, opts: &SessionOptions, overrides: &[Override]) -> Result<Session, RuntimeError> {
+pub fn cpu_session_with(
+    path: &Path,
+    opts: &SessionOptions,
+    overrides: &[Override],
+) -> Result<Session, RuntimeError> {
     let env = environment()?;
     let ctx = |e: ort::Error| RuntimeError::Session { path: path.to_path_buf(), msg: e.to_string() };
     let level = if opts.optimization { GraphOptimizationLevel::All } else { GraphOptimizationLevel::Disable };

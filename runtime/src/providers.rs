@@ -15,10 +15,10 @@ use std::sync::OnceLock;
 use ort::ep::ExecutionProvider as _;
 use ort::session::{builder::GraphOptimizationLevel, Session};
 
+use crate::ort_env::with_overrides;
 use crate::trt::host::{load_provider_libraries, provider_library, ORT_GPU_HINT};
 use crate::trt::manifest::{BuildManifest, BUILD_MANIFEST};
 use crate::trt::{probe, TrtOptions};
-use crate::ort_env::with_overrides;
 use crate::{cpu_session_with, environment, find_ort_library, Override, RuntimeError, SessionOptions};
 
 /// The provider named on the command line (`--provider cpu|cuda|tensorrt`).

@@ -137,7 +137,13 @@ fn demo_checkpoint_exports_and_generates() {
     assert_eq!(m.pipeline["is_distilled"], serde_json::json!(true));
 
     let opts = SessionOptions::default();
-    let mut pipe = Pipeline::new(&out, Box::new(move |p: &std::path::Path, o: &[flux2_runtime::Override]| flux2_runtime::cpu_session_with(p, &opts, o))).unwrap();
+    let mut pipe = Pipeline::new(
+        &out,
+        Box::new(move |p: &std::path::Path, o: &[flux2_runtime::Override]| {
+            flux2_runtime::cpu_session_with(p, &opts, o)
+        }),
+    )
+    .unwrap();
     assert_eq!(pipe.model.guidance_mode(), Guidance::None);
     assert_eq!(pipe.model.default_steps(), 4);
     let mut req = Request::new(PromptSource::Text("a lighthouse at dusk".into()));

@@ -226,7 +226,10 @@ fn group(path: &Path, st: &SafeTensors, keys: &[String], format: Format) -> Resu
             .iter()
             .find_map(|(suffix, part)| rest.strip_suffix(suffix).map(|m| (m.to_string(), part)))
             .ok_or_else(|| {
-                file_err(path, format!("key '{key}' is not a LoRA tensor (lora_A/lora_B/lora_down/lora_up/alpha)"))
+                file_err(
+                    path,
+                    format!("key '{key}' is not a LoRA tensor (lora_A/lora_B/lora_down/lora_up/alpha)"),
+                )
             })?;
         let slot = slots.entry(module).or_default();
         match part {
@@ -238,7 +241,10 @@ fn group(path: &Path, st: &SafeTensors, keys: &[String], format: Format) -> Resu
     let mut modules = Vec::new();
     for (name, (down, up, alpha)) in slots {
         let (Some((key, down)), Some((up_key, up))) = (down, up) else {
-            return Err(file_err(path, format!("module '{name}' lacks its down (lora_A) or up (lora_B) matrix")));
+            return Err(file_err(
+                path,
+                format!("module '{name}' lacks its down (lora_A) or up (lora_B) matrix"),
+            ));
         };
         if down.rows != up.cols {
             return Err(LoraError::Shape {
@@ -266,7 +272,9 @@ fn values(path: &Path, st: &SafeTensors, key: &str) -> Result<(Vec<usize>, Vec<f
             .chunks_exact(8)
             .map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32)
             .collect(),
-        other => return Err(file_err(path, format!("tensor '{key}' has dtype {other:?}; expected a float type"))),
+        other => {
+            return Err(file_err(path, format!("tensor '{key}' has dtype {other:?}; expected a float type")))
+        }
     };
     Ok((view.shape().to_vec(), data))
 }

@@ -62,7 +62,9 @@ impl AdapterSpec {
         if let Some((file, scale)) = spec.rsplit_once(':') {
             if !Path::new(spec).is_file() {
                 let s: f32 = scale.trim().parse().map_err(|_| {
-                    err(format!("scale '{scale}' is not a number (expected FILE:SCALE, e.g. style.safetensors:0.8)"))
+                    err(format!(
+                        "scale '{scale}' is not a number (expected FILE:SCALE, e.g. style.safetensors:0.8)"
+                    ))
                 })?;
                 if !s.is_finite() {
                     return Err(err(format!("scale '{scale}' is not a finite number")));

@@ -54,7 +54,8 @@ pub struct ModuleTable {
 }
 
 /// kohya modules diffusers 0.42.1 converts outside the blocks (`_convert_kohya_flux2_lora_to_diffusers`).
-const KOHYA_EXTRAS: [&str; 5] = ["img_in", "txt_in", "time_in.in_layer", "time_in.out_layer", "final_layer.linear"];
+const KOHYA_EXTRAS: [&str; 5] =
+    ["img_in", "txt_in", "time_in.in_layer", "time_in.out_layer", "final_layer.linear"];
 
 impl ModuleTable {
     /// Builds the table from the graph's weights (`name -> shape`); only 2-D `*.weight`
@@ -102,7 +103,8 @@ impl ModuleTable {
         match format {
             Format::Diffusers => found(self.diffusers.get(module)),
             Format::Bfl => {
-                let expanded = module.strip_prefix("sformer_blocks.").map(|r| format!("transformer_blocks.{r}"));
+                let expanded =
+                    module.strip_prefix("sformer_blocks.").map(|r| format!("transformer_blocks.{r}"));
                 let name = expanded.as_deref().unwrap_or(module);
                 match self.bfl.get(name) {
                     Some(s) => Lookup::Segments(s.clone()),
@@ -162,7 +164,8 @@ fn bfl_name(module: &str) -> Option<(String, Option<usize>)> {
             };
             plain(format!("{m}.{l}"))
         }
-        [m @ ("double_stream_modulation_img" | "double_stream_modulation_txt" | "single_stream_modulation"), "linear"] => {
+        [m
+        @ ("double_stream_modulation_img" | "double_stream_modulation_txt" | "single_stream_modulation"), "linear"] => {
             plain(format!("{m}.lin"))
         }
         ["norm_out", "linear"] => plain("final_layer.adaLN_modulation.1".into()),

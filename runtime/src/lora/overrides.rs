@@ -113,8 +113,8 @@ impl GraphWeights {
     /// Reads the initializer table of `path` (weights stay on disk).
     pub fn open(path: &Path) -> Result<GraphWeights> {
         let bytes = std::fs::read(path).map_err(|e| model_err(path, format!("cannot read: {e}")))?;
-        let model: proto::ModelProto =
-            prost::Message::decode(bytes.as_slice()).map_err(|e| model_err(path, format!("not an ONNX model: {e}")))?;
+        let model: proto::ModelProto = prost::Message::decode(bytes.as_slice())
+            .map_err(|e| model_err(path, format!("not an ONNX model: {e}")))?;
         let graph = model.graph.unwrap_or_default();
         let has = |op: &str| graph.node.iter().any(|n| n.op_type == op);
         let quantised = has("QuantizeLinear") || has("DequantizeLinear");
@@ -178,24 +178,31 @@ impl GraphWeights {
 
     /// The f32 values of `weight` ([rows, cols] row-major, pieces concatenated).
     pub fn read_f32(&self, weight: &str) -> Result<Vec<f32>> {
-        let parts = self.weights.get(weight).ok_or_else(|| model_err(&self.path, format!("no weight '{weight}'")))?;
+        let parts =
+            self.weights.get(weight).ok_or_else(|| model_err(&self.path, format!("no weight '{weight}'")))?;
         let dir = self.path.parent().unwrap_or(Path::new("."));
         let mut out = Vec::new();
         for p in parts {
-            let elem = p.elem.ok_or_else(|| model_err(&self.path, format!("'{}' is not a float tensor", p.name)))?;
+            let elem =
+                p.elem.ok_or_else(|| model_err(&self.path, format!("'{}' is not a float tensor", p.name)))?;
             let n: usize = p.dims.iter().product();
             let bytes = match &p.external {
                 None => p.raw.clone(),
                 Some((loc, offset, len)) => {
                     let file = dir.join(loc);
-                    let f = std::fs::File::open(&file).map_err(|e| model_err(&file, format!("cannot open: {e}")))?;
+                    let f = std::fs::File::open(&file)
+                        .map_err(|e| model_err(&file, format!("cannot open: {e}")))?;
                     let mut buf = vec![0u8; *len as usize];
-                    f.read_exact_at(&mut buf, *offset).map_err(|e| model_err(&file, format!("cannot read: {e}")))?;
+                    f.read_exact_at(&mut buf, *offset)
+                        .map_err(|e| model_err(&file, format!("cannot read: {e}")))?;
                     buf
                 }
             };
             if bytes.len() != n * elem.size() {
-                return Err(model_err(&self.path, format!("'{}' holds {} bytes, expected {}", p.name, bytes.len(), n * elem.size())));
+                return Err(model_err(
+                    &self.path,
+                    format!("'{}' holds {} bytes, expected {}", p.name, bytes.len(), n * elem.size()),
+                ));
             }
             decode(elem, &bytes, &mut out);
         }
@@ -205,12 +212,15 @@ impl GraphWeights {
     /// Initializer overrides carrying `merged` (the f32 values of `weight`), split into the
     /// stored pieces and converted to their dtypes.
     pub fn overrides(&self, weight: &str, merged: &[f32]) -> Result<Vec<(String, Arc<DynValue>)>> {
-        let parts = self.weights.get(weight).ok_or_else(|| model_err(&self.path, format!("no weight '{weight}'")))?;
+        let parts =
+            self.weights.get(weight).ok_or_else(|| model_err(&self.path, format!("no weight '{weight}'")))?;
         let mut out = Vec::new();
         let mut at = 0;
         for p in parts {
             let n: usize = p.dims.iter().product();
-            let slice = merged.get(at..at + n).ok_or_else(|| model_err(&self.path, format!("'{}': merged values too short", p.name)))?;
+            let slice = merged
+                .get(at..at + n)
+                .ok_or_else(|| model_err(&self.path, format!("'{}': merged values too short", p.name)))?;
             at += n;
             let shape: Vec<i64> = p.dims.iter().map(|&d| d as i64).collect();
             let err = |e: ort::Error| model_err(&self.path, format!("override '{}': {e}", p.name));
@@ -236,7 +246,9 @@ impl GraphWeights {
 fn joined_shape(parts: &[Init]) -> Option<Vec<usize>> {
     let first = parts.first()?;
     first.elem?;
-    if first.dims.len() != 2 || parts.iter().any(|p| p.dims.len() != 2 || p.dims[1] != first.dims[1] || p.elem.is_none()) {
+    if first.dims.len() != 2
+        || parts.iter().any(|p| p.dims.len() != 2 || p.dims[1] != first.dims[1] || p.elem.is_none())
+    {
         return None;
     }
     Some(vec![parts.iter().map(|p| p.dims[0]).sum(), first.dims[1]])

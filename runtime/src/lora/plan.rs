@@ -71,11 +71,8 @@ impl MergePlan {
                     Lookup::Unknown => return Err(unknown(file, &m.key, &m.name, table)),
                 };
                 let out: usize = segments.iter().map(|s| s.rows.len()).sum();
-                let shape_err = |msg: String| LoraError::Shape {
-                    path: file.path.clone(),
-                    module: m.name.clone(),
-                    msg,
-                };
+                let shape_err =
+                    |msg: String| LoraError::Shape { path: file.path.clone(), module: m.name.clone(), msg };
                 let targets: Vec<String> =
                     segments.iter().map(|s| format!("{} {:?}", s.weight, table.shapes[&s.weight])).collect();
                 if m.up.rows != out || segments.iter().any(|s| s.cols != m.down.cols) {
@@ -142,7 +139,10 @@ fn module_scale(file: &LoraFile, mi: usize, module: &str) -> std::result::Result
         Some(cfg) => {
             let (r, s) = cfg.scaling(module);
             if r != rank {
-                return Err(format!("the file's metadata gives rank {r} for {module} but '{}' has rank {rank}", m.key));
+                return Err(format!(
+                    "the file's metadata gives rank {r} for {module} but '{}' has rank {rank}",
+                    m.key
+                ));
             }
             s
         }
@@ -161,9 +161,18 @@ fn unknown(file: &LoraFile, key: &str, module: &str, table: &ModuleTable) -> Lor
     let hint = if near.is_empty() {
         format!(" (a {} file; {} adaptable layers)", file.format.name(), names.len())
     } else {
-        format!(" (a {} file; close names: {})", file.format.name(), near.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", "))
+        format!(
+            " (a {} file; close names: {})",
+            file.format.name(),
+            near.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+        )
     };
-    LoraError::UnknownModule { path: file.path.clone(), key: key.to_string(), module: module.to_string(), hint }
+    LoraError::UnknownModule {
+        path: file.path.clone(),
+        key: key.to_string(),
+        module: module.to_string(),
+        hint,
+    }
 }
 
 /// `w[i, :] += scale · Σ_k b[rows.start + i, k] · a[k, :]`, rows split over threads.
