@@ -3,12 +3,13 @@
 //! failed export leaves no partial output behind.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::layout::{Kind, ModelSource};
 use crate::manifest::{fingerprint, io_specs, GraphEntry, Manifest};
 use crate::models::{build, BuiltGraph, ExportOptions};
 use crate::names::{resolve_weights, ResolvedWeight};
-use crate::writer::{write_model, WeightMode, WriteOptions};
+use crate::writer::{write_model, WeightMerge, WeightMode, WriteOptions};
 use crate::{io_err, ExportError, Result};
 
 /// What to export.
@@ -18,6 +19,8 @@ pub struct ExportRequest {
     pub components: Option<Vec<Kind>>,
     pub options: ExportOptions,
     pub weights: WeightMode,
+    /// Weights merged on the way out (LoRA adapters, planned by the caller against the graphs).
+    pub merge: Option<Arc<dyn WeightMerge>>,
 }
 
 /// Progress events of [`export`].
@@ -114,7 +117,7 @@ fn write_all(
         Err(_) => Manifest::new(),
     };
     manifest.tool_version = env!("CARGO_PKG_VERSION").into();
-    let opts = WriteOptions { mode: req.weights };
+    let opts = WriteOptions { mode: req.weights, merge: req.merge.as_deref() };
     let mut seen_files: Vec<PathBuf> = Vec::new();
     for (ci, g, weights) in planned {
         let c = &source.components[*ci];
@@ -139,6 +142,12 @@ fn write_all(
             },
         );
         manifest.configs.insert(c.kind.name().into(), g.config.clone());
+        if c.kind == Kind::Transformer {
+            manifest.adapters = match (&req.merge, req.merge.as_ref().map(|m| m.records())) {
+                (Some(_), Some(serde_json::Value::Array(records))) => records,
+                _ => Vec::new(),
+            };
+        }
         if let Some(v) = &g.variant {
             manifest.variant = v.clone();
         }

@@ -30,10 +30,25 @@ pub enum WeightMode {
     Link,
 }
 
+/// Weights changed on their way into the export (LoRA adapters merged at export). The
+/// exporter knows nothing of adapter formats: the caller plans the merge against the graph's
+/// weights and the writer asks it, per weight, whether and how the values change.
+pub trait WeightMerge: std::fmt::Debug + Send + Sync {
+    /// Whether `weight` of graph `graph` (file stem) changes.
+    fn touches(&self, graph: &str, weight: &str) -> bool;
+    /// Turns the f32 values of a touched weight ([out, in], row-major) into the merged ones.
+    fn apply(&self, graph: &str, weight: &str, values: &mut [f32]);
+    /// What the manifest records about the merge (`adapters`).
+    fn records(&self) -> serde_json::Value;
+}
+
 /// Options for [`write_model`].
 #[derive(Clone, Debug)]
-pub struct WriteOptions {
+pub struct WriteOptions<'a> {
     pub mode: WeightMode,
+    /// Weights to merge before writing. In link mode only the touched weights are written
+    /// (to `<stem>.onnx.data`, in the graph's dtype); the others stay linked.
+    pub merge: Option<&'a dyn WeightMerge>,
 }
 
 /// What [`write_model`] produced.
@@ -61,12 +76,21 @@ pub fn write_model(
     let mut report = WriteReport { onnx: dir.join(format!("{stem}.onnx")), ..Default::default() };
     let mut prelude: Vec<NodeProto> = Vec::new();
     let mut inits: Vec<TensorProto> = Vec::new();
-    match opts.mode {
-        WeightMode::Copy => copy_weights(weights, ckpt, dir, stem, &mut inits, &mut report, progress)?,
-        WeightMode::Link => {
-            link_weights(weights, ckpt, dir, stem, &mut inits, &mut prelude, &mut report, progress)?
+    let touched = |w: &&ResolvedWeight| opts.merge.is_some_and(|m| m.touches(stem, &w.decl.name));
+    let (merged, rest): (Vec<&ResolvedWeight>, Vec<&ResolvedWeight>) = weights.iter().partition(touched);
+    let mut data = DataFile::create(dir, stem)?;
+    if let Some(m) = opts.merge {
+        for w in merged {
+            write_merged(w, ckpt, stem, m, &mut data, &mut inits, progress)?;
         }
     }
+    match opts.mode {
+        WeightMode::Copy => copy_weights(&rest, ckpt, &mut data, &mut inits, progress)?,
+        WeightMode::Link => {
+            link_weights(&rest, ckpt, dir, stem, &mut inits, &mut prelude, &mut report, progress)?
+        }
+    }
+    data.finish(&mut report)?;
     let graph = proto.graph.get_or_insert_with(Default::default);
     graph.initializer.extend(inits);
     prelude.append(&mut graph.node);
@@ -92,29 +116,61 @@ fn external(name: &str, dtype: i32, dims: &[usize], location: &str, offset: u64,
     }
 }
 
+/// `<stem>.onnx.data`, written sequentially with aligned tensor starts.
+struct DataFile {
+    name: String,
+    path: PathBuf,
+    out: Option<std::io::BufWriter<std::fs::File>>,
+    pos: u64,
+}
+
+impl DataFile {
+    fn create(dir: &Path, stem: &str) -> Result<DataFile> {
+        let name = format!("{stem}.onnx.data");
+        Ok(DataFile { path: dir.join(&name), name, out: None, pos: 0 })
+    }
+
+    /// Starts a tensor of `bytes` bytes; returns its offset.
+    fn begin(&mut self, bytes: usize) -> Result<u64> {
+        if self.out.is_none() {
+            let file = std::fs::File::create(&self.path).map_err(io_err(&self.path))?;
+            self.out = Some(std::io::BufWriter::with_capacity(CHUNK, file));
+        }
+        let align = if bytes >= 1 << 20 { 4096 } else { 64 };
+        let pad = (align - self.pos % align) % align;
+        self.write(&vec![0u8; pad as usize])?;
+        Ok(self.pos)
+    }
+
+    fn write(&mut self, bytes: &[u8]) -> Result<()> {
+        if let Some(out) = self.out.as_mut() {
+            out.write_all(bytes).map_err(io_err(&self.path))?;
+        }
+        self.pos += bytes.len() as u64;
+        Ok(())
+    }
+
+    fn finish(mut self, report: &mut WriteReport) -> Result<()> {
+        if let Some(mut out) = self.out.take() {
+            out.flush().map_err(io_err(&self.path))?;
+            report.bytes_written = self.pos;
+            report.files.push(self.path);
+        }
+        Ok(())
+    }
+}
+
 fn copy_weights(
-    weights: &[ResolvedWeight],
+    weights: &[&ResolvedWeight],
     ckpt: &Checkpoint,
-    dir: &Path,
-    stem: &str,
+    data: &mut DataFile,
     inits: &mut Vec<TensorProto>,
-    report: &mut WriteReport,
     progress: &mut dyn FnMut(u64),
 ) -> Result<()> {
-    let data_name = format!("{stem}.onnx.data");
-    let data_path = dir.join(&data_name);
-    let file = std::fs::File::create(&data_path).map_err(io_err(&data_path))?;
-    let mut out = std::io::BufWriter::with_capacity(CHUNK, file);
     let sources = open_sources(ckpt)?;
-    let mut pos = 0u64;
     let (mut raw, mut conv) = (Vec::new(), Vec::new());
     for w in weights {
-        let align =
-            if w.decl.shape.iter().product::<usize>() * w.decl.dtype.size() >= 1 << 20 { 4096 } else { 64 };
-        let pad = (align - pos % align) % align;
-        out.write_all(&vec![0u8; pad as usize]).map_err(io_err(&data_path))?;
-        pos += pad;
-        let start = pos;
+        let start = data.begin(w.decl.shape.iter().product::<usize>() * w.decl.dtype.size())?;
         for p in &w.pieces {
             let elem = p.dtype.size() as u64;
             let step = (CHUNK as u64 / elem).max(1) * elem;
@@ -126,14 +182,9 @@ fn copy_weights(
                 f.read_exact_at(&mut raw, p.offset + off).map_err(io_err(&ckpt.files[p.file].path))?;
                 conv.clear();
                 if !convert(p.dtype, w.decl.dtype, &raw, &mut conv) {
-                    return Err(ExportError::Tensor {
-                        name: p.tensor.clone(),
-                        path: ckpt.files[p.file].path.clone(),
-                        msg: format!("cannot convert {} to {}", p.dtype, w.decl.dtype),
-                    });
+                    return Err(cannot_convert(ckpt, p, w.decl.dtype));
                 }
-                out.write_all(&conv).map_err(io_err(&data_path))?;
-                pos += conv.len() as u64;
+                data.write(&conv)?;
                 off += n as u64;
                 progress(n as u64);
             }
@@ -142,14 +193,62 @@ fn copy_weights(
             &w.decl.name,
             w.decl.dtype.onnx(),
             &w.decl.shape,
-            &data_name,
+            &data.name,
             start,
-            pos - start,
+            data.pos - start,
         ));
     }
-    out.flush().map_err(io_err(&data_path))?;
-    report.bytes_written = pos;
-    report.files.push(data_path);
+    Ok(())
+}
+
+fn cannot_convert(ckpt: &Checkpoint, p: &Piece, to: flux2_graphs::DType) -> ExportError {
+    ExportError::Tensor {
+        name: p.tensor.clone(),
+        path: ckpt.files[p.file].path.clone(),
+        msg: format!("cannot convert {} to {to}", p.dtype),
+    }
+}
+
+/// Reads a weight whole (its pieces in order) as f32, merges, and writes it in the graph's dtype.
+fn write_merged(
+    w: &ResolvedWeight,
+    ckpt: &Checkpoint,
+    stem: &str,
+    merge: &dyn WeightMerge,
+    data: &mut DataFile,
+    inits: &mut Vec<TensorProto>,
+    progress: &mut dyn FnMut(u64),
+) -> Result<()> {
+    let sources = open_sources(ckpt)?;
+    let mut values = Vec::with_capacity(w.decl.shape.iter().product());
+    for p in &w.pieces {
+        let mut raw = vec![0u8; p.len as usize];
+        sources[p.file].read_exact_at(&mut raw, p.offset).map_err(io_err(&ckpt.files[p.file].path))?;
+        if !crate::convert::decode(p.dtype, &raw, &mut values) {
+            return Err(cannot_convert(ckpt, p, flux2_graphs::DType::F32));
+        }
+        progress(p.len);
+    }
+    merge.apply(stem, &w.decl.name, &mut values);
+    let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let mut conv = Vec::with_capacity(bytes.len());
+    if !convert(flux2_graphs::DType::F32, w.decl.dtype, &bytes, &mut conv) {
+        return Err(ExportError::Tensor {
+            name: w.decl.name.clone(),
+            path: ckpt.origin.clone(),
+            msg: format!("cannot convert the merged weight to {}", w.decl.dtype),
+        });
+    }
+    let start = data.begin(conv.len())?;
+    data.write(&conv)?;
+    inits.push(external(
+        &w.decl.name,
+        w.decl.dtype.onnx(),
+        &w.decl.shape,
+        &data.name,
+        start,
+        conv.len() as u64,
+    ));
     Ok(())
 }
 
@@ -159,7 +258,7 @@ fn open_sources(ckpt: &Checkpoint) -> Result<Vec<std::fs::File>> {
 
 #[allow(clippy::too_many_arguments)]
 fn link_weights(
-    weights: &[ResolvedWeight],
+    weights: &[&ResolvedWeight],
     ckpt: &Checkpoint,
     dir: &Path,
     stem: &str,

@@ -17,6 +17,15 @@ use flux2_graphs::{DType, Target};
 /// Examples:
 ///   flux2 export --checkpoint ./FLUX.2-klein-4B --out ./klein-onnx
 ///   flux2 export --checkpoint ae.safetensors --out ./vae --components vae --weights link
+///   flux2 export --checkpoint ./FLUX.2-dev --out ./dev-style --weights link \
+///       --lora style.safetensors:0.8 --lora detail.safetensors
+///
+/// --lora FILE[:SCALE] (repeatable, scale 1 by default) merges LoRA adapters into the exported
+/// DiT: W + Σ scale·(alpha/rank)·B·A, the format (diffusers/PEFT, BFL/ai-toolkit, kohya/musubi)
+/// detected from the keys. Every adapter is checked against the model before anything is
+/// written. With --weights link only the touched tensors are written (merged, in --dtype) to
+/// transformer.onnx.data; the rest stay linked. The manifest records each adapter. To try
+/// adapters without re-exporting, use `flux2 generate --lora` instead.
 #[derive(clap::Args)]
 #[command(verbatim_doc_comment)]
 pub struct Args {
@@ -48,6 +57,9 @@ pub struct Args {
     /// non-standard VAE).
     #[arg(long)]
     config: Option<PathBuf>,
+    /// LoRA adapter merged into the DiT, FILE[:SCALE] (repeatable; scale 1 by default).
+    #[arg(long, value_name = "FILE[:SCALE]")]
+    lora: Vec<String>,
 }
 
 pub fn parse_kind(s: &str) -> anyhow::Result<Kind> {
@@ -96,8 +108,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         None => None,
     };
     let options = options(&args.dtype, &args.target, args.text_layers.clone(), args.config.as_ref())?;
+    let specs = super::lora::parse_specs(&args.lora)?;
     let source = ModelSource::open(&args.checkpoint)?;
-    let req = ExportRequest { components, options, weights };
+    let merge = super::lora::plan_export(&source, &options, &specs, components.as_deref())?;
+    let req = ExportRequest { components, options, weights, merge };
     let started = std::time::Instant::now();
     let pb = crate::progress::bar(0, "export");
     let manifest = export(&source, &args.out, &req, &mut |p| match p {
@@ -124,6 +138,16 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             g.dtype,
             ins.join(" "),
             outs.join(" ")
+        );
+    }
+    for a in &manifest.adapters {
+        println!(
+            "  adapter {} ({}, rank {}, scale {}): merged into {} DiT tensors",
+            a["file"].as_str().unwrap_or(""),
+            a["format"].as_str().unwrap_or(""),
+            a["rank"],
+            a["scale"],
+            a["tensors"].as_array().map_or(0, |t| t.len())
         );
     }
     println!("  variant: {}; manifest: {}", manifest.variant, args.out.join("manifest.json").display());

@@ -10,6 +10,7 @@ pub mod encode;
 pub mod export;
 pub mod generate;
 pub mod inspect;
+pub mod lora;
 pub mod schedule;
 pub mod timesteps;
 // MODULES-END

@@ -31,7 +31,8 @@ pub struct AdapterRecord {
     pub fingerprint: String,
     pub format: String,
     pub rank: usize,
-    pub scale: f32,
+    /// The user's scale (as written: the f32's shortest decimal form).
+    pub scale: f64,
     /// Graph weights the adapter changes.
     pub tensors: Vec<String>,
     /// Modules of the file that diffusers does not apply for this format (skipped).
@@ -101,7 +102,7 @@ impl MergePlan {
                 fingerprint: file.fingerprint.clone(),
                 format: file.format.name().into(),
                 rank: file.rank(),
-                scale: *user_scale,
+                scale: user_scale.to_string().parse().unwrap_or(*user_scale as f64),
                 tensors,
                 skipped,
             });
