@@ -46,6 +46,20 @@ pub enum RuntimeError {
 /// providers fail with what is missing instead of falling back to the CPU, and `tensorrt` needs
 /// a `flux2 build` folder made for this GPU and TensorRT.
 pub fn providers_factory(provider: &str) -> Result<pipeline::SessionFactory, RuntimeError> {
+    providers_factory_with(provider, SessionOptions::default())
+}
+
+/// [`providers_factory`] with session settings (threads, the TensorRT refit folder, ...).
+pub fn providers_factory_with(
+    provider: &str,
+    opts: SessionOptions,
+) -> Result<pipeline::SessionFactory, RuntimeError> {
     let kind: providers::ExecutionProvider = provider.parse()?;
-    Ok(providers::session_factory(kind, 0, SessionOptions::default()))
+    if opts.trt_refit_from.is_some() && kind != providers::ExecutionProvider::TensorRt {
+        return Err(RuntimeError::Input {
+            name: "--refit-from".into(),
+            msg: format!("refits TensorRT engines; --provider is {provider}"),
+        });
+    }
+    Ok(providers::session_factory(kind, 0, opts))
 }

@@ -85,12 +85,15 @@ pub struct SessionOptions {
     /// `fp8` always run with it off: FP8 has no fused CPU kernels, and ONNX Runtime 1.31 would
     /// fuse FP8 Q/DQ on both inputs of a matmul (FP8 attention) into one it cannot load.
     pub qdq_fusion: bool,
+    /// TensorRT weight-stripped engines (`flux2 build --refittable`): the export folder whose
+    /// ONNX weights refit them (e.g. one exported with `--lora`); None: the build's own source.
+    pub trt_refit_from: Option<PathBuf>,
 }
 
 impl Default for SessionOptions {
     fn default() -> Self {
         let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-        SessionOptions { intra_threads: threads, optimization: true, qdq_fusion: true }
+        SessionOptions { intra_threads: threads, optimization: true, qdq_fusion: true, trt_refit_from: None }
     }
 }
 

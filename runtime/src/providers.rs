@@ -169,14 +169,25 @@ pub fn session_factory(provider: ExecutionProvider, device_id: i32, opts: Sessio
             session_with_provider_overrides(p, &ProviderConfig::Cuda { device_id }, &opts, o)
         }),
         ExecutionProvider::TensorRt => {
-            let checked: OnceLock<Result<(), String>> = OnceLock::new();
+            let checked: OnceLock<Result<Option<PathBuf>, String>> = OnceLock::new();
             Box::new(move |p: &Path, o: &[Override]| {
                 let dir = p.parent().unwrap_or(Path::new("."));
-                checked
-                    .get_or_init(|| check_build_folder(dir, device_id).map(|_| ()).map_err(|e| e.to_string()))
+                // weight-stripped engines refit from the session's folder, else the build's source
+                let refit = checked
+                    .get_or_init(|| {
+                        let built = check_build_folder(dir, device_id).map_err(|e| e.to_string())?;
+                        Ok(built
+                            .refit_from
+                            .map(|src| opts.trt_refit_from.clone().unwrap_or_else(|| src.into())))
+                    })
                     .clone()
                     .map_err(|msg| session_err(p, msg))?;
-                let trt = TrtOptions { device_id, ..Default::default() };
+                let trt = TrtOptions {
+                    device_id,
+                    weight_stripped: refit.is_some(),
+                    onnx_model_folder: refit,
+                    ..Default::default()
+                };
                 session_with_provider_overrides(p, &ProviderConfig::TensorRt(Box::new(trt)), &opts, o)
             })
         }

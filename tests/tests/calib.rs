@@ -17,7 +17,7 @@ use flux2_graphs::Target;
 use flux2_runtime::calibrate::{calibrate, CalibrateError, CalibrateOptions, Component};
 use flux2_runtime::pipeline::{Pipeline, PromptSource, Request};
 use flux2_runtime::tensor_file::Tensor;
-use flux2_runtime::{cpu_session, SessionOptions};
+use flux2_runtime::SessionOptions;
 use flux2_tests::export::{export_to, onnx_check, options};
 use flux2_tests::fixture;
 

@@ -12,7 +12,7 @@ use flux2_graphs::Target;
 use flux2_runtime::model_dir::Guidance;
 use flux2_runtime::pipeline::{Pipeline, PromptSource, Request};
 use flux2_runtime::tokenizer::{Family, PromptEncoder};
-use flux2_runtime::{cpu_session, SessionOptions};
+use flux2_runtime::SessionOptions;
 use flux2_tests::export::{export_to, options};
 
 /// Every file under `dir` (relative path -> bytes).

@@ -17,7 +17,7 @@ use flux2_exporter::WeightMode;
 use flux2_graphs::Target;
 use flux2_runtime::pipeline::{Generated, Pipeline, PromptSource, Request};
 use flux2_runtime::tensor_file::Tensor;
-use flux2_runtime::{cpu_session, Input, SessionOptions};
+use flux2_runtime::{Input, SessionOptions};
 use flux2_tests::export::{export_to, options};
 use flux2_tests::{f32_of, fixture, load_tensors};
 use serde_json::Value;

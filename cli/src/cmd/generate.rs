@@ -86,6 +86,10 @@ pub struct Args {
     /// LoRA adapter applied at run time, FILE[:SCALE] (repeatable; scale 1 by default).
     #[arg(long, value_name = "FILE[:SCALE]")]
     pub lora: Vec<String>,
+    /// With --provider tensorrt and a `flux2 build --refittable` folder: refit the engines from
+    /// this export's ONNX weights (e.g. one made with `flux2 export --lora`).
+    #[arg(long, value_name = "DIR")]
+    pub refit_from: Option<PathBuf>,
 }
 
 /// Parses `--lora` arguments and applies them to the pipeline's DiT, reporting what changed.
@@ -110,6 +114,20 @@ pub fn apply_adapters(pipe: &mut Pipeline, specs: &[String]) -> anyhow::Result<(
 /// Session factory for `--provider`.
 pub fn factory(provider: &str) -> anyhow::Result<SessionFactory> {
     flux2_runtime::providers_factory(provider).with_context(|| format!("--provider {provider}"))
+}
+
+/// Session factory for `--provider`, refitting weight-stripped TensorRT engines from `refit_from`.
+pub fn factory_refit(provider: &str, refit_from: Option<&std::path::Path>) -> anyhow::Result<SessionFactory> {
+    if let Some(dir) = refit_from {
+        if !dir.join("manifest.json").is_file() {
+            bail!("--refit-from {}: not an export folder (no manifest.json)", dir.display());
+        }
+    }
+    let opts = flux2_runtime::SessionOptions {
+        trt_refit_from: refit_from.map(|d| std::fs::canonicalize(d).unwrap_or_else(|_| d.to_path_buf())),
+        ..Default::default()
+    };
+    flux2_runtime::providers_factory_with(provider, opts).with_context(|| format!("--provider {provider}"))
 }
 
 fn embeds(path: &std::path::Path) -> anyhow::Result<PromptSource> {
@@ -149,7 +167,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     req.noise = noise;
     req.max_sequence_length = args.max_sequence_length;
 
-    let mut pipe = Pipeline::new(&args.model, factory(&args.provider)?)?;
+    let mut pipe = Pipeline::new(&args.model, factory_refit(&args.provider, args.refit_from.as_deref())?)?;
     apply_adapters(&mut pipe, &args.lora)?;
     let plan = pipe.plan(&req)?; // validate before any model runs
     let pb = crate::progress::bar(plan.schedule.steps() as u64, "denoise");

@@ -339,7 +339,7 @@ fn parse_config(path: &Path, json: &str) -> Result<Option<PeftConfig>> {
 impl PeftConfig {
     /// peft's pattern rule: a key matches when it is the module name or its dotted suffix; a
     /// leading `^` anchors it at the start.
-    fn lookup<'a, T: Copy>(patterns: &'a [(String, T)], module: &str) -> Option<T> {
+    fn lookup<T: Copy>(patterns: &[(String, T)], module: &str) -> Option<T> {
         patterns.iter().find_map(|(p, v)| {
             let hit = match p.strip_prefix('^') {
                 Some(anchored) => module == anchored,

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use ort::value::{DynValue, Tensor};
 
 use super::{LoraError, MergePlan, ModuleTable, Result};
+use crate::Override;
 
 mod proto {
     //! The fields of onnx.proto this module reads.
@@ -156,6 +157,16 @@ impl GraphWeights {
         ModuleTable::new(shapes.iter().map(|(n, s)| (n.as_str(), s.as_slice())))
     }
 
+    /// Weights the graph assembles from stored pieces (`<name>.__src<i>`, then Concat / Cast)
+    /// rather than holding as initializers of their own.
+    pub fn assembled(&self) -> Vec<&str> {
+        self.weights
+            .iter()
+            .filter(|(w, parts)| parts.len() > 1 || parts.iter().any(|p| p.name != **w))
+            .map(|(w, _)| w.as_str())
+            .collect()
+    }
+
     /// Refuses graphs a run-time adapter cannot be applied to.
     pub fn check_adaptable(&self) -> Result<()> {
         if self.quantised {
@@ -211,7 +222,7 @@ impl GraphWeights {
 
     /// Initializer overrides carrying `merged` (the f32 values of `weight`), split into the
     /// stored pieces and converted to their dtypes.
-    pub fn overrides(&self, weight: &str, merged: &[f32]) -> Result<Vec<(String, Arc<DynValue>)>> {
+    pub fn overrides(&self, weight: &str, merged: &[f32]) -> Result<Vec<Override>> {
         let parts =
             self.weights.get(weight).ok_or_else(|| model_err(&self.path, format!("no weight '{weight}'")))?;
         let mut out = Vec::new();
@@ -264,10 +275,7 @@ fn decode(elem: Elem, b: &[u8], out: &mut Vec<f32>) {
 
 /// Run-time adapters for one graph: plans `adapters` against `graph`'s weights and returns
 /// the initializer overrides of every touched weight, with the plan (for records).
-pub fn graph_overrides(
-    graph: &Path,
-    adapters: &[super::AdapterSpec],
-) -> Result<(Vec<(String, Arc<DynValue>)>, MergePlan)> {
+pub fn graph_overrides(graph: &Path, adapters: &[super::AdapterSpec]) -> Result<(Vec<Override>, MergePlan)> {
     let weights = GraphWeights::open(graph)?;
     weights.check_adaptable()?;
     // tensors for ONNX Runtime need its library loaded
