@@ -226,6 +226,19 @@ fn adapter_errors_name_the_culprit() {
         assert!(e.contains(format) && e.contains(key), "{key}: {e}");
     }
 
+    // a quantised (Q/DQ) graph refuses run-time adapters: the scales belong to the base weights
+    let mut proto: flux2_graphs::onnx::ModelProto =
+        prost::Message::decode(std::fs::read(&dit).unwrap().as_slice()).unwrap();
+    let graph = proto.graph.as_mut().unwrap();
+    graph
+        .node
+        .push(flux2_graphs::onnx::NodeProto { op_type: "DequantizeLinear".into(), ..Default::default() });
+    let quantised = dir.join("quantised.onnx");
+    std::fs::write(&quantised, prost::Message::encode_to_vec(&proto)).unwrap();
+    let good = vec![AdapterSpec { path: fixture("lora/adapters/k_bfl.safetensors"), scale: 1.0 }];
+    let e = graph_overrides(&quantised, &good).map(|_| ()).unwrap_err().to_string();
+    assert!(e.contains("quantised") && e.contains("flux2 export --lora"), "{e}");
+
     let e = AdapterSpec::parse("style.safetensors:strong").unwrap_err().to_string();
     assert!(e.contains("'strong' is not a number"), "{e}");
 }
