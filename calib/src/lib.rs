@@ -11,7 +11,8 @@
 //! * [`metrics`], [`report`], [`artifacts`]: NMSE / cosine / PSNR / SSIM, the quality report,
 //!   `scales.json` and TensorRT's calibration cache.
 //!
-//! Running graphs (statistics, trajectories, measurements) lives in `flux2-runtime`.
+//! * [`run`]: the calibration run itself (`flux2 calibrate`): trajectories, statistics graphs,
+//!   selection and the calibrated folder, with models run through `flux2-runtime`.
 
 pub mod artifacts;
 pub mod attention;
@@ -24,6 +25,7 @@ pub mod metrics;
 pub mod onnx_file;
 pub mod qdq;
 pub mod report;
+pub mod run;
 pub mod sensitivity;
 pub mod smoothquant;
 pub mod stats;

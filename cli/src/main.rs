@@ -23,18 +23,25 @@ enum Command {
     // One line per command; each lives in cmd/<name>.rs with `Args` and `run`. Commands whose
     // Args carry their own doc comment (with examples) take their help from it.
     // COMMANDS-BEGIN
+    #[cfg(feature = "full")]
     Calibrate(cmd::calibrate::Args),
     /// Print the sampler's noise schedule (sigmas) for a size and step count, as JSON.
     Schedule(cmd::schedule::Args),
+    #[cfg(feature = "full")]
     Export(cmd::export::Args),
+    #[cfg(feature = "full")]
     Inspect(cmd::inspect::Args),
     /// Sample calibration timesteps (ts, ln, pln) as CSV, optionally plotted over the density.
+    #[cfg(feature = "full")]
     Timesteps(cmd::timesteps::Args),
     Generate(cmd::generate::Args),
     Encode(cmd::encode::Args),
     /// Build a small built-in FLUX.2 model (random weights), export it and generate an image.
+    #[cfg(feature = "full")]
     Demo(cmd::demo::Args),
+    #[cfg(feature = "full")]
     Check(cmd::check::Args),
+    #[cfg(feature = "full")]
     Build(cmd::build::Args),
     Doctor(cmd::doctor::Args),
     /// Per-stage latency (min/median/p90), overhead outside ONNX Runtime and peak RSS of an exported model.
@@ -58,15 +65,22 @@ fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level)).init();
     let result = match cli.command {
         // DISPATCH-BEGIN
+        #[cfg(feature = "full")]
         Command::Calibrate(a) => cmd::calibrate::run(a),
         Command::Schedule(a) => cmd::schedule::run(a),
+        #[cfg(feature = "full")]
         Command::Export(a) => cmd::export::run(a),
+        #[cfg(feature = "full")]
         Command::Inspect(a) => cmd::inspect::run(a),
+        #[cfg(feature = "full")]
         Command::Timesteps(a) => cmd::timesteps::run(a),
         Command::Generate(a) => cmd::generate::run(a),
         Command::Encode(a) => cmd::encode::run(a),
+        #[cfg(feature = "full")]
         Command::Demo(a) => cmd::demo::run(a),
+        #[cfg(feature = "full")]
         Command::Check(a) => cmd::check::run(a),
+        #[cfg(feature = "full")]
         Command::Build(a) => cmd::build::run(a),
         Command::Doctor(a) => cmd::doctor::run(a),
         Command::Bench(a) => cmd::bench::run(a),

@@ -34,6 +34,7 @@ pub struct Bar {
 
 /// A density histogram of `samples` on [lo, hi] with `bins` equal bins: bar areas sum to the
 /// fraction of samples inside [lo, hi], so it overlays a pdf directly.
+#[cfg(feature = "full")]
 pub fn histogram(samples: &[f64], lo: f64, hi: f64, bins: usize) -> Vec<Bar> {
     let width = (hi - lo) / bins as f64;
     let mut counts = vec![0usize; bins];
@@ -85,6 +86,7 @@ impl Figure {
         self
     }
 
+    #[cfg(feature = "full")]
     pub fn y_range(mut self, lo: f64, hi: f64) -> Self {
         self.y = Some((lo, hi));
         self

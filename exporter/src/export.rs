@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::layout::{Kind, ModelSource};
-use crate::manifest::{fingerprint, io_specs, GraphEntry, Manifest};
+use crate::manifest::{dim_ranges, fingerprint, io_specs, GraphEntry, Manifest};
 use crate::models::{build, BuiltGraph, ExportOptions};
 use crate::names::{resolve_weights, ResolvedWeight};
 use crate::writer::{write_model, WeightMerge, WeightMode, WriteOptions};
@@ -137,16 +137,13 @@ fn write_all(
                 parameters: g.model.weights.iter().map(|w| w.shape.iter().product::<usize>() as u64).sum(),
                 inputs,
                 outputs,
-                dim_ranges: g.model.dim_ranges.clone(),
+                dim_ranges: dim_ranges(&g.model),
                 precision: None,
             },
         );
         manifest.configs.insert(c.kind.name().into(), g.config.clone());
         if c.kind == Kind::Transformer {
-            manifest.adapters = match (&req.merge, req.merge.as_ref().map(|m| m.records())) {
-                (Some(_), Some(serde_json::Value::Array(records))) => records,
-                _ => Vec::new(),
-            };
+            manifest.adapters = req.merge.as_ref().map(|m| m.records()).unwrap_or_default();
         }
         if let Some(v) = &g.variant {
             manifest.variant = v.clone();
@@ -186,7 +183,9 @@ fn write_all(
             std::fs::copy(p, &dst).map_err(io_err(&dst))?;
         }
     }
-    manifest.write(staging)?;
+    manifest
+        .write(staging)
+        .map_err(|e| ExportError::Output { path: staging.to_path_buf(), msg: e.to_string() })?;
     Ok(manifest)
 }
 

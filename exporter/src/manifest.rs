@@ -1,108 +1,18 @@
-//! `manifest.json`: what an export folder holds, read back by the runtime and `flux2 check`.
-//!
-//! It lists each graph file with its inputs and outputs (names, dtypes, symbolic shapes,
-//! dynamic-axis ranges), the detected variant and config, the defaults the pipeline uses
-//! (steps, guidance, distillation, text layers), and the source files with sizes and
-//! fingerprints so a later build or calibration can tell whether its input changed.
+//! `manifest.json` as the exporter fills it. The schema is the runtime's
+//! ([`flux2_runtime::manifest`], re-exported here): the runtime owns the contract it reads.
+//! This module adds what only a writer needs: graph inputs/outputs as entries and the
+//! checkpoint fingerprints.
 
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::Path;
 
-use flux2_graphs::{DimRange, Model};
-use serde::{Deserialize, Serialize};
+use flux2_graphs::Model;
 use sha2::{Digest, Sha256};
 
-use crate::{io_err, ExportError, Result};
+pub use flux2_runtime::manifest::*;
 
-/// File name of the manifest inside an export folder.
-pub const MANIFEST: &str = "manifest.json";
-
-/// A graph input or output.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct IoSpec {
-    pub name: String,
-    pub dtype: String,
-    /// Dims as written in the graph: numbers or axis names.
-    pub shape: Vec<String>,
-}
-
-/// One ONNX file of the export.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct GraphEntry {
-    pub file: String,
-    /// `vae`, `transformer` or `text_encoder`.
-    pub component: String,
-    pub dtype: String,
-    pub weights: String,
-    pub target: String,
-    pub parameters: u64,
-    pub inputs: Vec<IoSpec>,
-    pub outputs: Vec<IoSpec>,
-    #[serde(default)]
-    pub dim_ranges: BTreeMap<String, DimRange>,
-    /// Precision of the graph's matmuls after calibration (`fp32`, `int8`, `fp8`...).
-    #[serde(default)]
-    pub precision: Option<String>,
-}
-
-/// A source file of the checkpoint.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct SourceFile {
-    pub path: String,
-    pub size: u64,
-    /// sha256 over the safetensors header, the size, and the first and last MiB of data.
-    pub fingerprint: String,
-}
-
-/// The whole manifest.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Default)]
-pub struct Manifest {
-    pub tool: String,
-    pub tool_version: String,
-    /// `dev`, `klein-4b`, `klein-9b`, `custom`...
-    pub variant: String,
-    /// Component configs as detected (serialised config structs).
-    pub configs: BTreeMap<String, serde_json::Value>,
-    /// Keyed by graph name (`vae_encoder`, `vae_decoder`, `transformer`, `text_encoder`).
-    pub graphs: BTreeMap<String, GraphEntry>,
-    /// Pipeline defaults (steps, guidance, is_distilled, text layers, max_sequence_length...).
-    #[serde(default)]
-    pub pipeline: BTreeMap<String, serde_json::Value>,
-    pub sources: Vec<SourceFile>,
-    /// LoRA adapters merged into the exported DiT weights (file, fingerprint, format, rank,
-    /// scale, tensors touched), in the order applied.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub adapters: Vec<serde_json::Value>,
-}
-
-impl Manifest {
-    pub fn new() -> Manifest {
-        Manifest {
-            tool: "flux2-deploy".into(),
-            tool_version: env!("CARGO_PKG_VERSION").into(),
-            ..Default::default()
-        }
-    }
-
-    /// Reads `dir/manifest.json`.
-    pub fn read(dir: &Path) -> Result<Manifest> {
-        let path = dir.join(MANIFEST);
-        let text = std::fs::read_to_string(&path).map_err(io_err(&path))?;
-        serde_json::from_str(&text)
-            .map_err(|e| ExportError::Config { path, msg: format!("bad manifest: {e}") })
-    }
-
-    /// Writes `dir/manifest.json` (atomically).
-    pub fn write(&self, dir: &Path) -> Result<()> {
-        let path = dir.join(MANIFEST);
-        let tmp = dir.join(format!(".{MANIFEST}.tmp"));
-        let text = serde_json::to_string_pretty(self)
-            .map_err(|e| ExportError::Output { path: path.clone(), msg: e.to_string() })?;
-        std::fs::write(&tmp, text).map_err(io_err(&tmp))?;
-        std::fs::rename(&tmp, &path).map_err(io_err(&path))
-    }
-}
+use crate::{io_err, Result};
 
 /// Inputs and outputs of a finished graph, as manifest entries.
 pub fn io_specs(model: &Model) -> (Vec<IoSpec>, Vec<IoSpec>) {
@@ -142,4 +52,10 @@ pub fn fingerprint(path: &Path, header_len: u64) -> Result<SourceFile> {
         size,
         fingerprint: digest.iter().map(|b| format!("{b:02x}")).collect(),
     })
+}
+
+/// The manifest form of a graph's dynamic-axis ranges.
+pub fn dim_ranges(model: &Model) -> BTreeMap<String, DimRange> {
+    let range = |r: &flux2_graphs::DimRange| DimRange { min: r.min, opt: r.opt, max: r.max };
+    model.dim_ranges.iter().map(|(k, r)| (k.clone(), range(r))).collect()
 }

@@ -39,7 +39,7 @@ pub trait WeightMerge: std::fmt::Debug + Send + Sync {
     /// Turns the f32 values of a touched weight ([out, in], row-major) into the merged ones.
     fn apply(&self, graph: &str, weight: &str, values: &mut [f32]);
     /// What the manifest records about the merge (`adapters`).
-    fn records(&self) -> serde_json::Value;
+    fn records(&self) -> Vec<flux2_runtime::lora::AdapterRecord>;
 }
 
 /// Options for [`write_model`].

@@ -1,10 +1,13 @@
-//! flux2-runtime: ONNX Runtime sessions and execution providers, the flow-matching
-//! sampler, the end-to-end pipeline, the tokenizer and image I/O.
+//! flux2-runtime: runs export folders and nothing else. ONNX Runtime loading and sessions,
+//! execution providers, the flow-matching schedule and sampler, the end-to-end pipeline, the
+//! tokenizer, images, noise, tensor files and the manifest (the export folder's contract).
+//!
+//! It depends on no other flux2 crate: the exporter, the calibrator and the TensorRT builder
+//! are its clients, so a device build links only this crate.
 
-pub mod calibrate;
 pub mod images;
-pub mod lint;
 pub mod lora;
+pub mod manifest;
 pub mod model_dir;
 pub mod noise;
 pub mod ort_env;

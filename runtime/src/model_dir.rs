@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use flux2_exporter::manifest::{GraphEntry, Manifest};
+use crate::manifest::{GraphEntry, Manifest};
 
 use crate::RuntimeError;
 
@@ -34,8 +34,7 @@ impl ModelDir {
                 msg: "no manifest.json: not an export folder (make one with `flux2 export`)".into(),
             });
         }
-        let manifest = Manifest::read(dir)
-            .map_err(|e| RuntimeError::Model { path: dir.to_path_buf(), msg: e.to_string() })?;
+        let manifest = Manifest::read(dir)?;
         Ok(ModelDir { dir: dir.to_path_buf(), manifest })
     }
 

@@ -9,13 +9,12 @@ mod support;
 use std::path::Path;
 
 use flux2_calib::formats::Format;
+use flux2_deploy::trt::build::{plan, BuildPlan, GraphPlan};
+use flux2_deploy::trt::engine::graph_options;
+use flux2_deploy::trt::{build, BuildRequest};
 use flux2_graphs::Target;
-use flux2_runtime::trt::build::{plan, BuildPlan, GraphPlan};
-use flux2_runtime::trt::engine::graph_options;
 use flux2_runtime::trt::probe::TrtVersion;
-use flux2_runtime::trt::{
-    build, Bucket, BuildRequest, FloatPrecision, GpuTarget, Quant, ShapePlan, TrtError,
-};
+use flux2_runtime::trt::{Bucket, FloatPrecision, GpuTarget, Quant, ShapePlan, TrtError};
 use support::{calibrated, export_pipeline};
 
 fn request(model: &Path, out: &Path, gpu: GpuTarget) -> BuildRequest {

@@ -9,9 +9,9 @@ mod support;
 use std::path::Path;
 
 use flux2_calib::formats::Format;
+use flux2_deploy::lint::{check_dir, Finding, LintOptions, LintTarget, Report, Severity};
 use flux2_exporter::manifest::Manifest;
 use flux2_graphs::Target;
-use flux2_runtime::lint::{check_dir, Finding, LintOptions, LintTarget, Report, Severity};
 use flux2_runtime::trt::probe::TrtVersion;
 use flux2_runtime::trt::GpuTarget;
 use support::{calibrated, export_pipeline, read_graph, write_graph};

@@ -3,10 +3,11 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use flux2_runtime::trt::engine::Progress;
+use flux2_deploy::trt::engine::Progress;
+use flux2_deploy::trt::{build, BuildRequest};
 use flux2_runtime::trt::probe::TrtVersion;
 use flux2_runtime::trt::profiles::DEFAULT_BUCKETS;
-use flux2_runtime::trt::{build, Bucket, BuildRequest, FloatPrecision, GpuTarget, ShapePlan};
+use flux2_runtime::trt::{Bucket, FloatPrecision, GpuTarget, ShapePlan};
 
 /// Build TensorRT engines for an exported (and optionally calibrated) model.
 ///

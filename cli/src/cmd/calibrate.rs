@@ -1,5 +1,5 @@
 //! `flux2 calibrate`: an exported float model folder -> an INT8 or FP8 Q/DQ model folder
-//! (`flux2_runtime::calibrate`), with progress bars and a summary of the report.
+//! (`flux2_calib::run`), with progress bars and a summary of the report.
 
 use std::path::PathBuf;
 
@@ -7,8 +7,8 @@ use anyhow::{bail, Context};
 use clap::ValueEnum;
 use flux2_calib::calibrators::Calibrator;
 use flux2_calib::formats::Format;
+use flux2_calib::run::{calibrate, CalibrateOptions, Component, Event};
 use flux2_calib::timesteps::Kind;
-use flux2_runtime::calibrate::{calibrate, CalibrateOptions, Component, Event};
 
 use crate::progress::bar;
 

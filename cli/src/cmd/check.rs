@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use flux2_runtime::lint::{check_dir, LintOptions, LintTarget, Report};
+use flux2_deploy::lint::{check_dir, LintOptions, LintTarget, Report};
 use flux2_runtime::trt::probe::TrtVersion;
 use flux2_runtime::trt::GpuTarget;
 

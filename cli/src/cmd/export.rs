@@ -143,11 +143,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     for a in &manifest.adapters {
         println!(
             "  adapter {} ({}, rank {}, scale {}): merged into {} DiT tensors",
-            a["file"].as_str().unwrap_or(""),
-            a["format"].as_str().unwrap_or(""),
-            a["rank"],
-            a["scale"],
-            a["tensors"].as_array().map_or(0, |t| t.len())
+            a.file,
+            a.format,
+            a.rank,
+            a.scale,
+            a.tensors.len()
         );
     }
     println!("  variant: {}; manifest: {}", manifest.variant, args.out.join("manifest.json").display());

@@ -23,8 +23,8 @@ impl WeightMerge for ExportMerge {
     fn apply(&self, _graph: &str, weight: &str, values: &mut [f32]) {
         self.0.apply(weight, values)
     }
-    fn records(&self) -> serde_json::Value {
-        serde_json::to_value(self.0.records()).unwrap_or_default()
+    fn records(&self) -> Vec<flux2_runtime::lora::AdapterRecord> {
+        self.0.records().to_vec()
     }
 }
 

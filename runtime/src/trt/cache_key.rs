@@ -4,19 +4,19 @@
 //!
 //! - model hash: the graph's `.onnx` bytes (structure, inline constants, external-data layout)
 //!   and the manifest's source fingerprints (the checkpoint the external weights come from);
-//! - calibration hash: the bytes of every Q/DQ scale and zero point ("none" for float graphs);
+//! - calibration hash: the bytes of every Q/DQ scale and zero point ("none" for float graphs;
+//!   computed by `flux2-deploy`, which reads graphs);
 //! - TensorRT and ONNX Runtime versions, GPU family and compute capability, the min/opt/max
 //!   profile strings, the precision flags, DLA core and builder optimisation level.
 
 use sha2::{Digest, Sha256};
 
-use flux2_exporter::manifest::Manifest;
+use crate::manifest::Manifest;
 
 use super::gpu::GpuTarget;
 use super::options::ProfileShapes;
-use crate::lint::model::GraphIndex;
 
-fn hex(bytes: &[u8]) -> String {
+pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
@@ -33,28 +33,6 @@ pub fn model_hash(onnx_bytes: &[u8], manifest: &Manifest) -> String {
         h.update(s.size.to_le_bytes());
     }
     hex(&h.finalize())
-}
-
-/// sha256 of every Q/DQ scale and zero point (name, type, dims, bytes), or "none".
-pub fn calibration_hash(ix: &GraphIndex) -> Result<String, String> {
-    let mut h = Sha256::new();
-    let mut any = false;
-    for n in &ix.graph.node {
-        if !matches!(n.op_type.as_str(), "QuantizeLinear" | "DequantizeLinear") {
-            continue;
-        }
-        for name in n.input.iter().skip(1).filter(|s| !s.is_empty()) {
-            let Some(t) = ix.constant(name) else { continue };
-            any = true;
-            h.update(name.as_bytes());
-            h.update(t.data_type.to_le_bytes());
-            for d in &t.dims {
-                h.update(d.to_le_bytes());
-            }
-            h.update(ix.tensor_bytes(t).map_err(|e| format!("{name}: {e}"))?);
-        }
-    }
-    Ok(if any { hex(&h.finalize()) } else { "none".into() })
 }
 
 /// Everything the key covers.
@@ -147,11 +125,7 @@ mod tests {
         let mut m = Manifest::new();
         let a = model_hash(b"graph", &m);
         assert_ne!(a, model_hash(b"graph2", &m));
-        m.sources.push(flux2_exporter::manifest::SourceFile {
-            path: "x".into(),
-            size: 1,
-            fingerprint: "f".into(),
-        });
+        m.sources.push(crate::manifest::SourceFile { path: "x".into(), size: 1, fingerprint: "f".into() });
         assert_ne!(a, model_hash(b"graph", &m));
     }
 }

@@ -1,28 +1,18 @@
-//! Step 2 of `flux2 build`: can this machine build the engines? Checked in the order a user
-//! has to fix things, each failure naming what is missing and how to install it:
-//! the ONNX Runtime library, its TensorRT provider (absent from the CPU wheel), the libraries
-//! that provider needs (read from its ELF header, preloaded from pip's NVIDIA wheels when they
-//! sit next to ONNX Runtime), the NVIDIA driver and a GPU of the requested family, and a
-//! TensorRT whose major version matches the lint target.
+//! Can this machine run (or build) TensorRT engines? Checked in the order a user has to fix
+//! things, each failure naming what is missing and how to install it: the ONNX Runtime
+//! library, its TensorRT provider (absent from the CPU wheel), the libraries that provider
+//! needs (read from its ELF header, preloaded from pip's NVIDIA wheels when they sit next to
+//! ONNX Runtime), and the NVIDIA driver with a GPU of the requested family. `flux2 build`
+//! adds its own last check (TensorRT's version against the lint target) in `flux2-deploy`.
 
 use std::path::{Path, PathBuf};
 
 use ort::ep::ExecutionProvider;
 
-use super::build::BuildPlan;
 use super::gpu::GpuTarget;
 use super::libs::{install_hint, preload_from_wheels, probe, required_libraries, wheel_library_dirs};
-use super::probe::{cuda_driver, ort_version, tensorrt_version, GpuDevice, TrtVersion};
+use super::probe::{cuda_driver, ort_version, GpuDevice};
 use super::TrtError;
-
-/// What the host provides.
-#[derive(Clone, Debug)]
-pub struct HostInfo {
-    pub ort_library: PathBuf,
-    pub ort_version: String,
-    pub tensorrt: TrtVersion,
-    pub device: GpuDevice,
-}
 
 /// Install instructions for the ONNX Runtime GPU build.
 pub const ORT_GPU_HINT: &str = "install ONNX Runtime's GPU build and point ORT_DYLIB_PATH at it: \
@@ -121,29 +111,4 @@ pub fn gpu_device(gpu: GpuTarget, device_id: i32) -> Result<GpuDevice, TrtError>
         });
     }
     Ok(dev)
-}
-
-/// Step 2: everything above, for a planned build.
-pub fn check(plan: &BuildPlan) -> Result<HostInfo, TrtError> {
-    let (lib, version, provider) = ort_with_tensorrt()?;
-    load_provider_libraries(&lib, &provider, "TensorrtExecutionProvider")?;
-    let device = gpu_device(plan.request.gpu, plan.request.device_id)?;
-    let tensorrt = tensorrt_version().ok_or_else(|| TrtError::Unavailable {
-        what: "TensorRT".into(),
-        msg: format!(
-            "libnvinfer loaded but getInferLibVersion is missing; {}",
-            install_hint("libnvinfer.so.10")
-        ),
-    })?;
-    let want = plan.lint.tensorrt.as_deref().and_then(TrtVersion::parse).map(|v| v.major);
-    if want.is_some_and(|m| m != tensorrt.major) {
-        return Err(TrtError::Option {
-            name: "--trt-version".into(),
-            msg: format!(
-                "the graphs were checked for TensorRT {}, but this machine has {tensorrt}",
-                plan.lint.tensorrt.as_deref().unwrap_or("?")
-            ),
-        });
-    }
-    Ok(HostInfo { ort_library: lib, ort_version: version, tensorrt, device })
 }

@@ -1,21 +1,17 @@
-//! TensorRT deployment through ONNX Runtime's TensorRT execution provider.
+//! TensorRT through ONNX Runtime's TensorRT execution provider: what the runtime needs to run
+//! `flux2 build` folders and to say what a machine lacks.
 //!
-//! `flux2 build` runs in three steps, and nothing is written before the third:
-//! 1. [`build::plan`]: reads the export folder, refuses precisions the GPU cannot run
-//!    ([`gpu`]), lints every graph for the TensorRT target ([`crate::lint`]), derives the
-//!    optimisation profiles from the resolution buckets ([`profiles`]);
-//! 2. [`host::check`]: the loaded ONNX Runtime has the TensorRT provider, every library that
-//!    provider needs loads ([`libs`]), and the GPU is the family asked for ([`probe`]);
-//! 3. [`engine::execute`]: one session per graph with engine + timing caches and an EPContext
-//!    dump ([`options`]), keyed by [`cache_key`], staged and published with a
-//!    [`manifest::BuildManifest`] (`tensorrt.json`) the runtime reads for `--provider tensorrt`.
+//! - [`gpu`]: GPU families, their precisions; [`options`]: the provider options;
+//! - [`host`], [`libs`], [`probe`]: the provider library, the libraries it needs, the GPU, driver,
+//!   CUDA and TensorRT versions (also `flux2 doctor`);
+//! - [`manifest`] (`tensorrt.json`), [`profiles`], [`cache_key`]: what a build folder records and
+//!   what makes an engine valid.
 //!
-//! No TensorRT engine can be built without an NVIDIA GPU (platform-notes.md §5), so on a CPU
-//! machine step 2 fails with an error naming the missing provider or library.
+//! Building engines (planning, linting the graphs, running the builder sessions) is
+//! `flux2-deploy`'s job. No TensorRT engine can be built or run without an NVIDIA GPU
+//! (platform-notes.md §5): on a CPU machine the checks fail naming the missing provider or library.
 
-pub mod build;
 pub mod cache_key;
-pub mod engine;
 pub mod gpu;
 pub mod host;
 pub mod libs;
@@ -26,7 +22,6 @@ pub mod profiles;
 
 use std::path::PathBuf;
 
-pub use build::{plan, BuildPlan, BuildRequest};
 pub use gpu::{FloatPrecision, GpuTarget, Quant};
 pub use manifest::{BuildManifest, BUILD_MANIFEST};
 pub use options::{EpContext, ProfileShapes, TrtOptions};
@@ -53,14 +48,4 @@ pub enum TrtError {
     Build { graph: String, msg: String },
     #[error("output {path}: {msg}")]
     Output { path: PathBuf, msg: String },
-}
-
-/// Runs all three steps: plan, host check, build. Returns the written build manifest.
-pub fn build(
-    req: &BuildRequest,
-    progress: &mut dyn FnMut(engine::Progress),
-) -> Result<BuildManifest, TrtError> {
-    let plan = build::plan(req)?;
-    let host = host::check(&plan)?;
-    engine::execute(&plan, &host, progress)
 }

@@ -18,8 +18,7 @@
 use std::collections::BTreeMap;
 use std::str::FromStr;
 
-use flux2_exporter::manifest::GraphEntry;
-use flux2_graphs::DimRange;
+use crate::manifest::{DimRange, GraphEntry};
 
 use super::options::ProfileShapes;
 use super::TrtError;
@@ -282,7 +281,7 @@ fn list(buckets: &[Bucket]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use flux2_exporter::manifest::IoSpec;
+    use crate::manifest::IoSpec;
 
     fn entry(inputs: &[(&str, &[&str])], ranges: &[(&str, i64, i64, i64)]) -> GraphEntry {
         GraphEntry {

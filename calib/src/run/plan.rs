@@ -10,9 +10,9 @@ use super::data::{
     derive_seed, embeddings, split_prompts, tokenize, trajectories, CalibrationRecord, GraphData, Sample,
 };
 use super::{built_in_prompts, opt_err, CalibrateError, CalibrateOptions, Event};
-use crate::model_dir::{Guidance, ModelDir};
-use crate::tensors::{run, Input};
-use crate::{cpu_session, SessionOptions};
+use flux2_runtime::model_dir::{Guidance, ModelDir};
+use flux2_runtime::tensors::{run, Input};
+use flux2_runtime::{cpu_session, SessionOptions};
 
 fn has(model: &ModelDir, graph: &str) -> bool {
     model.entry(graph).is_some()
@@ -45,7 +45,7 @@ fn random_latents(
         for (i, &(w, h)) in opts.sizes.iter().enumerate() {
             let shape = [1, c, h / 16, w / 16];
             let seed = derive_seed(opts.seed, tag, (k * opts.sizes.len() + i) as u64);
-            let a = ArrayD::from_shape_vec(IxDyn(&shape), crate::noise::noise(seed, &shape))
+            let a = ArrayD::from_shape_vec(IxDyn(&shape), flux2_runtime::noise::noise(seed, &shape))
                 .map_err(|e| opt_err("calibration data", e.to_string()))?;
             out.push(Arc::new(Input::F32(a)));
         }

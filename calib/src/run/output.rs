@@ -4,18 +4,18 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use flux2_calib::artifacts::{trt_calibration_cache, ScalesFile};
-use flux2_calib::formats::Format;
-use flux2_calib::metrics::psnr_8bit_floor;
-use flux2_calib::onnx_file::OnnxFile;
-use flux2_calib::report::{Gate, Report};
-use flux2_exporter::manifest::Manifest;
+use crate::artifacts::{trt_calibration_cache, ScalesFile};
+use crate::formats::Format;
+use crate::metrics::psnr_8bit_floor;
+use crate::onnx_file::OnnxFile;
+use crate::report::{Gate, Report};
+use flux2_runtime::manifest::Manifest;
 
 use super::graph::calibrate_graph;
 use super::{eval, plan};
 use super::{opt_err, CalibrateError, CalibrateOptions, Component, Event, Outcome};
-use crate::model_dir::ModelDir;
-use crate::SessionOptions;
+use flux2_runtime::model_dir::ModelDir;
+use flux2_runtime::SessionOptions;
 
 fn out_err(path: &Path, msg: impl Into<String>) -> CalibrateError {
     CalibrateError::Output { path: path.to_path_buf(), msg: msg.into() }

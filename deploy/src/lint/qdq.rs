@@ -11,7 +11,7 @@ use flux2_graphs::onnx::NodeProto;
 
 use super::model::{attr_int, dtype, node_label, GraphIndex};
 use super::{Finding, LintTarget, Severity};
-use crate::trt::gpu::{GpuTarget, Quant};
+use flux2_runtime::trt::gpu::{GpuTarget, Quant};
 
 /// Q/DQ nodes per quantized type.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]

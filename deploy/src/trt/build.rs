@@ -10,17 +10,18 @@
 
 use std::path::{Path, PathBuf};
 
-use flux2_exporter::manifest::{GraphEntry, Manifest};
 use flux2_graphs::onnx::ModelProto;
 use flux2_graphs::DType;
+use flux2_runtime::manifest::{GraphEntry, Manifest};
 use prost::Message;
 
-use super::cache_key::{calibration_hash, model_hash};
-use super::gpu::{FloatPrecision, GpuTarget, Quant};
-use super::probe::TrtVersion;
-use super::profiles::{graph_profiles, GraphProfiles, ShapePlan};
-use super::TrtError;
+use super::calibration_hash;
 use crate::lint::{self, model::GraphIndex, LintOptions, LintTarget, Report};
+use flux2_runtime::trt::cache_key::model_hash;
+use flux2_runtime::trt::gpu::{FloatPrecision, GpuTarget, Quant};
+use flux2_runtime::trt::probe::TrtVersion;
+use flux2_runtime::trt::profiles::{graph_profiles, GraphProfiles, ShapePlan};
+use flux2_runtime::trt::TrtError;
 
 /// What to build.
 #[derive(Clone, Debug)]
@@ -242,8 +243,8 @@ fn check_out(req: &BuildRequest) -> Result<(), TrtError> {
 /// must be an initializer as such: a link export that assembles weights from pieces or casts
 /// (BFL fused qkv, a checkpoint dtype other than --dtype) cannot refit them.
 fn check_refittable(path: &Path) -> Result<(), TrtError> {
-    let weights =
-        crate::lora::overrides::GraphWeights::open(path).map_err(|e| model_err(path, e.to_string()))?;
+    let weights = flux2_runtime::lora::overrides::GraphWeights::open(path)
+        .map_err(|e| model_err(path, e.to_string()))?;
     let assembled = weights.assembled();
     if assembled.is_empty() {
         return Ok(());

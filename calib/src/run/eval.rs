@@ -8,21 +8,21 @@
 
 use std::path::Path;
 
-use flux2_calib::metrics::{psnr, psnr_8bit_floor, ssim};
-use flux2_calib::report::GenerationReport;
+use crate::metrics::{psnr, psnr_8bit_floor, ssim};
+use crate::report::GenerationReport;
 
 use super::data::{derive_seed, CalibrationRecord};
 use super::{CalibrateError, CalibrateOptions, Event};
-use crate::model_dir::ModelDir;
-use crate::pipeline::{Pipeline, PromptSource, Request};
-use crate::tensor_file::Tensor;
-use crate::SessionOptions;
+use flux2_runtime::model_dir::ModelDir;
+use flux2_runtime::pipeline::{Pipeline, PromptSource, Request};
+use flux2_runtime::tensor_file::Tensor;
+use flux2_runtime::SessionOptions;
 
 fn pipeline(dir: &Path, sess: &SessionOptions) -> Result<Pipeline, CalibrateError> {
     let s = sess.clone();
     Ok(Pipeline::new(
         dir,
-        Box::new(move |p: &Path, o: &[crate::Override]| crate::cpu_session_with(p, &s, o)),
+        Box::new(move |p: &Path, o: &[flux2_runtime::Override]| flux2_runtime::cpu_session_with(p, &s, o)),
     )?)
 }
 
@@ -52,7 +52,7 @@ pub(super) fn generations(
         let seed = derive_seed(opts.seed, 5, k as u64);
         let random_embeds = |tag: u64| {
             let shape = vec![1, opts.max_sequence_length, ctx];
-            Tensor { data: crate::noise::noise(derive_seed(opts.seed, tag, k as u64), &shape), shape }
+            Tensor { data: flux2_runtime::noise::noise(derive_seed(opts.seed, tag, k as u64), &shape), shape }
         };
         let mut req = Request::new(if has_text {
             PromptSource::Text(text.clone())

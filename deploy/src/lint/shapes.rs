@@ -2,9 +2,9 @@
 //! axis has an ordered min/opt/max range in the manifest (that range becomes the TensorRT
 //! optimisation profile, so an axis without one cannot be built), and no axis is anonymous.
 
-use flux2_exporter::manifest::GraphEntry;
 use flux2_graphs::onnx::{tensor_shape_proto::dimension::Value as Dim, type_proto, ValueInfoProto};
 use flux2_graphs::DType;
+use flux2_runtime::manifest::GraphEntry;
 
 use super::model::{dtype, GraphIndex};
 use super::{Finding, LintTarget, Severity};

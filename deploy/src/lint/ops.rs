@@ -12,7 +12,7 @@
 use flux2_graphs::onnx::NodeProto;
 
 use super::model::{attr_int, attr_str, has_attr, GraphIndex};
-use crate::trt::probe::TrtVersion;
+use flux2_runtime::trt::probe::TrtVersion;
 
 /// Ops of the TensorRT 10.0 parser support list (operators.md, "Supported: Y").
 const TRT_10_0: &[&str] = &[

@@ -17,13 +17,13 @@ use flux2_graphs::onnx::ModelProto;
 use prost::Message;
 
 use super::build::{BuildPlan, GraphPlan};
-use super::cache_key::KeyParts;
 use super::host::HostInfo;
-use super::manifest::{BuildManifest, BuiltGraph};
-use super::options::{EpContext, TrtOptions};
-use super::TrtError;
 use crate::lint::model::attr_str;
-use crate::providers::{session_with_provider, ProviderConfig};
+use flux2_runtime::providers::{session_with_provider, ProviderConfig};
+use flux2_runtime::trt::cache_key::KeyParts;
+use flux2_runtime::trt::manifest::{BuildManifest, BuiltGraph};
+use flux2_runtime::trt::options::{EpContext, TrtOptions};
+use flux2_runtime::trt::TrtError;
 
 /// Engine folder inside a build folder (relative: ORT requires it for EPContext dumps).
 pub const ENGINE_DIR: &str = "engines";

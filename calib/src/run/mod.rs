@@ -1,17 +1,17 @@
 //! Post-training quantisation of an exported model folder to explicit INT8 or FP8 Q/DQ graphs
-//! (`flux2 calibrate`). The math and graph rewriting live in `flux2-calib`; this module runs
-//! the graphs with ONNX Runtime:
+//! (`flux2 calibrate`). The math and graph rewriting are this crate's other modules; this one
+//! runs the graphs through `flux2-runtime` (the calibrator is a client of the runtime):
 //!
-//! 1. **Data** (`calibrate_data.rs`): DiT inputs from real sampling trajectories of the exported
+//! 1. **Data** (`data.rs`): DiT inputs from real sampling trajectories of the exported
 //!    model over several sizes, step counts and with/without a reference, at noise levels drawn
 //!    from a training distribution (`ln` by default); text-encoder inputs from prompts; VAE
 //!    inputs from the trajectories' latents and their decoded images. All seeded.
-//! 2. **Statistics** (`calibrate_run.rs`): every quantisable layer's input is exposed as a graph
+//! 2. **Statistics** (`stats_run.rs`): every quantisable layer's input is exposed as a graph
 //!    output, the float graph is run over the calibration samples, and histograms are filled in
 //!    sample order (a second pass sees the smoothed activations when SmoothQuant is on).
-//! 3. **Selection** (`calibrate_graph.rs`): per-forward vectors stay in float, then
+//! 3. **Selection** (`graph.rs`): per-forward vectors stay in float, then
 //!    layers are kept in float by sensitivity until the held-out output NMSE meets the budget.
-//! 4. **Output** (`calibrate_output.rs`): Q/DQ graphs, `scales.json`, `calibration.cache`
+//! 4. **Output** (`output.rs`): Q/DQ graphs, `scales.json`, `calibration.cache`
 //!    (INT8), `calibration.json`, `report.json` / `report.md`, full generations compared with
 //!    float (PSNR / SSIM) and the `--max-psnr-drop` gate. Everything is written into a staging
 //!    folder and renamed into place. When the gate fails, the folder gets only the report,
@@ -19,27 +19,21 @@
 
 use std::path::PathBuf;
 
-use flux2_calib::calibrators::Calibrator;
-use flux2_calib::formats::Format;
-use flux2_calib::report::Report;
-use flux2_calib::timesteps::Kind;
-use flux2_calib::CalibError;
+use crate::calibrators::Calibrator;
+use crate::formats::Format;
+use crate::report::Report;
+use crate::timesteps::Kind;
+use crate::CalibError;
 use serde::Serialize;
 
-use crate::RuntimeError;
+use flux2_runtime::RuntimeError;
 
-#[path = "calibrate_data.rs"]
 mod data;
-#[path = "calibrate_eval.rs"]
 mod eval;
-#[path = "calibrate_graph.rs"]
 mod graph;
-#[path = "calibrate_output.rs"]
 mod output;
-#[path = "calibrate_plan.rs"]
 mod plan;
-#[path = "calibrate_run.rs"]
-mod run;
+mod stats_run;
 
 pub use data::{built_in_prompts, CalibrationRecord};
 
@@ -137,7 +131,7 @@ pub struct CalibrateOptions {
     /// no speed and shift every token.
     pub quantize_vectors: bool,
     /// Keep the DiT's attention products (q·kᵀ, P·v) in float; by default INT8 quantises them
-    /// like layers (see `flux2_calib::attention`), subject to the sensitivity budget.
+    /// like layers (see `crate::attention`), subject to the sensitivity budget.
     pub float_attention: bool,
     /// FP8 only: quantise the attention products too (TensorRT's FP8 attention on Hopper, Ada,
     /// Thor). Off by default: ONNX Runtime CPU runs such graphs only with its Q/DQ fusions off
@@ -183,7 +177,7 @@ impl CalibrateOptions {
             fp8_attention: false,
             latency_runs: 3,
             threads: None,
-            trt_cache_version: flux2_calib::artifacts::TRT_CACHE_VERSION.into(),
+            trt_cache_version: crate::artifacts::TRT_CACHE_VERSION.into(),
         }
     }
 }

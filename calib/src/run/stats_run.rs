@@ -5,15 +5,15 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Instant;
 
-use flux2_calib::layers::with_outputs;
-use flux2_calib::metrics::{cosine, nmse};
-use flux2_calib::onnx_file::{write_model, DataMode, OnnxFile};
-use flux2_calib::stats::TensorStats;
+use crate::layers::with_outputs;
+use crate::metrics::{cosine, nmse};
+use crate::onnx_file::{write_model, DataMode, OnnxFile};
+use crate::stats::TensorStats;
 
 use super::data::Sample;
 use super::{CalibrateError, Event};
-use crate::tensors::{run, Input};
-use crate::{cpu_session, SessionOptions};
+use flux2_runtime::tensors::{run, Input};
+use flux2_runtime::{cpu_session, SessionOptions};
 
 /// An activation to observe: tensor name and channel axis.
 /// A tensor to take statistics of, and the axis whose per-channel maxima to track.

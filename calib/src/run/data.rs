@@ -16,16 +16,16 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use flux2_calib::timesteps::{Distribution, Params, Rng, TimestepDist};
+use crate::timesteps::{Distribution, Params, Rng, TimestepDist};
 use ndarray::{ArrayD, IxDyn};
 use serde::Serialize;
 
 use super::{opt_err, CalibrateError, CalibrateOptions, Event};
-use crate::model_dir::{Guidance, ModelDir};
-use crate::schedule::{euler_step, Schedule, Shift};
-use crate::tensors::{run, Input};
-use crate::tokenizer::{Family, PromptEncoder};
-use crate::{cpu_session, SessionOptions};
+use flux2_runtime::model_dir::{Guidance, ModelDir};
+use flux2_runtime::schedule::{euler_step, Schedule, Shift};
+use flux2_runtime::tensors::{run, Input};
+use flux2_runtime::tokenizer::{Family, PromptEncoder};
+use flux2_runtime::{cpu_session, SessionOptions};
 
 /// One set of graph inputs (shared tensors are reference-counted).
 #[derive(Clone, Debug)]
@@ -233,7 +233,7 @@ pub(super) fn embeddings(
                 .map(|i| {
                     f32_input(
                         &[1, l, ctx],
-                        crate::noise::noise(derive_seed(opts.seed, 1, i as u64), &[1, l, ctx]),
+                        flux2_runtime::noise::noise(derive_seed(opts.seed, 1, i as u64), &[1, l, ctx]),
                     )
                 })
                 .collect::<Result<Vec<_>, _>>()?;
@@ -294,7 +294,11 @@ fn references(
                 r.from.push(j);
                 finals[j].clone()
             }
-            None => (h, w, pack(&crate::noise::noise(seed.wrapping_add(k as u64), &[1, c, h, w]), c, h * w)),
+            None => (
+                h,
+                w,
+                pack(&flux2_runtime::noise::noise(seed.wrapping_add(k as u64), &[1, c, h, w]), c, h * w),
+            ),
         };
         r.tokens.extend(tokens);
         for i in 0..rh {
@@ -401,7 +405,7 @@ pub(super) fn trajectories(
                 None => Ok(vc),
             }
         };
-        let mut x = pack(&crate::noise::noise(seed, &[1, c, h, w]), c, h * w);
+        let mut x = pack(&flux2_runtime::noise::noise(seed, &[1, c, h, w]), c, h * w);
         let mut path: Vec<(Vec<f32>, Vec<f32>)> = Vec::with_capacity(n_steps);
         for i in 0..n_steps {
             let (s0, s1) = (schedule.sigmas[i], schedule.sigmas[i + 1]);

@@ -17,13 +17,13 @@ pub mod shapes;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-use flux2_exporter::manifest::{GraphEntry, Manifest};
 use flux2_graphs::onnx::ModelProto;
 use flux2_graphs::DType;
+use flux2_runtime::manifest::{GraphEntry, Manifest};
 use prost::Message;
 
-use crate::trt::gpu::GpuTarget;
-use crate::trt::probe::TrtVersion;
+use flux2_runtime::trt::gpu::GpuTarget;
+use flux2_runtime::trt::probe::TrtVersion;
 use model::{attr_int, node_label, opset, GraphIndex};
 pub use qdq::QdqCount;
 
@@ -343,8 +343,8 @@ pub fn check_model(
     let cx = qdq::Ctx { file, target: opts.target, gpu: opts.gpu, float_dtype: float.onnx() };
     let count = qdq::check(&ix, &cx, &mut out);
     let said = match entry.precision.as_deref() {
-        Some("int8") => Some(crate::trt::Quant::Int8),
-        Some("fp8") => Some(crate::trt::Quant::Fp8),
+        Some("int8") => Some(flux2_runtime::trt::Quant::Int8),
+        Some("fp8") => Some(flux2_runtime::trt::Quant::Fp8),
         _ => None,
     };
     if let Some(said) = said.filter(|q| *q != count.quant()) {

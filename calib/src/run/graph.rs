@@ -4,23 +4,23 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-use flux2_calib::artifacts::{ActivationScale, GraphScales, KeptLayer, WeightEntry};
-use flux2_calib::attention::{expand, find_sites, probs_amax_name, with_probs_amax, AttentionSite, Point};
-use flux2_calib::consts::Consts;
-use flux2_calib::formats::Format;
-use flux2_calib::layers::{find_layers, Layer, LayerOp};
-use flux2_calib::onnx_file::{link_external_files, write_model, DataMode, OnnxFile};
-use flux2_calib::qdq::{insert_qdq, ActivationQuant, QdqPlan, WeightScales};
-use flux2_calib::report::{ComponentReport, Latency};
-use flux2_calib::sensitivity::choose;
-use flux2_calib::smoothquant::{factors, weight_input_amax};
-use flux2_calib::stats::TensorStats;
+use crate::artifacts::{ActivationScale, GraphScales, KeptLayer, WeightEntry};
+use crate::attention::{expand, find_sites, probs_amax_name, with_probs_amax, AttentionSite, Point};
+use crate::consts::Consts;
+use crate::formats::Format;
+use crate::layers::{find_layers, Layer, LayerOp};
+use crate::onnx_file::{link_external_files, write_model, DataMode, OnnxFile};
+use crate::qdq::{insert_qdq, ActivationQuant, QdqPlan, WeightScales};
+use crate::report::{ComponentReport, Latency};
+use crate::sensitivity::choose;
+use crate::smoothquant::{factors, weight_input_amax};
+use crate::stats::TensorStats;
 
 use super::data::GraphData;
-use super::run::{collect_stats, describe, fidelity, latency_pair, outputs, Observed};
+use super::stats_run::{collect_stats, describe, fidelity, latency_pair, outputs, Observed};
 use super::{CalibrateError, CalibrateOptions, Event};
-use crate::model_dir::ModelDir;
-use crate::SessionOptions;
+use flux2_runtime::model_dir::ModelDir;
+use flux2_runtime::SessionOptions;
 
 /// The result of calibrating one graph.
 pub(super) struct GraphOutcome {
