@@ -7,6 +7,7 @@ pub mod checkpoint;
 pub mod convert;
 pub mod export;
 pub mod layout;
+pub mod lora;
 pub mod manifest;
 pub mod models;
 pub mod names;
@@ -44,6 +45,8 @@ pub enum ExportError {
     Graph(#[from] flux2_graphs::GraphError),
     #[error("output {path}: {msg}")]
     Output { path: PathBuf, msg: String },
+    #[error(transparent)]
+    Lora(#[from] flux2_runtime::lora::LoraError),
 }
 
 pub type Result<T> = std::result::Result<T, ExportError>;

@@ -110,7 +110,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let options = options(&args.dtype, &args.target, args.text_layers.clone(), args.config.as_ref())?;
     let specs = super::lora::parse_specs(&args.lora)?;
     let source = ModelSource::open(&args.checkpoint)?;
-    let merge = super::lora::plan_export(&source, &options, &specs, components.as_deref())?;
+    let merge = flux2_exporter::lora::plan_merge(&source, &options, &specs, components.as_deref())?;
     let req = ExportRequest { components, options, weights, merge };
     let started = std::time::Instant::now();
     let pb = crate::progress::bar(0, "export");

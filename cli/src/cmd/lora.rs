@@ -1,67 +1,17 @@
-//! LoRA glue between the exporter and the runtime's adapter code (`flux2_runtime::lora`):
-//! planning an export-time merge against the transformer graph's weights, and describing an
-//! adapter file for `flux2 inspect`.
+//! `--lora` arguments and `flux2 inspect` of an adapter file (the adapter code is
+//! `flux2_runtime::lora`; the export-time merge is `flux2_exporter::lora`).
 
 use std::path::Path;
-use std::sync::Arc;
 
-use anyhow::{bail, Context};
-use flux2_exporter::models::{build, ExportOptions};
-use flux2_exporter::writer::WeightMerge;
-use flux2_exporter::{Kind, ModelSource};
+use flux2_exporter::lora::dit_table;
+use flux2_exporter::models::ExportOptions;
+use flux2_exporter::ModelSource;
 use flux2_graphs::{DType, Target};
-use flux2_runtime::lora::{AdapterSpec, LoraFile, MergePlan, ModuleTable};
-
-/// A merge plan as the exporter's [`WeightMerge`]: touches the transformer graph only.
-#[derive(Debug)]
-pub struct ExportMerge(pub MergePlan);
-
-impl WeightMerge for ExportMerge {
-    fn touches(&self, graph: &str, weight: &str) -> bool {
-        graph == "transformer" && self.0.touches(weight)
-    }
-    fn apply(&self, _graph: &str, weight: &str, values: &mut [f32]) {
-        self.0.apply(weight, values)
-    }
-    fn records(&self) -> Vec<flux2_runtime::lora::AdapterRecord> {
-        self.0.records().to_vec()
-    }
-}
-
-/// The transformer graph's weights (name, shape) as the adapter module table.
-fn dit_table(source: &ModelSource, options: &ExportOptions) -> anyhow::Result<ModuleTable> {
-    let c = source.component(Kind::Transformer).with_context(|| {
-        format!("{}: --lora needs a transformer (DiT) in the checkpoint", source.root.display())
-    })?;
-    let graphs = build(c, options)?;
-    let g = graphs.iter().find(|g| g.stem == "transformer").context("no transformer graph was built")?;
-    let shapes: Vec<(String, Vec<usize>)> =
-        g.model.weights.iter().map(|w| (w.name.clone(), w.shape.clone())).collect();
-    Ok(ModuleTable::new(shapes.iter().map(|(n, s)| (n.as_str(), s.as_slice()))))
-}
+use flux2_runtime::lora::{AdapterSpec, LoraFile, MergePlan};
 
 /// Parses `--lora` arguments.
 pub fn parse_specs(specs: &[String]) -> anyhow::Result<Vec<AdapterSpec>> {
     Ok(specs.iter().map(|s| AdapterSpec::parse(s)).collect::<Result<_, _>>()?)
-}
-
-/// Reads every adapter and checks it against the DiT before anything is written.
-pub fn plan_export(
-    source: &ModelSource,
-    options: &ExportOptions,
-    specs: &[AdapterSpec],
-    components: Option<&[Kind]>,
-) -> anyhow::Result<Option<Arc<dyn WeightMerge>>> {
-    if specs.is_empty() {
-        return Ok(None);
-    }
-    if components.is_some_and(|k| !k.contains(&Kind::Transformer)) {
-        bail!("--lora adapts the transformer: add transformer to --components");
-    }
-    let table = dit_table(source, options)?;
-    let files =
-        specs.iter().map(|s| Ok((LoraFile::open(&s.path)?, s.scale))).collect::<anyhow::Result<Vec<_>>>()?;
-    Ok(Some(Arc::new(ExportMerge(MergePlan::new(files, &table)?))))
 }
 
 /// Whether a safetensors file holds adapter tensors rather than a model.

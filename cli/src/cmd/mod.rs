@@ -17,6 +17,7 @@ pub mod export;
 pub mod generate;
 #[cfg(feature = "full")]
 pub mod inspect;
+#[cfg(feature = "full")]
 pub mod lora;
 pub mod schedule;
 #[cfg(feature = "full")]
