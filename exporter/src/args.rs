@@ -111,7 +111,10 @@ impl ExportArgs {
             Some("copy") if weights == WeightMode::Link => true,
             Some("copy") => return Err(opt("--link-fallback", "copy only applies to --weights link")),
             Some(other) => {
-                return Err(opt("--link-fallback", format!("'{other}' is not supported (the only fallback is copy)")))
+                return Err(opt(
+                    "--link-fallback",
+                    format!("'{other}' is not supported (the only fallback is copy)"),
+                ))
             }
         };
         let options = parse_options(&self.dtype, &self.target, self.text_layers, self.config.as_ref())?;

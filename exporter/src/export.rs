@@ -3,12 +3,13 @@
 //! failed export leaves no partial output behind.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::layout::{Kind, ModelSource};
 use crate::manifest::{dim_ranges, fingerprint, io_specs, GraphEntry, Manifest};
 use crate::models::{build, BuiltGraph, ExportOptions};
 use crate::names::{resolve_weights, ResolvedWeight};
-use crate::writer::{write_model, WeightMode, WriteOptions};
+use crate::writer::{write_model, WeightMerge, WeightMode, WriteOptions};
 use crate::{io_err, ExportError, Result};
 
 /// What to export.
@@ -24,6 +25,8 @@ pub struct ExportRequest {
     pub verify: bool,
     /// Link mode: copy a graph's weights where hard links are impossible (`--link-fallback copy`).
     pub link_fallback_copy: bool,
+    /// Weights merged on the way out (LoRA adapters, planned by the caller against the graphs).
+    pub merge: Option<Arc<dyn WeightMerge>>,
 }
 
 impl ExportRequest {
@@ -37,6 +40,7 @@ impl ExportRequest {
             allow_nonfinite: false,
             verify: false,
             link_fallback_copy: false,
+            merge: None,
         }
     }
 }
@@ -163,6 +167,7 @@ fn write_all(
         mode: req.weights,
         allow_nonfinite: req.allow_nonfinite,
         link_fallback_copy: req.link_fallback_copy,
+        merge: req.merge.as_deref(),
     };
     let mut seen_files: Vec<PathBuf> = Vec::new();
     for (ci, g, weights) in planned {
@@ -188,6 +193,9 @@ fn write_all(
             },
         );
         manifest.configs.insert(c.kind.name().into(), g.config.clone());
+        if c.kind == Kind::Transformer {
+            manifest.adapters = req.merge.as_ref().map(|m| m.records()).unwrap_or_default();
+        }
         if let Some(v) = &g.variant {
             manifest.variant = v.clone();
         }

@@ -9,6 +9,7 @@ pub mod convert;
 pub mod copy;
 pub mod export;
 pub mod layout;
+pub mod lora;
 pub mod manifest;
 pub mod models;
 pub mod names;
@@ -49,6 +50,8 @@ pub enum ExportError {
     Output { path: PathBuf, msg: String },
     #[error("{name}: {msg}")]
     Option { name: String, msg: String },
+    #[error(transparent)]
+    Lora(#[from] flux2_runtime::lora::LoraError),
 }
 
 pub type Result<T> = std::result::Result<T, ExportError>;

@@ -10,12 +10,15 @@
 //!   differs from the graph's, a `Cast` follows the initializer; pieces of fused tensors
 //!   become a `Concat`; reinterpreted shapes a `Reshape`.
 
+use std::io::Write;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use flux2_graphs::onnx::{self, NodeProto, StringStringEntryProto, TensorProto};
 use flux2_graphs::{attr, Model};
 
 use crate::checkpoint::Checkpoint;
+use crate::convert::convert;
 use crate::names::{Piece, ResolvedWeight};
 use crate::{io_err, ExportError, Result};
 
@@ -27,21 +30,36 @@ pub enum WeightMode {
     Link,
 }
 
+/// Weights changed on their way into the export (LoRA adapters merged at export). The
+/// exporter knows nothing of adapter formats: the caller plans the merge against the graph's
+/// weights and the writer asks it, per weight, whether and how the values change.
+pub trait WeightMerge: std::fmt::Debug + Send + Sync {
+    /// Whether `weight` of graph `graph` (file stem) changes.
+    fn touches(&self, graph: &str, weight: &str) -> bool;
+    /// Turns the f32 values of a touched weight ([out, in], row-major) into the merged ones.
+    fn apply(&self, graph: &str, weight: &str, values: &mut [f32]);
+    /// What the manifest records about the merge (`adapters`).
+    fn records(&self) -> Vec<flux2_runtime::lora::AdapterRecord>;
+}
+
 /// Options for [`write_model`].
 #[derive(Clone, Debug)]
-pub struct WriteOptions {
+pub struct WriteOptions<'a> {
     pub mode: WeightMode,
     /// Copy mode: export tensors holding NaN/Inf instead of failing on them.
     pub allow_nonfinite: bool,
     /// Link mode: where a hard link is impossible (another filesystem, a file we may not
     /// link), copy this graph's weights instead of failing.
     pub link_fallback_copy: bool,
+    /// Weights to merge before writing. In link mode only the touched weights are written
+    /// (to `<stem>.onnx.data`, in the graph's dtype); the others stay linked.
+    pub merge: Option<&'a dyn WeightMerge>,
 }
 
-impl WriteOptions {
-    /// The options of `mode` with every check on and no fallback.
-    pub fn new(mode: WeightMode) -> WriteOptions {
-        WriteOptions { mode, allow_nonfinite: false, link_fallback_copy: false }
+impl WriteOptions<'_> {
+    /// The options of `mode` with every check on, no fallback and nothing merged.
+    pub fn new(mode: WeightMode) -> WriteOptions<'static> {
+        WriteOptions { mode, allow_nonfinite: false, link_fallback_copy: false, merge: None }
     }
 }
 
@@ -70,32 +88,36 @@ pub fn write_model(
     let mut report = WriteReport { onnx: dir.join(format!("{stem}.onnx")), ..Default::default() };
     let mut prelude: Vec<NodeProto> = Vec::new();
     let mut inits: Vec<TensorProto> = Vec::new();
+    // Weights an adapter touches are merged and written; the others are copied or linked.
+    let touched = |w: &ResolvedWeight| opts.merge.is_some_and(|m| m.touches(stem, &w.decl.name));
+    let (merged, rest): (Vec<ResolvedWeight>, Vec<ResolvedWeight>) =
+        weights.iter().cloned().partition(touched);
     match opts.mode {
-        WeightMode::Copy => inits = copy_weights(weights, ckpt, dir, stem, opts, &mut report, progress)?,
+        WeightMode::Copy => inits = copy_weights(&rest, ckpt, dir, stem, opts, &mut report, progress)?,
         WeightMode::Link => {
-            let linked = link_weights(
-                weights,
-                ckpt,
-                dir,
-                stem,
-                opts,
-                &mut inits,
-                &mut prelude,
-                &mut report,
-                progress,
-            )?;
+            let refs: Vec<&ResolvedWeight> = rest.iter().collect();
+            let linked =
+                link_weights(&refs, ckpt, dir, stem, opts, &mut inits, &mut prelude, &mut report, progress)?;
             if !linked {
                 // --link-fallback copy: this graph's weights are copied instead
                 let link_dir = dir.join("weights").join(stem);
                 std::fs::remove_dir_all(&link_dir).map_err(io_err(&link_dir))?;
                 prelude = Vec::new();
                 report = WriteReport { onnx: report.onnx, ..Default::default() };
-                inits = copy_weights(weights, ckpt, dir, stem, opts, &mut report, progress)?;
+                inits = copy_weights(&rest, ckpt, dir, stem, opts, &mut report, progress)?;
                 report.mode = Some(WeightMode::Copy);
             }
         }
     }
     report.mode.get_or_insert(opts.mode);
+    if let (Some(m), false) = (opts.merge, merged.is_empty()) {
+        // appended after the copied weights (copy mode) or alone (link mode)
+        let mut data = DataFile::append(dir, stem)?;
+        for w in &merged {
+            write_merged(w, ckpt, stem, m, &mut data, &mut inits, progress)?;
+        }
+        data.finish(&mut report)?;
+    }
     let graph = proto.graph.get_or_insert_with(Default::default);
     graph.initializer.extend(inits);
     prelude.append(&mut graph.node);
@@ -121,6 +143,64 @@ fn external(name: &str, dtype: i32, dims: &[usize], location: &str, offset: u64,
     }
 }
 
+/// `<stem>.onnx.data`, written sequentially with aligned tensor starts.
+struct DataFile {
+    name: String,
+    path: PathBuf,
+    out: Option<std::io::BufWriter<std::fs::File>>,
+    pos: u64,
+    /// Where this writer started (bytes of the file before it).
+    start: u64,
+}
+
+impl DataFile {
+    /// `<stem>.onnx.data`, continued after what the copy already wrote there.
+    fn append(dir: &Path, stem: &str) -> Result<DataFile> {
+        let name = format!("{stem}.onnx.data");
+        let path = dir.join(&name);
+        let pos = match std::fs::metadata(&path) {
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        };
+        Ok(DataFile { path, name, out: None, pos, start: pos })
+    }
+
+    /// Starts a tensor of `bytes` bytes; returns its offset.
+    fn begin(&mut self, bytes: usize) -> Result<u64> {
+        if self.out.is_none() {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&self.path)
+                .map_err(io_err(&self.path))?;
+            self.out = Some(std::io::BufWriter::with_capacity(8 << 20, file));
+        }
+        let align = if bytes >= 1 << 20 { 4096 } else { 64 };
+        let pad = (align - self.pos % align) % align;
+        self.write(&vec![0u8; pad as usize])?;
+        Ok(self.pos)
+    }
+
+    fn write(&mut self, bytes: &[u8]) -> Result<()> {
+        if let Some(out) = self.out.as_mut() {
+            out.write_all(bytes).map_err(io_err(&self.path))?;
+        }
+        self.pos += bytes.len() as u64;
+        Ok(())
+    }
+
+    fn finish(mut self, report: &mut WriteReport) -> Result<()> {
+        if let Some(mut out) = self.out.take() {
+            out.flush().map_err(io_err(&self.path))?;
+            report.bytes_written += self.pos - self.start;
+            if !report.files.contains(&self.path) {
+                report.files.push(self.path);
+            }
+        }
+        Ok(())
+    }
+}
+
 fn copy_weights(
     weights: &[ResolvedWeight],
     ckpt: &Checkpoint,
@@ -142,9 +222,64 @@ fn copy_weights(
     Ok(weights.iter().zip(places).map(init).collect())
 }
 
+fn cannot_convert(ckpt: &Checkpoint, p: &Piece, to: flux2_graphs::DType) -> ExportError {
+    ExportError::Tensor {
+        name: p.tensor.clone(),
+        path: ckpt.files[p.file].path.clone(),
+        msg: format!("cannot convert {} to {to}", p.dtype),
+    }
+}
+
+/// Reads a weight whole (its pieces in order) as f32, merges, and writes it in the graph's dtype.
+fn write_merged(
+    w: &ResolvedWeight,
+    ckpt: &Checkpoint,
+    stem: &str,
+    merge: &dyn WeightMerge,
+    data: &mut DataFile,
+    inits: &mut Vec<TensorProto>,
+    progress: &mut dyn FnMut(u64),
+) -> Result<()> {
+    let sources = open_sources(ckpt)?;
+    let mut values = Vec::with_capacity(w.decl.shape.iter().product());
+    for p in &w.pieces {
+        let mut raw = vec![0u8; p.len as usize];
+        sources[p.file].read_exact_at(&mut raw, p.offset).map_err(io_err(&ckpt.files[p.file].path))?;
+        if !crate::convert::decode(p.dtype, &raw, &mut values) {
+            return Err(cannot_convert(ckpt, p, flux2_graphs::DType::F32));
+        }
+        progress(p.len);
+    }
+    merge.apply(stem, &w.decl.name, &mut values);
+    let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let mut conv = Vec::with_capacity(bytes.len());
+    if !convert(flux2_graphs::DType::F32, w.decl.dtype, &bytes, &mut conv) {
+        return Err(ExportError::Tensor {
+            name: w.decl.name.clone(),
+            path: ckpt.origin.clone(),
+            msg: format!("cannot convert the merged weight to {}", w.decl.dtype),
+        });
+    }
+    let start = data.begin(conv.len())?;
+    data.write(&conv)?;
+    inits.push(external(
+        &w.decl.name,
+        w.decl.dtype.onnx(),
+        &w.decl.shape,
+        &data.name,
+        start,
+        conv.len() as u64,
+    ));
+    Ok(())
+}
+
+fn open_sources(ckpt: &Checkpoint) -> Result<Vec<std::fs::File>> {
+    ckpt.files.iter().map(|f| std::fs::File::open(&f.path).map_err(io_err(&f.path))).collect()
+}
+
 #[allow(clippy::too_many_arguments)]
 fn link_weights(
-    weights: &[ResolvedWeight],
+    weights: &[&ResolvedWeight],
     ckpt: &Checkpoint,
     dir: &Path,
     stem: &str,

@@ -11,7 +11,10 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use ort::environment::Environment;
-use ort::session::{builder::GraphOptimizationLevel, Session};
+use std::sync::Arc;
+
+use ort::session::{builder::GraphOptimizationLevel, builder::SessionBuilder, Session};
+use ort::value::DynValue;
 
 use crate::RuntimeError;
 
@@ -133,17 +136,49 @@ pub struct SessionOptions {
     /// `fp8` always run with it off: FP8 has no fused CPU kernels, and ONNX Runtime 1.31 would
     /// fuse FP8 Q/DQ on both inputs of a matmul (FP8 attention) into one it cannot load.
     pub qdq_fusion: bool,
+    /// TensorRT weight-stripped engines (`flux2 build --refittable`): the export folder whose
+    /// ONNX weights refit them (e.g. one exported with `--lora`); None: the build's own source.
+    pub trt_refit_from: Option<PathBuf>,
 }
 
 impl Default for SessionOptions {
     fn default() -> Self {
         let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-        SessionOptions { intra_threads: threads, optimization: true, qdq_fusion: true }
+        SessionOptions { intra_threads: threads, optimization: true, qdq_fusion: true, trt_refit_from: None }
     }
 }
 
+/// A weight handed to ONNX Runtime in place of the graph's initializer of the same name
+/// (same shape and dtype) when a session is created: run-time LoRA adapters.
+pub type Override = (String, Arc<DynValue>);
+
 /// Opens an ONNX model on the CPU provider.
 pub fn cpu_session(path: &Path, opts: &SessionOptions) -> Result<Session, RuntimeError> {
+    cpu_session_with(path, opts, &[])
+}
+
+/// Adds initializer overrides to a session builder.
+pub(crate) fn with_overrides(
+    mut builder: SessionBuilder,
+    overrides: &[Override],
+    path: &Path,
+) -> Result<SessionBuilder, RuntimeError> {
+    for (name, value) in overrides {
+        builder =
+            builder.with_external_initializer(name, value.clone()).map_err(|e| RuntimeError::Session {
+                path: path.to_path_buf(),
+                msg: format!("initializer override '{name}': {e}"),
+            })?;
+    }
+    Ok(builder)
+}
+
+/// Opens an ONNX model on the CPU provider with initializer overrides.
+pub fn cpu_session_with(
+    path: &Path,
+    opts: &SessionOptions,
+    overrides: &[Override],
+) -> Result<Session, RuntimeError> {
     let env = environment()?;
     let ctx = |e: ort::Error| RuntimeError::Session { path: path.to_path_buf(), msg: e.to_string() };
     let level = if opts.optimization { GraphOptimizationLevel::All } else { GraphOptimizationLevel::Disable };
@@ -153,7 +188,7 @@ pub fn cpu_session(path: &Path, opts: &SessionOptions) -> Result<Session, Runtim
     if !opts.qdq_fusion || manifest_precision(path).as_deref() == Some("fp8") {
         builder = builder.with_config_entry("session.disable_quant_qdq", "1").map_err(|e| ctx(e.into()))?;
     }
-    builder.commit_from_file(path).map_err(ctx)
+    with_overrides(builder, overrides, path)?.commit_from_file(path).map_err(ctx)
 }
 
 /// The `precision` the `manifest.json` beside `path` gives its graph, if any.

@@ -16,19 +16,22 @@ use std::time::Instant;
 use ort::session::Session;
 
 use crate::images::{Chw, Reference};
+use crate::lora::{AdapterRecord, AdapterSpec};
 use crate::model_dir::{Guidance, ModelDir};
 use crate::schedule::{euler_step, Schedule, Shift};
 use crate::tensor_file::Tensor;
 use crate::tensors::{run_borrowed, InputRef};
 use crate::tokenizer::PromptEncoder;
-use crate::RuntimeError;
+use crate::{Override, RuntimeError};
 
 #[path = "pipeline_steps.rs"]
 mod steps;
 
-/// Builds an ONNX Runtime session for a graph file (CPU, CUDA or TensorRT). `Send + Sync` so
-/// a pipeline can move to the thread that runs it (e.g. with Python's GIL released).
-pub type SessionFactory = Box<dyn Fn(&Path) -> Result<Session, RuntimeError> + Send + Sync>;
+/// Builds an ONNX Runtime session for a graph file (CPU, CUDA or TensorRT), replacing the
+/// named initializers with the given values (run-time adapters; empty for the other graphs).
+/// `Send + Sync` so a pipeline can move to the thread that runs it (e.g. with Python's GIL
+/// released).
+pub type SessionFactory = Box<dyn Fn(&Path, &[Override]) -> Result<Session, RuntimeError> + Send + Sync>;
 
 /// A prompt as text (encoded with the exported text encoder) or as embeddings [1, L, ctx].
 #[derive(Clone, Debug)]
@@ -132,6 +135,9 @@ pub struct Pipeline {
     sessions: HashMap<String, Session>,
     tokenizer: Option<PromptEncoder>,
     ort_time: f64,
+    /// Merged DiT weights of the active run-time adapters, and what they are.
+    dit_overrides: Vec<Override>,
+    adapters: Vec<AdapterRecord>,
 }
 
 impl Pipeline {
@@ -140,13 +146,45 @@ impl Pipeline {
         let model = ModelDir::open(dir)?;
         model.graph("transformer")?;
         model.graph("vae_decoder")?;
-        Ok(Pipeline { model, factory, sessions: HashMap::new(), tokenizer: None, ort_time: 0.0 })
+        Ok(Pipeline {
+            model,
+            factory,
+            sessions: HashMap::new(),
+            tokenizer: None,
+            ort_time: 0.0,
+            dit_overrides: Vec::new(),
+            adapters: Vec::new(),
+        })
+    }
+
+    /// Applies LoRA adapters at run time (replacing any active ones; empty: none): the touched
+    /// DiT weights are merged in memory and handed to ONNX Runtime as initializer overrides.
+    /// Only the DiT session is rebuilt, on next use. Fails, changing nothing, on a bad file, a
+    /// module the model lacks, a shape mismatch, or a quantised graph.
+    pub fn set_adapters(&mut self, adapters: &[AdapterSpec]) -> Result<&[AdapterRecord], RuntimeError> {
+        let (overrides, records) = if adapters.is_empty() {
+            (Vec::new(), Vec::new())
+        } else {
+            let dit = self.model.graph("transformer")?;
+            let (o, plan) = crate::lora::overrides::graph_overrides(&dit, adapters)?;
+            (o, plan.records().to_vec())
+        };
+        self.dit_overrides = overrides;
+        self.adapters = records;
+        self.sessions.remove("transformer");
+        Ok(&self.adapters)
+    }
+
+    /// The run-time adapters in use.
+    pub fn adapters(&self) -> &[AdapterRecord] {
+        &self.adapters
     }
 
     fn session(&mut self, name: &str) -> Result<&mut Session, RuntimeError> {
         if !self.sessions.contains_key(name) {
             let path = self.model.graph(name)?;
-            let s = (self.factory)(&path)?;
+            let overrides: &[Override] = if name == "transformer" { &self.dit_overrides } else { &[] };
+            let s = (self.factory)(&path, overrides)?;
             self.sessions.insert(name.to_string(), s);
         }
         self.sessions.get_mut(name).ok_or_else(|| RuntimeError::Run(format!("session {name} vanished")))

@@ -19,7 +19,7 @@ use flux2_graphs::Target;
 use flux2_runtime::images::Reference;
 use flux2_runtime::pipeline::{Event, Generated, Pipeline, PromptSource, Request};
 use flux2_runtime::tensor_file::Tensor;
-use flux2_runtime::{cpu_session, Input, SessionOptions};
+use flux2_runtime::{Input, SessionOptions};
 use flux2_tests::export::{export_to, options};
 use flux2_tests::{f32_of, fixture, load_tensors};
 use serde_json::Value;
@@ -80,8 +80,13 @@ fn export_model(all: &Value, model: &str, out: &Path) {
 fn open_pipeline(dir: &Path) -> Pipeline {
     // one thread per session: cargo runs the cases in parallel
     let opts = SessionOptions { intra_threads: 1, ..SessionOptions::default() };
-    Pipeline::new(dir, Box::new(move |p| cpu_session(p, &opts)))
-        .unwrap_or_else(|e| panic!("opening {}: {e}", dir.display()))
+    Pipeline::new(
+        dir,
+        Box::new(move |p: &std::path::Path, o: &[flux2_runtime::Override]| {
+            flux2_runtime::cpu_session_with(p, &opts, o)
+        }),
+    )
+    .unwrap_or_else(|e| panic!("opening {}: {e}", dir.display()))
 }
 
 /// The request of a case, with the prompt (and negative) as given.

@@ -65,6 +65,9 @@ pub struct Args {
     /// Guidance (dev: embedded; klein base: CFG scale).
     #[arg(long)]
     pub guidance: Option<f32>,
+    /// LoRA adapter applied at run time, FILE[:SCALE] (repeatable; scale 1 by default).
+    #[arg(long, value_name = "FILE[:SCALE]")]
+    pub lora: Vec<String>,
     /// Execution provider: cpu, cuda or tensorrt.
     #[arg(long, default_value = "cpu")]
     pub provider: String,
@@ -174,6 +177,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let factory = flux2_runtime::request::session_factory(&args.provider, args.threads, 0)
         .with_context(|| format!("--provider {}", args.provider))?;
     let mut pipe = Pipeline::new(&args.model, factory)?;
+    super::generate::apply_adapters(&mut pipe, &args.lora)?;
     let has_text = pipe.model.entry("text_encoder").is_some();
     let prompt = match (&args.prompt_embeds, has_text) {
         (Some(p), _) => PromptSource::Embeds(read_tensor(p, "prompt_embeds")?),

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use flux2_exporter::args::ExportArgs;
 use flux2_exporter::export::{export, Progress};
-use flux2_exporter::ModelSource;
+use flux2_exporter::{ModelSource, WeightMode};
 
 /// Export FLUX.2 components from safetensors to ONNX (no PyTorch needed).
 ///
@@ -21,6 +21,15 @@ use flux2_exporter::ModelSource;
 ///   flux2 export --checkpoint ae.safetensors --out ./vae --components vae --weights link
 ///   flux2 export --checkpoint ./FLUX.2-klein-4B --out /mnt/other/klein --weights link \
 ///       --verify --link-fallback copy
+///   flux2 export --checkpoint ./FLUX.2-dev --out ./dev-style --weights link \
+///       --lora style.safetensors:0.8 --lora detail.safetensors
+///
+/// --lora FILE[:SCALE] (repeatable, scale 1 by default) merges LoRA adapters into the exported
+/// DiT: W + Σ scale·(alpha/rank)·B·A, the format (diffusers/PEFT, BFL/ai-toolkit, kohya/musubi)
+/// detected from the keys. Every adapter is checked against the model before anything is
+/// written. With --weights link only the touched tensors are written (merged, in --dtype) to
+/// transformer.onnx.data; the rest stay linked. The manifest records each adapter. To try
+/// adapters without re-exporting, use `flux2 generate --lora` instead.
 #[derive(clap::Args)]
 #[command(verbatim_doc_comment)]
 pub struct Args {
@@ -64,10 +73,13 @@ pub struct Args {
     /// non-standard VAE).
     #[arg(long)]
     config: Option<PathBuf>,
+    /// LoRA adapter merged into the DiT, FILE[:SCALE] (repeatable; scale 1 by default).
+    #[arg(long, value_name = "FILE[:SCALE]")]
+    lora: Vec<String>,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let req = ExportArgs {
+    let mut req = ExportArgs {
         components: args.components.clone(),
         dtype: args.dtype.clone(),
         weights: args.weights.clone(),
@@ -83,6 +95,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if args.verify && req.weights == WeightMode::Copy {
         eprintln!("note: --verify is implied by --weights copy, which checks every value it converts");
     }
+    let specs = super::lora::parse_specs(&args.lora)?;
+    req.merge = flux2_exporter::lora::plan_merge(&source, &req.options, &specs, req.components.as_deref())?;
     let started = std::time::Instant::now();
     let pb = crate::progress::bar(0, "export");
     let manifest = export(&source, &args.out, &req, &mut |p| match p {
@@ -116,6 +130,16 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             g.dtype,
             ins.join(" "),
             outs.join(" ")
+        );
+    }
+    for a in &manifest.adapters {
+        println!(
+            "  adapter {} ({}, rank {}, scale {}): merged into {} DiT tensors",
+            a.file,
+            a.format,
+            a.rank,
+            a.scale,
+            a.tensors.len()
         );
     }
     println!("  variant: {}; manifest: {}", manifest.variant, args.out.join("manifest.json").display());

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use flux2_runtime::images::Reference;
+use flux2_runtime::lora::AdapterSpec;
 use flux2_runtime::pipeline::{Event, Pipeline, SessionFactory};
 use flux2_runtime::request::GenerateArgs;
 use flux2_runtime::tensor_file::{write_tensors, Tensor};
@@ -22,6 +23,13 @@ use flux2_runtime::tensor_file::{write_tensors, Tensor};
 ///   flux2 generate --model klein-onnx --prompt "make it night" --ref day.png --out night.png
 ///   flux2 generate --model dev-onnx --prompt-embeds p.safetensors --noise n.safetensors \
 ///       --width 512 --height 512 --out x.png --save-tensor x.safetensors
+///   flux2 generate --model klein-onnx --prompt "a fox" --lora style.safetensors:0.8 \
+///       --lora detail.safetensors --out fox.png        # LoRA adapters, no re-export
+///
+/// --lora FILE[:SCALE] (repeatable, scale 1 by default) applies adapters at run time: diffusers /
+/// PEFT, BFL / ai-toolkit or kohya files, detected from their keys. The touched DiT weights are
+/// merged in memory and replace the export's at session creation; nothing is written. Quantised
+/// (calibrated) exports refuse run-time adapters: merge with `flux2 export --lora`, then calibrate.
 #[derive(clap::Args)]
 #[command(verbatim_doc_comment)]
 pub struct Args {
@@ -77,6 +85,32 @@ pub struct Args {
     /// Execution provider: cpu, cuda or tensorrt.
     #[arg(long, default_value = "cpu")]
     pub provider: String,
+    /// LoRA adapter applied at run time, FILE[:SCALE] (repeatable; scale 1 by default).
+    #[arg(long, value_name = "FILE[:SCALE]")]
+    pub lora: Vec<String>,
+    /// With --provider tensorrt and a `flux2 build --refittable` folder: refit the engines from
+    /// this export's ONNX weights (e.g. one made with `flux2 export --lora`).
+    #[arg(long, value_name = "DIR")]
+    pub refit_from: Option<PathBuf>,
+}
+
+/// Parses `--lora` arguments and applies them to the pipeline's DiT, reporting what changed.
+pub fn apply_adapters(pipe: &mut Pipeline, specs: &[String]) -> anyhow::Result<()> {
+    if specs.is_empty() {
+        return Ok(());
+    }
+    let specs: Vec<AdapterSpec> = specs.iter().map(|s| AdapterSpec::parse(s)).collect::<Result<_, _>>()?;
+    for r in pipe.set_adapters(&specs)? {
+        eprintln!(
+            "adapter {} ({}, rank {}, scale {}): {} DiT tensors merged at run time",
+            r.file,
+            r.format,
+            r.rank,
+            r.scale,
+            r.tensors.len()
+        );
+    }
+    Ok(())
 }
 
 /// Session factory for `--provider`.
@@ -103,6 +137,20 @@ fn generate_args(args: &Args) -> GenerateArgs {
     }
 }
 
+/// Session factory for `--provider`, refitting weight-stripped TensorRT engines from `refit_from`.
+pub fn factory_refit(provider: &str, refit_from: Option<&std::path::Path>) -> anyhow::Result<SessionFactory> {
+    if let Some(dir) = refit_from {
+        if !dir.join("manifest.json").is_file() {
+            bail!("--refit-from {}: not an export folder (no manifest.json)", dir.display());
+        }
+    }
+    let opts = flux2_runtime::SessionOptions {
+        trt_refit_from: refit_from.map(|d| std::fs::canonicalize(d).unwrap_or_else(|_| d.to_path_buf())),
+        ..Default::default()
+    };
+    flux2_runtime::providers_factory_with(provider, opts).with_context(|| format!("--provider {provider}"))
+}
+
 pub fn run(args: Args) -> anyhow::Result<()> {
     check_output("--out", &args.out)?;
     flux2_runtime::images::output_format(&args.out).context("--out")?;
@@ -110,7 +158,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         check_output("--save-tensor", p)?;
     }
     let req = generate_args(&args).into_request()?;
-    let mut pipe = Pipeline::new(&args.model, factory(&args.provider)?)?;
+    let mut pipe = Pipeline::new(&args.model, factory_refit(&args.provider, args.refit_from.as_deref())?)?;
+    apply_adapters(&mut pipe, &args.lora)?;
     let plan = pipe.plan(&req)?; // validate before any model runs
     let pb = crate::progress::bar(plan.schedule.steps() as u64, "denoise");
     let out = pipe.generate(&req, &mut |e| match e {

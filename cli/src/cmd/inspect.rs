@@ -9,14 +9,22 @@ use flux2_graphs::{DType, Target};
 /// Describe a checkpoint: layout, components, detected variant and config, parameter
 /// count, dtypes and size. Reads only the safetensors headers, unless --verify.
 ///
+/// Given a LoRA adapter file, describes it instead: format (diffusers/PEFT, BFL/ai-toolkit,
+/// kohya/musubi; detected from the keys), rank, alpha, modules, and with --checkpoint whether
+/// every module fits that model's DiT (and which tensors it would change).
+///
 /// Examples:
 ///   flux2 inspect ./FLUX.2-dev
 ///   flux2 inspect --verify ~/.cache/huggingface/hub/models--black-forest-labs--FLUX.2-klein-4B/snapshots/<rev>
+///   flux2 inspect style-lora.safetensors --checkpoint ./FLUX.2-klein-4B
 #[derive(clap::Args)]
 #[command(verbatim_doc_comment)]
 pub struct Args {
-    /// Checkpoint file or folder (same forms as `flux2 export --checkpoint`).
+    /// Checkpoint file or folder (same forms as `flux2 export --checkpoint`), or a LoRA file.
     path: PathBuf,
+    /// With a LoRA file: the model to check it against.
+    #[arg(long)]
+    checkpoint: Option<PathBuf>,
     /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
@@ -26,6 +34,12 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
+    if args.path.is_file() && super::lora::is_adapter(&args.path) {
+        return super::lora::inspect(&args.path, args.checkpoint.as_deref(), args.json);
+    }
+    if args.checkpoint.is_some() {
+        anyhow::bail!("--checkpoint goes with a LoRA file; {} is not one", args.path.display());
+    }
     let source = ModelSource::open(&args.path)?;
     let opts =
         ExportOptions { dtype: DType::F32, target: Target::Ort, text_layers: None, config_override: None };

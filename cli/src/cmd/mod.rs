@@ -17,6 +17,9 @@ pub mod export;
 pub mod generate;
 #[cfg(feature = "full")]
 pub mod inspect;
+#[cfg(feature = "full")]
+#[cfg(feature = "full")]
+pub mod lora;
 pub mod schedule;
 #[cfg(feature = "full")]
 pub mod synth;
