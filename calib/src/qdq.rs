@@ -399,7 +399,10 @@ pub fn insert_qdq(file: &OnnxFile, layers: &[Layer], plan: &QdqPlan) -> Result<Q
         let mut rewired = n.clone();
         rewired.input[0] = act_dq;
         rewired.input[1] = w_in;
-        let out_range = plan.activations.get(&layer.output).filter(|oq| int8_conv && !layer.output.is_empty() && oq.smooth.is_none());
+        let out_range = plan
+            .activations
+            .get(&layer.output)
+            .filter(|oq| int8_conv && !layer.output.is_empty() && oq.smooth.is_none());
         match out_range {
             Some(oq) => {
                 // DQ(x), DQ(w) → Conv → Q: the group ONNX Runtime fuses into QLinearConv

@@ -26,7 +26,8 @@ use flux2_tests::fixture;
 fn export_pipeline(out: &Path) {
     let mut opts = options(Target::Ort, None);
     opts.text_layers = Some(vec![1, 2, 3]); // the fixture's text encoder has 4 layers
-    export_to(&fixture("pipeline/klein"), out, None, opts, WeightMode::Copy).unwrap_or_else(|e| panic!("{e}"));
+    export_to(&fixture("pipeline/klein"), out, None, opts, WeightMode::Copy)
+        .unwrap_or_else(|e| panic!("{e}"));
 }
 
 /// Default options but for the data size a test can afford.
@@ -47,7 +48,8 @@ fn sess() -> SessionOptions {
 
 /// (integer convolutions, float convolutions) in the graph ONNX Runtime runs for `path`.
 fn conv_kernels(path: &Path, work: &Path) -> (usize, usize) {
-    let optimized = work.join(format!("{}.optimized.onnx", path.file_stem().and_then(|s| s.to_str()).unwrap_or("g")));
+    let optimized =
+        work.join(format!("{}.optimized.onnx", path.file_stem().and_then(|s| s.to_str()).unwrap_or("g")));
     save_optimized(path, &optimized, &sess()).unwrap_or_else(|e| panic!("{e}"));
     let f = OnnxFile::read(&optimized).unwrap_or_else(|e| panic!("{e}"));
     let ops = f.graph().node.iter().map(|n| n.op_type.as_str());
@@ -106,7 +108,8 @@ fn int8_default_quantises_the_whole_pipeline_with_integer_vae_convolutions() {
     let g = &r.report.generations;
     assert!(g.len() == 1 && g[0].psnr_db > 20.0, "{g:?}");
     let s = sess();
-    let mut p = Pipeline::new(&out, Box::new(move |path: &Path| cpu_session(path, &s))).unwrap_or_else(|e| panic!("{e}"));
+    let mut p = Pipeline::new(&out, Box::new(move |path: &Path| cpu_session(path, &s)))
+        .unwrap_or_else(|e| panic!("{e}"));
     let mut req = Request::new(PromptSource::Text("a fox".into()));
     (req.width, req.height) = (Some(64), Some(64));
     let img = p.generate(&req, &mut |_| {}).unwrap_or_else(|e| panic!("{e}")).image;
@@ -151,10 +154,14 @@ fn signed_activations_give_tensorrt_int8_with_the_same_values() {
         outs.push(out);
     }
     let m = Manifest::read(&model).unwrap_or_else(|e| panic!("{e}"));
-    let channels: usize = m.graphs["vae_decoder"].inputs[0].shape[1].parse().unwrap_or_else(|e| panic!("{e}"));
+    let channels: usize =
+        m.graphs["vae_decoder"].inputs[0].shape[1].parse().unwrap_or_else(|e| panic!("{e}"));
     let shape = [1usize, channels, 4, 4];
-    let data: Vec<f32> = (0..shape.iter().product::<usize>()).map(|i| ((i * 7919) % 97) as f32 / 48.0 - 1.0).collect();
-    let x = Input::F32(ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&shape), data).unwrap_or_else(|e| panic!("{e}")));
+    let data: Vec<f32> =
+        (0..shape.iter().product::<usize>()).map(|i| ((i * 7919) % 97) as f32 / 48.0 - 1.0).collect();
+    let x = Input::F32(
+        ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&shape), data).unwrap_or_else(|e| panic!("{e}")),
+    );
     let a = run_once(&outs[0].join("vae_decoder.onnx"), "latents", &x);
     let b = run_once(&outs[1].join("vae_decoder.onnx"), "latents", &x);
     let err = a.iter().zip(&b).map(|(p, q)| (p - q).abs()).fold(0f32, f32::max);

@@ -241,10 +241,7 @@ pub(super) fn run(
     Ok(outcome)
 }
 
-fn run_stages(
-    opts: &CalibrateOptions,
-    on_event: &mut dyn FnMut(Event),
-) -> Result<Outcome, CalibrateError> {
+fn run_stages(opts: &CalibrateOptions, on_event: &mut dyn FnMut(Event)) -> Result<Outcome, CalibrateError> {
     let model = ModelDir::open(&opts.model)?;
     let (graphs, steps) = validate(opts, &model)?;
     check_out(opts)?;

@@ -77,7 +77,12 @@ fn decode_all(
 /// to at most `tile`×`tile` latent pixels at a seeded position. The VAE is convolutional: the
 /// ranges of its activations come from local statistics, and a 256² crop costs a quarter of a
 /// 512² decode, which made the VAE most of the calibration time.
-fn vae_latents(all: &[Arc<Input>], n: usize, tile: usize, seed: u64) -> Result<Vec<Arc<Input>>, CalibrateError> {
+fn vae_latents(
+    all: &[Arc<Input>],
+    n: usize,
+    tile: usize,
+    seed: u64,
+) -> Result<Vec<Arc<Input>>, CalibrateError> {
     let n = n.min(all.len());
     let mut out = Vec::with_capacity(n);
     for k in 0..n {

@@ -23,7 +23,8 @@ pub fn psnr01(a: &[f32], b: &[f32]) -> f64 {
 
 /// Median seconds of the stages both runs have.
 fn medians(runs: &[Timings]) -> Vec<(&'static str, f64)> {
-    let per = |f: &dyn Fn(&Timings) -> f64| Stats::of(&runs.iter().map(f).collect::<Vec<_>>()).map(|s| s.median);
+    let per =
+        |f: &dyn Fn(&Timings) -> f64| Stats::of(&runs.iter().map(f).collect::<Vec<_>>()).map(|s| s.median);
     let steps: Vec<f64> = runs.iter().flat_map(|t| t.dit_steps.iter().copied()).collect();
     [
         ("text_encoder", per(&|t| t.text_encoder)),
