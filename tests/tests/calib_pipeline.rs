@@ -116,9 +116,11 @@ fn int8_default_quantises_the_whole_pipeline_with_integer_vae_convolutions() {
     assert!(img.data.iter().all(|v| v.is_finite()));
 }
 
-/// Runs graph `path` on one input; its first output.
+/// Runs graph `path` on one input, as written (no graph optimisations: the Q/DQ semantics, not
+/// ONNX Runtime's fused kernels); its first output.
 fn run_once(path: &Path, name: &str, x: &Input) -> Vec<f32> {
-    let mut s = cpu_session(path, &sess()).unwrap_or_else(|e| panic!("{e}"));
+    let opts = SessionOptions { optimization: false, ..sess() };
+    let mut s = cpu_session(path, &opts).unwrap_or_else(|e| panic!("{e}"));
     let o = run(&mut s, vec![(name, x.clone())]).unwrap_or_else(|e| panic!("{e}"));
     o.into_values().next().map(|a| a.iter().copied().collect()).unwrap_or_default()
 }

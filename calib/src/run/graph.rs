@@ -320,9 +320,6 @@ pub(super) fn calibrate_graph(
         &layers,
         &QdqPlan { format: opts.format, layers: &chosen, sites: &sites, activations: &activations },
     )?;
-    if opts.signed_activations {
-        signed_activations(&mut q.proto);
-    }
     let staged = write_model(&q.proto, &file, staging, stem, DataMode::SelfContained)?;
     let fid = fidelity(&reference, &outputs(&staged, &data.heldout, &output_names, sess)?);
     let lat = if opts.latency_runs > 0 {
@@ -333,6 +330,12 @@ pub(super) fn calibrate_graph(
     } else {
         None
     };
+    if opts.signed_activations {
+        // measured above in the UINT8 form (the same values): ONNX Runtime 1.31's Q/DQ
+        // propagation rejects some INT8-activation conv graphs (output_dtype vs zero-point type)
+        signed_activations(&mut q.proto);
+        write_model(&q.proto, &file, staging, stem, DataMode::SelfContained)?;
+    }
 
     let chosen_set = Chosen { layers: &layers, sites: &sites, names: &chosen };
     let (scales, cache_ranges) = scales_of(&chosen_set, &activations, &raw, &q.weights, opts, &kept);

@@ -94,7 +94,9 @@ pub struct Args {
     #[arg(long, default_value_t = 8)]
     vae_heldout_tile: usize,
     /// INT8 convolutions with INT8 activations (zero point 0) for TensorRT, instead of UINT8
-    /// with zero point 128 (ONNX Runtime's fast x86 kernels). Same values either way.
+    /// with zero point 128 (ONNX Runtime's fast x86 kernels). Same values either way; the
+    /// report's figures are measured in the UINT8 form (ONNX Runtime 1.31 rejects some such
+    /// graphs when optimising them: use this for TensorRT builds only).
     #[arg(long)]
     signed_activations: bool,
     /// Seed of everything random (noise, noise levels, embeddings without a text encoder).
