@@ -191,6 +191,22 @@ pub fn cpu_session_with(
     with_overrides(builder, overrides, path)?.commit_from_file(path).map_err(ctx)
 }
 
+/// Writes the graph ONNX Runtime's CPU provider actually runs for the model at `path` (after its
+/// graph optimisations, Q/DQ fusions included) to `out`: what a structure test inspects to see
+/// which quantised kernels (`QLinearConv`, `MatMulIntegerToFloat`, ...) a graph gets.
+pub fn save_optimized(path: &Path, out: &Path, opts: &SessionOptions) -> Result<(), RuntimeError> {
+    let env = environment()?;
+    let ctx = |e: ort::Error| RuntimeError::Session { path: path.to_path_buf(), msg: e.to_string() };
+    let mut builder = Session::builder(env).map_err(ctx)?;
+    builder = builder.with_intra_threads(opts.intra_threads).map_err(|e| ctx(e.into()))?;
+    builder = builder.with_optimization_level(GraphOptimizationLevel::All).map_err(|e| ctx(e.into()))?;
+    if !opts.qdq_fusion || manifest_precision(path).as_deref() == Some("fp8") {
+        builder = builder.with_config_entry("session.disable_quant_qdq", "1").map_err(|e| ctx(e.into()))?;
+    }
+    builder = builder.with_optimized_model_path(out).map_err(|e| ctx(e.into()))?;
+    builder.commit_from_file(path).map_err(ctx).map(drop)
+}
+
 /// The `precision` the `manifest.json` beside `path` gives its graph, if any.
 fn manifest_precision(path: &Path) -> Option<String> {
     let text = std::fs::read_to_string(path.parent()?.join("manifest.json")).ok()?;

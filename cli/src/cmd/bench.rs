@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use flux2_runtime::images::{write_png, Chw, Reference};
-use flux2_runtime::pipeline::{Pipeline, PromptSource, Request, Timings};
+use flux2_runtime::pipeline::{Pipeline, PromptSource, Request, SessionFactory, Timings};
 use flux2_runtime::tensor_file::{read_tensor, Tensor};
 use flux2_runtime::SessionOptions;
 use serde_json::json;
@@ -26,7 +26,9 @@ model's context width and --max-sequence-length tokens stand in for the prompt.
 Examples:
   flux2 bench --model klein-onnx
   flux2 bench --model klein-onnx --width 512 --height 512 --runs 10 --json bench.json --plot bench.png
-  flux2 bench --model klein-onnx --refs 2 --steps 4";
+  flux2 bench --model klein-onnx --refs 2 --steps 4
+  flux2 calibrate --model klein-onnx --precision int8 --out klein-int8
+  flux2 bench --model klein-onnx --against klein-int8   # f32 and INT8 side by side, image PSNR";
 
 /// Measure per-stage latency of an exported model (sessions created once, then reused).
 #[derive(clap::Args)]
@@ -80,6 +82,10 @@ pub struct Args {
     /// Also plot median latency per stage (bars) with min–p90 whiskers as a PNG here.
     #[arg(long)]
     pub plot: Option<PathBuf>,
+    /// A second export folder (e.g. the INT8 one `flux2 calibrate` made from --model), timed with
+    /// the same request and printed side by side, with the PSNR of its image against --model's.
+    #[arg(long)]
+    pub against: Option<PathBuf>,
 }
 
 /// min / median / p90 of a sample set (nearest-rank percentiles), seconds.
@@ -170,13 +176,16 @@ fn stage_samples(runs: &[Timings], text: bool, refs: bool) -> Vec<(&'static str,
     stages
 }
 
+fn make_factory(args: &Args) -> anyhow::Result<SessionFactory> {
+    flux2_runtime::request::session_factory(&args.provider, args.threads, 0)
+        .with_context(|| format!("--provider {}", args.provider))
+}
+
 pub fn run(args: Args) -> anyhow::Result<()> {
     if args.runs == 0 {
         bail!("--runs must be at least 1");
     }
-    let factory = flux2_runtime::request::session_factory(&args.provider, args.threads, 0)
-        .with_context(|| format!("--provider {}", args.provider))?;
-    let mut pipe = Pipeline::new(&args.model, factory)?;
+    let mut pipe = Pipeline::new(&args.model, make_factory(&args)?)?;
     super::generate::apply_adapters(&mut pipe, &args.lora)?;
     let has_text = pipe.model.entry("text_encoder").is_some();
     let prompt = match (&args.prompt_embeds, has_text) {
@@ -196,22 +205,35 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         (Some(args.width), Some(args.height), args.steps, args.guidance);
     req.max_sequence_length = args.max_sequence_length;
     req.references = refs.into_iter().map(Reference::Path).collect();
-    let result = measure(&mut pipe, &req, &args);
+    let result = measure(&mut pipe, &req, &args).and_then(|(runs, load, steps, image)| {
+        let against = match &args.against {
+            Some(dir) => {
+                let counts = (args.warmup, args.runs);
+                Some(super::bench_against::compare(dir, make_factory(&args)?, &req, counts, (&runs, &image))?)
+            }
+            None => None,
+        };
+        Ok((runs, load, steps, against))
+    });
     if tmp.exists() {
         let _ = std::fs::remove_dir_all(&tmp);
     }
-    let (runs, load, steps) = result?;
-    report(&args, &pipe, &runs, load, steps, matches!(req.prompt, PromptSource::Text(_)))
+    let (runs, load, steps, against) = result?;
+    report(&args, &pipe, &runs, (load, steps, against), matches!(req.prompt, PromptSource::Text(_)))
 }
 
-/// Warm-up and timed runs: (timings of the timed runs, session creation seconds, steps).
-fn measure(pipe: &mut Pipeline, req: &Request, args: &Args) -> anyhow::Result<(Vec<Timings>, f64, usize)> {
+/// Warm-up and timed runs: (timings of the timed runs, session creation seconds, steps, the
+/// last image).
+type Measured = (Vec<Timings>, f64, usize, Vec<f32>);
+
+fn measure(pipe: &mut Pipeline, req: &Request, args: &Args) -> anyhow::Result<Measured> {
     let plan = pipe.plan(req)?;
     let steps = plan.schedule.steps();
     let total = (args.warmup + args.runs) as u64;
     let pb = crate::progress::bar(total, "bench");
     let mut load = 0.0;
     let mut runs = Vec::new();
+    let mut image = Vec::new();
     for i in 0..args.warmup + args.runs {
         pb.set_message(if i < args.warmup { "warm-up" } else { "timed" });
         let out = pipe.generate(req, &mut |_| {})?;
@@ -221,18 +243,18 @@ fn measure(pipe: &mut Pipeline, req: &Request, args: &Args) -> anyhow::Result<(V
         if i >= args.warmup {
             runs.push(out.timings);
         }
+        image = out.image.data;
         pb.inc(1);
     }
     pb.finish_and_clear();
-    Ok((runs, load, steps))
+    Ok((runs, load, steps, image))
 }
 
 fn report(
     args: &Args,
     pipe: &Pipeline,
     runs: &[Timings],
-    load: f64,
-    steps: usize,
+    (load, steps, against): (f64, usize, Option<serde_json::Value>),
     text: bool,
 ) -> anyhow::Result<()> {
     let stages = stage_samples(runs, text, args.refs > 0);
@@ -290,6 +312,7 @@ fn report(
             "outside_ort_fraction": {"stats": frac, "samples": outside},
             "session_creation": load,
             "peak_rss_bytes": rss,
+            "against": against,
         });
         write_atomic(path, &(serde_json::to_string_pretty(&doc)? + "\n"))?;
         println!("wrote {}", path.display());

@@ -2,6 +2,7 @@
 //! Commands that build, convert or calibrate graphs exist only with the `full` feature.
 // MODULES-BEGIN
 pub mod bench;
+pub mod bench_against;
 #[cfg(feature = "full")]
 pub mod build;
 #[cfg(feature = "full")]
