@@ -130,7 +130,9 @@ def test_bad_arguments_raise_value_error_with_cli_message(ctx):
     expect_value_error(lambda: pipe.generate("x", width=-32), "--width")
     expect_value_error(lambda: pipe.generate("x", seed=-1), "--seed")
     expect_value_error(lambda: pipe.generate(None), "--prompt")
-    expect_value_error(lambda: flux2.Pipeline(os.path.join(ctx.tmp, "nope")), "manifest.json")
+    expect_value_error(lambda: flux2.Pipeline(os.path.join(ctx.tmp, "nope")), "nope", "does not exist")
+    os.makedirs(os.path.join(ctx.tmp, "empty"), exist_ok=True)
+    expect_value_error(lambda: flux2.Pipeline(os.path.join(ctx.tmp, "empty")), "manifest.json")
     expect_value_error(lambda: flux2.Pipeline(ctx.model(), provider="rocm"), "--provider", "rocm")
     expect_value_error(lambda: flux2.Pipeline(ctx.model(), threads=0), "--threads")
     # the pipeline still works after refusing requests
