@@ -121,7 +121,7 @@ impl Pipeline {
                 _ => 0,
             },
             noise,
-            max_sequence_length,
+            max_sequence_length: Some(max_sequence_length),
         };
         let mut cb = Progress { callback: progress, raised: None };
         let result = py.detach(|| -> Result<_, (bool, flux2_runtime::RuntimeError)> {

@@ -34,8 +34,8 @@ pub struct GenerateArgs {
     pub seed: u64,
     /// safetensors with tensor `noise` [1, 128, H/16, W/16], instead of the seed.
     pub noise: Option<PathBuf>,
-    /// 0 means [`DEFAULT_MAX_SEQUENCE_LENGTH`].
-    pub max_sequence_length: usize,
+    /// Prompt length limit in tokens; None means [`DEFAULT_MAX_SEQUENCE_LENGTH`], 0 is refused.
+    pub max_sequence_length: Option<usize>,
 }
 
 fn input_err(name: &str, msg: impl Into<String>) -> RuntimeError {
@@ -94,8 +94,14 @@ impl GenerateArgs {
         req.seed = self.seed;
         req.noise = noise;
         req.max_sequence_length = match self.max_sequence_length {
-            0 => DEFAULT_MAX_SEQUENCE_LENGTH,
-            n => n,
+            None => DEFAULT_MAX_SEQUENCE_LENGTH,
+            Some(0) => {
+                return Err(input_err(
+                    "--max-sequence-length",
+                    "0: the maximum prompt sequence length must be at least 1 token",
+                ))
+            }
+            Some(n) => n,
         };
         Ok(req)
     }
@@ -135,6 +141,9 @@ mod tests {
         let r = GenerateArgs::text("a fox").into_request().unwrap();
         assert!(matches!(r.prompt, PromptSource::Text(ref t) if t == "a fox"));
         assert_eq!(r.max_sequence_length, DEFAULT_MAX_SEQUENCE_LENGTH);
+        let zero = GenerateArgs { max_sequence_length: Some(0), ..GenerateArgs::text("a") };
+        let e = zero.into_request().unwrap_err().to_string();
+        assert!(e.contains("--max-sequence-length"), "{e}");
     }
 
     #[test]

@@ -133,7 +133,7 @@ fn generate_args(args: &Args) -> GenerateArgs {
         shift: Some(args.shift.clone()),
         seed: args.seed,
         noise: args.noise.clone(),
-        max_sequence_length: args.max_sequence_length,
+        max_sequence_length: Some(args.max_sequence_length),
     }
 }
 
@@ -152,9 +152,6 @@ pub fn factory_refit(provider: &str, refit_from: Option<&std::path::Path>) -> an
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    if args.max_sequence_length == 0 {
-        bail!("--max-sequence-length 0: the maximum prompt sequence length must be at least 1 token");
-    }
     check_output("--out", &args.out)?;
     flux2_runtime::images::output_format(&args.out).context("--out")?;
     if let Some(p) = &args.save_tensor {
