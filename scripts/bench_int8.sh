@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # INT8 / FP8 DiT benchmark on ONNX Runtime CPU (issue 6 acceptance figures).
 #
-#   scripts/bench_int8.sh [WORK_DIR]            (default /tmp/flux2-bench-int8)
+#   scripts/bench_int8.sh [WORK_DIR]            (default target/bench-int8 in the repository, git-ignored)
 #   HEADS=8 scripts/bench_int8.sh               hidden = HEADS x 128 (default 4 -> 512)
 #   PRECISIONS=int8 scripts/bench_int8.sh       only INT8 (default: int8 fp8)
 #
 # 1. a random medium FLUX.2 DiT in the diffusers layout (scripts/bench_int8_checkpoint.py,
-#    needs the reference venv: FLUX2_REF_PYTHON, default /work/venv-ref/bin/python),
+#    needs the reference venv: FLUX2_REF_PYTHON, default .venv-ref/bin/python in the repository),
 # 2. `flux2 export` (f32), `flux2 calibrate --precision int8` and `--precision fp8`
 #    (trajectories at 512x512, 640x384, 384x640; distilled klein schedule, 4 steps),
 # 3. scripts/bench_int8_report.py on each: onnx.checker, Q/DQ types, per-channel weights,
@@ -15,9 +15,9 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-WORK="${1:-/tmp/flux2-bench-int8}"
+WORK="${1:-$ROOT/target/bench-int8}"
 HEADS="${HEADS:-4}"
-REF_PY="${FLUX2_REF_PYTHON:-/work/venv-ref/bin/python}"
+REF_PY="${FLUX2_REF_PYTHON:-$ROOT/.venv-ref/bin/python}"
 PY="${FLUX2_PYTHON:-$ROOT/.venv/bin/python}"
 RUNS="${RUNS:-9}"
 FLUX2="$ROOT/target/release/flux2"

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """A random medium-size FLUX.2 [klein]-style DiT checkpoint for the INT8 benchmark.
 
-    /work/venv-ref/bin/python scripts/bench_int8_checkpoint.py --out /tmp/flux2-bench/ckpt
+    .venv-ref/bin/python scripts/bench_int8_checkpoint.py --out target/bench-int8/ckpt
 
 Builds `diffusers.Flux2Transformer2DModel` (diffusers 0.42.1) with a medium config (default:
 4 heads x 128 = hidden 512, 2 double + 4 single blocks, context width 1536, no guidance

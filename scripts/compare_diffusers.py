@@ -2,7 +2,7 @@
 """Speed of flux2 (ONNX Runtime, CPU) against diffusers 0.42.1 (PyTorch, CPU) on the same weights.
 
     scripts/compare_diffusers.sh            # builds the release binary, then runs this
-    /work/venv-ref/bin/python scripts/compare_diffusers.py --flux2 target/release/flux2
+    .venv-ref/bin/python scripts/compare_diffusers.py --flux2 target/release/flux2
 
 On a fresh machine, make the reference environment first (PyTorch, diffusers, transformers):
 
@@ -32,7 +32,12 @@ What it does:
    once).
 4. Checks that both compute the same image: one diffusers run and one `flux2 generate` from the same
    noise tensor and prompt, compared by PSNR.
-5. Prints both, the speed-up, the share of flux2's time outside ONNX Runtime calls, and writes
+5. Unless --no-int8: `flux2 calibrate --precision int8` with default options (every component:
+   text encoder, DiT, VAE; its wall time is reported), `flux2 bench --against` the INT8 folder
+   (f32 and INT8 timed by one process, image PSNR of INT8 vs f32 on the same seed) and the same
+   same-noise check of the INT8 image against diffusers.
+6. Prints all of it side by side (diffusers f32, flux2 f32, flux2 INT8), the speed-ups, the share
+   of flux2's time outside ONNX Runtime calls, and the CPU with its instruction sets, and writes
    everything to WORK/compare.json.
 """
 
@@ -88,7 +93,23 @@ def parse_args():
     p.add_argument("--text-layers", type=int, default=28)
     p.add_argument("--vae-widths", default="32,64,128,128", help="VAE block_out_channels (released: 128,256,512,512)")
     p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--no-int8", action="store_true", help="skip the INT8 calibration and its timing")
     return p.parse_args()
+
+
+def cpu_info() -> str:
+    """CPU model and the instruction sets INT8 speed depends on (from /proc/cpuinfo)."""
+    model, flags = "unknown CPU", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and model == "unknown CPU":
+                model = line.split(":", 1)[1].strip()
+            elif line.startswith("flags") and not flags:
+                flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    want = ["avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "avx512_bf16"]
+    return f"{model} ({', '.join(f for f in want if f in flags) or 'no AVX2'})"
 
 
 def config_of(a) -> dict:
@@ -225,8 +246,9 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
     return math.inf if mse == 0 else 10 * math.log10(1.0 / mse)
 
 
-def same_image_check(pipe, work: Path, onnx: Path, a) -> float:
-    """One diffusers image and one flux2 image from the same noise and prompt: their PSNR."""
+def same_image_check(pipe, work: Path, onnx: Path, a, tag="flux2") -> float:
+    """One diffusers image and one flux2 image (of the export `onnx`) from the same noise and
+    prompt: their PSNR."""
     g = torch.Generator().manual_seed(99)
     noise = torch.randn(1, 128, a.height // 16, a.width // 16, generator=g)
     save_file({"noise": noise.contiguous()}, str(work / "noise.safetensors"))
@@ -234,9 +256,9 @@ def same_image_check(pipe, work: Path, onnx: Path, a) -> float:
         ref = pipe(prompt=a.prompt, width=a.width, height=a.height, num_inference_steps=a.steps,
                    latents=noise, output_type="pt").images
     run([a.flux2, "generate", "--model", onnx, "--prompt", a.prompt, "--noise", work / "noise.safetensors",
-         "--width", a.width, "--height", a.height, "--steps", a.steps, "--out", work / "flux2.png",
-         "--save-tensor", work / "flux2.safetensors"])
-    ours = load_file(str(work / "flux2.safetensors"))["image"]
+         "--width", a.width, "--height", a.height, "--steps", a.steps, "--out", work / f"{tag}.png",
+         "--save-tensor", work / f"{tag}.safetensors"])
+    ours = load_file(str(work / f"{tag}.safetensors"))["image"]
     return psnr(ref.float().numpy(), ours.numpy())
 
 
@@ -257,12 +279,22 @@ def main():
     t = time.perf_counter()
     run([a.flux2, "export", "--checkpoint", ckpt, "--out", onnx])
     export_s = time.perf_counter() - t
+    int8, calib_s = work / "int8", None
+    if not a.no_int8:
+        if int8.exists():
+            shutil.rmtree(int8)
+        t = time.perf_counter()
+        run([a.flux2, "calibrate", "--model", onnx, "--precision", "int8", "--out", int8, "--threads", a.threads])
+        calib_s = time.perf_counter() - t
     bench_json = work / "bench.json"
+    against = [] if a.no_int8 else ["--against", int8]
     run([a.flux2, "bench", "--model", onnx, "--prompt", a.prompt, "--width", a.width, "--height", a.height,
          "--steps", a.steps, "--runs", a.runs, "--warmup", a.warmup, "--threads", a.threads,
-         "--json", bench_json, "--plot", work / "bench.png"])
+         "--json", bench_json, "--plot", work / "bench.png", *against])
     ours = json.loads(bench_json.read_text())
     quality = same_image_check(pipe, work, onnx, a)
+    quality_int8 = None if a.no_int8 else same_image_check(pipe, work, int8, a, tag="flux2-int8")
+    q8 = (ours.get("against") or {}).get("median_seconds", {})
 
     st = ours["stages"]
     ours_e2e = st["end_to_end"]["stats"]["median"]
@@ -274,21 +306,33 @@ def main():
         ("VAE decode", ref["vae_decode"], st["vae_decode"]["stats"]),
         ("end to end", ref["end_to_end"], st["end_to_end"]["stats"]),
     ]
-    print(f"\nCPU: {ours['cpu_summary']}")
-    print(f"{a.width}x{a.height}, {a.steps} steps, {a.threads} threads, medians of {a.runs} runs (seconds)")
-    print(f"{'stage':<14}{'diffusers':>12}{'flux2':>12}{'speed-up':>10}{'(min/min)':>11}")
+    keys = {"text encoder": "text_encoder", "DiT step": "dit_step", "VAE decode": "vae_decode",
+            "end to end": "end_to_end"}
+    cpu = ours.get("cpu_summary") or cpu_info()  # flux2 bench reads the same /proc/cpuinfo
+    print(f"\n{a.width}x{a.height}, {a.steps} steps, {a.threads} threads, medians of {a.runs} runs (seconds); {cpu}")
+    print(f"{'stage':<14}{'diffusers':>12}{'flux2 f32':>12}{'speed-up':>10}{'flux2 int8':>12}{'speed-up':>10}")
     for name, r, o in rows:
-        print(f"{name:<14}{r['median']:>12.3f}{o['median']:>12.3f}{r['median'] / o['median']:>9.2f}x"
-              f"{r['min'] / o['min']:>10.2f}x")
+        i8 = q8.get(keys[name], {}).get("against")
+        tail = f"{i8:>12.3f}{r['median'] / i8:>9.2f}x" if i8 else ""
+        print(f"{name:<14}{r['median']:>12.3f}{o['median']:>12.3f}{r['median'] / o['median']:>9.2f}x{tail}")
     print(f"flux2 time outside ONNX Runtime calls: {100 * outside:.2f}% of end to end (target <= 2%)")
-    print(f"end-to-end speed-up: {ref_e2e / ours_e2e:.2f}x (target >= 2x); same-noise image PSNR {quality:.1f} dB")
+    print(f"end-to-end speed-up f32: {ref_e2e / ours_e2e:.2f}x; same-noise image PSNR vs diffusers {quality:.1f} dB")
+    int8_e2e = q8.get("end_to_end", {}).get("against")
+    if int8_e2e:
+        psnr_f32 = ours["against"]["image_psnr_db"]
+        print(f"end-to-end speed-up int8: {ref_e2e / int8_e2e:.2f}x (target >= 2x); same-noise image PSNR vs "
+              f"diffusers {quality_int8:.1f} dB (target >= 30), vs flux2 f32 {psnr_f32:.1f} dB; "
+              f"calibration {calib_s:.0f} s")
     summary = dict(
-        cpu=ours["cpu_summary"],
         config=cfg, width=a.width, height=a.height, steps=a.steps, runs=a.runs, warmup=a.warmup, threads=a.threads,
         versions=dict(diffusers=diffusers.__version__, transformers=transformers.__version__, torch=torch.__version__),
         diffusers=ref, flux2=ours, export_seconds=export_s, speedup_end_to_end=ref_e2e / ours_e2e,
         speedup_end_to_end_min=ref["end_to_end"]["min"] / st["end_to_end"]["stats"]["min"],
-        flux2_outside_ort_fraction=outside, same_noise_psnr_db=quality,
+        flux2_outside_ort_fraction=outside, same_noise_psnr_db=quality, cpu=cpu,
+        int8=None if a.no_int8 else dict(
+            calibrate_seconds=calib_s, median_seconds=q8, same_noise_psnr_db=quality_int8,
+            psnr_vs_f32_db=ours["against"]["image_psnr_db"],
+            speedup_end_to_end=ref_e2e / int8_e2e if int8_e2e else None),
     )
     (work / "compare.json").write_text(json.dumps(summary, indent=1))
     print(f"wrote {work / 'compare.json'}")

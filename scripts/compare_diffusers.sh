@@ -12,8 +12,8 @@ source scripts/setup.sh >/dev/null
 cargo build --release -q -p flux2-cli
 py="${FLUX2_REF_PYTHON:-}"
 if [ -z "$py" ]; then
-  if [ -x /work/venv-ref/bin/python ]; then py=/work/venv-ref/bin/python
-  elif [ -x .venv-ref/bin/python ]; then py=.venv-ref/bin/python
+  if [ -x .venv-ref/bin/python ]; then py=.venv-ref/bin/python
+  elif [ -x .pyref/bin/python ]; then py=.pyref/bin/python
   else py=python3; fi
 fi
 if ! "$py" -c "import torch, diffusers, transformers" 2>/dev/null; then

@@ -37,6 +37,9 @@ pub struct Layer {
     pub weight: String,
     /// Shape of the weight as the node uses it: (in, out) for MatMul, (out, in, kh, kw) for Conv.
     pub weight_shape: Vec<usize>,
+    /// The node's output (an INT8 convolution also quantises it: see [`crate::qdq`]).
+    #[serde(default)]
+    pub output: String,
 }
 
 impl Layer {
@@ -105,6 +108,7 @@ pub fn find_layers(file: &OnnxFile) -> Result<Vec<Layer>> {
             activation: act.clone(),
             weight: w.clone(),
             weight_shape: value.shape,
+            output: n.output.first().cloned().unwrap_or_default(),
         });
     }
     Ok(layers)

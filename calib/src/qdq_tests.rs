@@ -251,3 +251,42 @@ fn fp8_activation_after_unsqueeze_gets_a_unit_mul_and_int8_does_not() {
         }
     }
 }
+
+#[test]
+fn int8_conv_gets_uint8_input_and_output_pairs_that_keep_the_output_name() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let file = model(dir.path());
+    let layers = find_layers(&file).unwrap_or_else(|e| panic!("{e}"));
+    let conv = layers.iter().find(|l| l.op == LayerOp::Conv).unwrap_or_else(|| unreachable!());
+    let names: BTreeSet<String> = std::iter::once(conv.name.clone()).collect();
+    let mut acts = BTreeMap::new();
+    acts.insert(conv.activation.clone(), ActivationQuant { amax: 2.0, smooth: None });
+    acts.insert(conv.output.clone(), ActivationQuant { amax: 3.0, smooth: None });
+    let plan = QdqPlan { format: Format::Int8, layers: &names, sites: &[], activations: &acts };
+    let mut q = insert_qdq(&file, &layers, &plan).unwrap_or_else(|e| panic!("{e}"));
+    let g = q.proto.graph.clone().unwrap_or_default();
+    let node = g.node.iter().find(|n| n.op_type == "Conv").unwrap_or_else(|| unreachable!());
+    // DQ → Conv → Q → DQ, the DQ writing the conv's original output name
+    let quant = g.node.iter().find(|n| n.op_type == "QuantizeLinear" && n.input[0] == node.output[0]);
+    let quant = quant.unwrap_or_else(|| panic!("no Q on the conv output {}", node.output[0]));
+    let dq = g.node.iter().find(|n| n.op_type == "DequantizeLinear" && n.input[0] == quant.output[0]);
+    assert_eq!(dq.map(|n| n.output[0].as_str()), Some(conv.output.as_str()));
+    let zp = init(&q, &quant.input[2]);
+    assert_eq!((zp.data_type, zp.raw_data.clone()), (dtype::UINT8, vec![CONV_ZERO_POINT]));
+    let scale = f32::from_le_bytes(init(&q, &quant.input[1]).raw_data[..4].try_into().unwrap_or([0; 4]));
+    assert_eq!(scale, 3.0 / 127.0);
+    let input_dq = g.node.iter().find(|n| n.output[0] == node.input[0]).unwrap_or_else(|| unreachable!());
+    assert_eq!(init(&q, &input_dq.input[2]).data_type, dtype::UINT8);
+    // TensorRT's form: the same scales, INT8 with zero point 0
+    assert_eq!(signed_activations(&mut q.proto), 2, "one zero point per pair");
+    let zp = init(&q, &quant.input[2]);
+    assert_eq!((zp.data_type, zp.raw_data.clone()), (dtype::INT8, vec![0]));
+    // without an output range the conv keeps its float output (no Q after it)
+    acts.remove(&conv.output);
+    let plan = QdqPlan { format: Format::Int8, layers: &names, sites: &[], activations: &acts };
+    let q = insert_qdq(&file, &layers, &plan).unwrap_or_else(|e| panic!("{e}"));
+    let g = q.proto.graph.unwrap_or_default();
+    let node = g.node.iter().find(|n| n.op_type == "Conv").unwrap_or_else(|| unreachable!());
+    assert_eq!(node.output[0], conv.output);
+    assert!(!g.node.iter().any(|n| n.op_type == "QuantizeLinear" && n.input[0] == node.output[0]));
+}

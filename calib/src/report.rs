@@ -92,6 +92,9 @@ pub struct Report {
     /// Whether a usable model folder was written (false when the gate failed).
     pub model_written: bool,
     pub notes: Vec<String>,
+    /// Wall time of each stage of the run, in order (a stage seen twice is summed).
+    #[serde(default)]
+    pub stage_seconds: Vec<(String, f64)>,
 }
 
 fn sci(v: f64) -> String {
@@ -163,6 +166,16 @@ impl Report {
                     g.ssim
                 );
             }
+        }
+        if !self.stage_seconds.is_empty() {
+            let total: f64 = self.stage_seconds.iter().map(|(_, t)| t).sum();
+            let _ = writeln!(s, "\n## Time per stage\n");
+            let _ = writeln!(s, "| stage | seconds | share |");
+            let _ = writeln!(s, "|---|---|---|");
+            for (label, t) in &self.stage_seconds {
+                let _ = writeln!(s, "| {label} | {t:.1} | {:.0} % |", 100.0 * t / total.max(1e-9));
+            }
+            let _ = writeln!(s, "| total | {total:.1} | |");
         }
         if !self.notes.is_empty() {
             let _ = writeln!(s, "\n## Notes\n");

@@ -46,6 +46,11 @@ enum Command {
     Doctor(cmd::doctor::Args),
     /// Per-stage latency (min/median/p90), overhead outside ONNX Runtime and peak RSS of an exported model.
     Bench(cmd::bench::Args),
+    #[cfg(feature = "full")]
+    #[command(name = "synth-checkpoint", hide = true)]
+    SynthCheckpoint(cmd::synth::Args),
+    #[cfg(feature = "full")]
+    Triton(cmd::triton::Args),
     // COMMANDS-END
 }
 
@@ -84,6 +89,10 @@ fn main() {
         Command::Build(a) => cmd::build::run(a),
         Command::Doctor(a) => cmd::doctor::run(a),
         Command::Bench(a) => cmd::bench::run(a),
+        #[cfg(feature = "full")]
+        Command::SynthCheckpoint(a) => cmd::synth::run(a),
+        #[cfg(feature = "full")]
+        Command::Triton(a) => cmd::triton::run(a),
         // DISPATCH-END
     };
     if let Err(e) = result {

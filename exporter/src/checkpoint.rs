@@ -10,6 +10,9 @@ use flux2_graphs::DType;
 use crate::safetensors::{RawTensor, SafeFile};
 use crate::{io_err, ExportError, Result};
 
+/// Largest `*.safetensors.index.json` read (released ones are well under 1 MB).
+pub const MAX_INDEX: u64 = 64 << 20;
+
 /// Where one tensor lives.
 #[derive(Clone, Debug)]
 pub struct TensorInfo {
@@ -47,7 +50,7 @@ impl Checkpoint {
         if !path.exists() {
             return Err(ExportError::Io {
                 path: path.to_path_buf(),
-                source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
+                err: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
             });
         }
         Self::from_files(path, &[path.to_path_buf()])
@@ -82,8 +85,12 @@ impl Checkpoint {
     }
 
     fn open_index(index: &Path) -> Result<Checkpoint> {
-        let text = std::fs::read_to_string(index).map_err(io_err(index))?;
         let bad = |msg: String| ExportError::BadIndex { path: index.to_path_buf(), msg };
+        let size = std::fs::metadata(index).map_err(io_err(index))?.len();
+        if size > MAX_INDEX {
+            return Err(bad(format!("{size} bytes is over the {MAX_INDEX}-byte limit for an index")));
+        }
+        let text = std::fs::read_to_string(index).map_err(io_err(index))?;
         let json: serde_json::Value =
             serde_json::from_str(&text).map_err(|e| bad(format!("not JSON: {e}")))?;
         let map = json
@@ -103,6 +110,13 @@ impl Checkpoint {
             }
         }
         files.sort();
+        if let Some(missing) = files.iter().find(|f| !f.is_file()) {
+            return Err(bad(format!(
+                "lists shard {} which {} (an unfinished download?)",
+                missing.display(),
+                if missing.exists() { "is not a file" } else { "does not exist" }
+            )));
+        }
         let ckpt = Self::from_files(index, &files)?;
         for (name, v) in map {
             let f = dir.join(v.as_str().unwrap_or_default());

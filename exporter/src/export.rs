@@ -3,12 +3,13 @@
 //! failed export leaves no partial output behind.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::layout::{Kind, ModelSource};
 use crate::manifest::{dim_ranges, fingerprint, io_specs, GraphEntry, Manifest};
 use crate::models::{build, BuiltGraph, ExportOptions};
 use crate::names::{resolve_weights, ResolvedWeight};
-use crate::writer::{write_model, WeightMode, WriteOptions};
+use crate::writer::{write_model, WeightMerge, WeightMode, WriteOptions};
 use crate::{io_err, ExportError, Result};
 
 /// What to export.
@@ -18,6 +19,30 @@ pub struct ExportRequest {
     pub components: Option<Vec<Kind>>,
     pub options: ExportOptions,
     pub weights: WeightMode,
+    /// Copy mode: export tensors with NaN/Inf instead of failing (`--allow-nonfinite`).
+    pub allow_nonfinite: bool,
+    /// Link mode: read every weight first and fail on NaN/Inf (`--verify`).
+    pub verify: bool,
+    /// Link mode: copy a graph's weights where hard links are impossible (`--link-fallback copy`).
+    pub link_fallback_copy: bool,
+    /// Weights merged on the way out (LoRA adapters, planned by the caller against the graphs).
+    pub merge: Option<Arc<dyn WeightMerge>>,
+}
+
+impl ExportRequest {
+    /// A request with the default checks: copy mode fails on NaN/Inf, link mode does not read
+    /// the data, and a link that cannot be made is an error.
+    pub fn new(components: Option<Vec<Kind>>, options: ExportOptions, weights: WeightMode) -> ExportRequest {
+        ExportRequest {
+            components,
+            options,
+            weights,
+            allow_nonfinite: false,
+            verify: false,
+            link_fallback_copy: false,
+            merge: None,
+        }
+    }
 }
 
 /// Progress events of [`export`].
@@ -28,6 +53,8 @@ pub enum Progress<'a> {
     Graph { stem: &'a str },
     /// `n` more bytes processed.
     Bytes(u64),
+    /// `--verify`: reading the data of `total` bytes for NaN/Inf.
+    Verify { total: u64 },
 }
 
 /// Exports `source` into `out` and returns the manifest written there.
@@ -38,9 +65,13 @@ pub fn export(
     progress: &mut dyn FnMut(Progress),
 ) -> Result<Manifest> {
     let planned = plan(source, req)?;
+    if req.verify && !req.allow_nonfinite {
+        verify(source, &planned, progress)?;
+    }
     let total =
         planned.iter().map(|(_, _, w)| w.iter().flat_map(|w| &w.pieces).map(|p| p.len).sum::<u64>()).sum();
     progress(Progress::Start { total });
+    let created = !out.exists();
     std::fs::create_dir_all(out).map_err(|e| ExportError::Output {
         path: out.to_path_buf(),
         msg: format!("cannot create the output folder: {e}"),
@@ -55,7 +86,25 @@ pub fn export(
         Ok(m)
     });
     let _ = std::fs::remove_dir_all(&staging);
+    if result.is_err() && created {
+        let _ = std::fs::remove_dir(out); // only if still empty: a failed export leaves nothing
+    }
     result
+}
+
+/// `--verify`: every checkpoint that will be exported is read for NaN/Inf before writing.
+fn verify(source: &ModelSource, planned: &[Planned], progress: &mut dyn FnMut(Progress)) -> Result<()> {
+    let mut done: Vec<usize> = Vec::new();
+    for (ci, _, _) in planned {
+        if done.contains(ci) {
+            continue;
+        }
+        done.push(*ci);
+        let ckpt = &source.components[*ci].checkpoint;
+        progress(Progress::Verify { total: ckpt.nbytes() });
+        crate::verify::require_finite(ckpt, &mut |n| progress(Progress::Bytes(n)))?;
+    }
+    Ok(())
 }
 
 type Planned<'a> = (usize, BuiltGraph, Vec<ResolvedWeight>);
@@ -114,12 +163,17 @@ fn write_all(
         Err(_) => Manifest::new(),
     };
     manifest.tool_version = env!("CARGO_PKG_VERSION").into();
-    let opts = WriteOptions { mode: req.weights };
+    let opts = WriteOptions {
+        mode: req.weights,
+        allow_nonfinite: req.allow_nonfinite,
+        link_fallback_copy: req.link_fallback_copy,
+        merge: req.merge.as_deref(),
+    };
     let mut seen_files: Vec<PathBuf> = Vec::new();
     for (ci, g, weights) in planned {
         let c = &source.components[*ci];
         progress(Progress::Graph { stem: &g.stem });
-        write_model(&g.model, weights, &c.checkpoint, staging, &g.stem, &opts, &mut |n| {
+        let written = write_model(&g.model, weights, &c.checkpoint, staging, &g.stem, &opts, &mut |n| {
             progress(Progress::Bytes(n))
         })?;
         let (inputs, outputs) = io_specs(&g.model);
@@ -129,7 +183,7 @@ fn write_all(
                 file: format!("{}.onnx", g.stem),
                 component: c.kind.name().into(),
                 dtype: req.options.dtype.name().into(),
-                weights: format!("{:?}", req.weights).to_lowercase(),
+                weights: format!("{:?}", written.mode.unwrap_or(req.weights)).to_lowercase(),
                 target: req.options.target.name().into(),
                 parameters: g.model.weights.iter().map(|w| w.shape.iter().product::<usize>() as u64).sum(),
                 inputs,
@@ -139,6 +193,9 @@ fn write_all(
             },
         );
         manifest.configs.insert(c.kind.name().into(), g.config.clone());
+        if c.kind == Kind::Transformer {
+            manifest.adapters = req.merge.as_ref().map(|m| m.records()).unwrap_or_default();
+        }
         if let Some(v) = &g.variant {
             manifest.variant = v.clone();
         }

@@ -89,10 +89,16 @@ pub fn classify(names: &[&String]) -> Option<(Kind, Layout)> {
 impl ModelSource {
     /// Opens whatever `path` is (see the module docs).
     pub fn open(path: &Path) -> Result<ModelSource> {
+        if let (false, Ok(target)) = (path.exists(), std::fs::read_link(path)) {
+            return Err(ExportError::UnknownLayout {
+                path: path.to_path_buf(),
+                msg: format!("is a symlink to {}, which does not exist", target.display()),
+            });
+        }
         if !path.exists() {
             return Err(ExportError::Io {
                 path: path.to_path_buf(),
-                source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or folder"),
+                err: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or folder"),
             });
         }
         if path.is_dir() && path.join("model_index.json").is_file() {

@@ -3,15 +3,19 @@
 //! from names and shapes, and writes ONNX files with external data, either copied
 //! (converted to the requested dtype) or linked to byte ranges of the original files.
 
+pub mod args;
 pub mod checkpoint;
 pub mod convert;
+pub mod copy;
 pub mod export;
 pub mod layout;
+pub mod lora;
 pub mod manifest;
 pub mod models;
 pub mod names;
 pub mod safetensors;
 pub mod synth;
+pub mod verify;
 pub mod writer;
 
 pub use checkpoint::{Checkpoint, TensorInfo};
@@ -24,8 +28,8 @@ use std::path::PathBuf;
 /// Errors of the exporter; each names the file, tensor, shape or option at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum ExportError {
-    #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {err}")]
+    Io { path: PathBuf, err: std::io::Error },
     #[error("{path}: not a valid safetensors file: {msg}")]
     BadSafetensors { path: PathBuf, msg: String },
     #[error("{path}: {msg}")]
@@ -44,11 +48,15 @@ pub enum ExportError {
     Graph(#[from] flux2_graphs::GraphError),
     #[error("output {path}: {msg}")]
     Output { path: PathBuf, msg: String },
+    #[error("{name}: {msg}")]
+    Option { name: String, msg: String },
+    #[error(transparent)]
+    Lora(#[from] flux2_runtime::lora::LoraError),
 }
 
 pub type Result<T> = std::result::Result<T, ExportError>;
 
 pub(crate) fn io_err(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> ExportError {
     let path = path.into();
-    move |source| ExportError::Io { path, source }
+    move |err| ExportError::Io { path, err }
 }

@@ -4,6 +4,11 @@
 //! `{name: {dtype, shape, data_offsets: [begin, end]}, "__metadata__": {..}}`, then the
 //! data. Offsets are relative to the end of the header; we keep absolute file offsets so
 //! external-data entries can point straight into the file.
+//!
+//! Every number in the header is checked against the file before it is used: the header
+//! length against the file size (and [`MAX_HEADER`]), shapes with overflow-checked products,
+//! offsets against the data region, so a damaged or hostile file ends in an error naming it,
+//! never in a panic or an allocation larger than the file.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -34,6 +39,9 @@ pub struct SafeFile {
     mmap: Mmap,
 }
 
+/// Largest JSON header accepted (the released 32B [dev] transformer's is under 1 MB).
+pub const MAX_HEADER: u64 = 100 << 20;
+
 fn bad(path: &Path, msg: impl Into<String>) -> ExportError {
     ExportError::BadSafetensors { path: path.to_path_buf(), msg: msg.into() }
 }
@@ -57,6 +65,18 @@ pub fn parse_dtype(s: &str) -> Option<DType> {
 impl SafeFile {
     /// Opens and validates `path` (header length, JSON, dtypes, offsets, sizes).
     pub fn open(path: &Path) -> Result<SafeFile> {
+        if path.is_dir() {
+            return Err(bad(path, "is a folder, not a .safetensors file"));
+        }
+        if let (false, Ok(target)) = (path.exists(), std::fs::read_link(path)) {
+            return Err(bad(
+                path,
+                format!(
+                    "is a symlink to {}, which does not exist (an unfinished Hugging Face download?)",
+                    target.display()
+                ),
+            ));
+        }
         let file = std::fs::File::open(path).map_err(io_err(path))?;
         // SAFETY: the map is read-only; we never hand out references that outlive it, and a
         // concurrent truncation of the file by another process is outside our contract.
@@ -68,6 +88,14 @@ impl SafeFile {
         let mut n = [0u8; 8];
         n.copy_from_slice(&mmap[..8]);
         let header_len = u64::from_le_bytes(n);
+        if header_len > MAX_HEADER {
+            return Err(bad(
+                path,
+                format!(
+                    "header length {header_len} is over the {MAX_HEADER}-byte limit; not a safetensors file?"
+                ),
+            ));
+        }
         if header_len > size - 8 {
             return Err(bad(
                 path,
@@ -126,26 +154,27 @@ fn parse_entry(
         .and_then(|a| a.iter().map(|d| d.as_u64()).collect())
         .filter(|o: &Vec<u64>| o.len() == 2 && o[0] <= o[1])
         .ok_or_else(|| bad(path, format!("tensor '{name}' has malformed data_offsets")))?;
-    let numel: u64 = shape.iter().map(|&d| d as u64).product();
     let len = offs[1] - offs[0];
-    if numel * dtype.size() as u64 != len {
+    let need = shape
+        .iter()
+        .try_fold(dtype.size() as u64, |n, &d| n.checked_mul(d as u64))
+        .ok_or_else(|| bad(path, format!("tensor '{name}': shape {shape:?} is too large")))?;
+    if need != len {
+        return Err(bad(
+            path,
+            format!("tensor '{name}': shape {shape:?} of {dt} needs {need} bytes, data_offsets give {len}"),
+        ));
+    }
+    let offset =
+        data_start.checked_add(offs[0]).filter(|o| o.checked_add(len).is_some_and(|end| end <= size));
+    let Some(offset) = offset else {
         return Err(bad(
             path,
             format!(
-                "tensor '{name}': shape {shape:?} of {dt} needs {} bytes, data_offsets give {len}",
-                numel * dtype.size() as u64
+                "tensor '{name}' (data_offsets {:?}) ends beyond the file ({size} bytes); truncated?",
+                offs
             ),
         ));
-    }
-    let offset = data_start + offs[0];
-    if offset + len > size {
-        return Err(bad(
-            path,
-            format!(
-                "tensor '{name}' ends at byte {} beyond the file ({size} bytes); truncated?",
-                offset + len
-            ),
-        ));
-    }
+    };
     Ok(RawTensor { dtype, shape, offset, len })
 }

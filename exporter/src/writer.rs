@@ -30,10 +30,37 @@ pub enum WeightMode {
     Link,
 }
 
+/// Weights changed on their way into the export (LoRA adapters merged at export). The
+/// exporter knows nothing of adapter formats: the caller plans the merge against the graph's
+/// weights and the writer asks it, per weight, whether and how the values change.
+pub trait WeightMerge: std::fmt::Debug + Send + Sync {
+    /// Whether `weight` of graph `graph` (file stem) changes.
+    fn touches(&self, graph: &str, weight: &str) -> bool;
+    /// Turns the f32 values of a touched weight ([out, in], row-major) into the merged ones.
+    fn apply(&self, graph: &str, weight: &str, values: &mut [f32]);
+    /// What the manifest records about the merge (`adapters`).
+    fn records(&self) -> Vec<flux2_runtime::lora::AdapterRecord>;
+}
+
 /// Options for [`write_model`].
 #[derive(Clone, Debug)]
-pub struct WriteOptions {
+pub struct WriteOptions<'a> {
     pub mode: WeightMode,
+    /// Copy mode: export tensors holding NaN/Inf instead of failing on them.
+    pub allow_nonfinite: bool,
+    /// Link mode: where a hard link is impossible (another filesystem, a file we may not
+    /// link), copy this graph's weights instead of failing.
+    pub link_fallback_copy: bool,
+    /// Weights to merge before writing. In link mode only the touched weights are written
+    /// (to `<stem>.onnx.data`, in the graph's dtype); the others stay linked.
+    pub merge: Option<&'a dyn WeightMerge>,
+}
+
+impl WriteOptions<'_> {
+    /// The options of `mode` with every check on, no fallback and nothing merged.
+    pub fn new(mode: WeightMode) -> WriteOptions<'static> {
+        WriteOptions { mode, allow_nonfinite: false, link_fallback_copy: false, merge: None }
+    }
 }
 
 /// What [`write_model`] produced.
@@ -43,9 +70,9 @@ pub struct WriteReport {
     pub files: Vec<PathBuf>,
     pub bytes_written: u64,
     pub bytes_linked: u64,
+    /// How the weights were stored in the end (copy after a link fallback).
+    pub mode: Option<WeightMode>,
 }
-
-const CHUNK: usize = 8 << 20;
 
 /// Writes `<dir>/<stem>.onnx` plus its weights. `progress` receives bytes processed.
 pub fn write_model(
@@ -61,11 +88,35 @@ pub fn write_model(
     let mut report = WriteReport { onnx: dir.join(format!("{stem}.onnx")), ..Default::default() };
     let mut prelude: Vec<NodeProto> = Vec::new();
     let mut inits: Vec<TensorProto> = Vec::new();
+    // Weights an adapter touches are merged and written; the others are copied or linked.
+    let touched = |w: &ResolvedWeight| opts.merge.is_some_and(|m| m.touches(stem, &w.decl.name));
+    let (merged, rest): (Vec<ResolvedWeight>, Vec<ResolvedWeight>) =
+        weights.iter().cloned().partition(touched);
     match opts.mode {
-        WeightMode::Copy => copy_weights(weights, ckpt, dir, stem, &mut inits, &mut report, progress)?,
+        WeightMode::Copy => inits = copy_weights(&rest, ckpt, dir, stem, opts, &mut report, progress)?,
         WeightMode::Link => {
-            link_weights(weights, ckpt, dir, stem, &mut inits, &mut prelude, &mut report, progress)?
+            let refs: Vec<&ResolvedWeight> = rest.iter().collect();
+            let linked =
+                link_weights(&refs, ckpt, dir, stem, opts, &mut inits, &mut prelude, &mut report, progress)?;
+            if !linked {
+                // --link-fallback copy: this graph's weights are copied instead
+                let link_dir = dir.join("weights").join(stem);
+                std::fs::remove_dir_all(&link_dir).map_err(io_err(&link_dir))?;
+                prelude = Vec::new();
+                report = WriteReport { onnx: report.onnx, ..Default::default() };
+                inits = copy_weights(&rest, ckpt, dir, stem, opts, &mut report, progress)?;
+                report.mode = Some(WeightMode::Copy);
+            }
         }
+    }
+    report.mode.get_or_insert(opts.mode);
+    if let (Some(m), false) = (opts.merge, merged.is_empty()) {
+        // appended after the copied weights (copy mode) or alone (link mode)
+        let mut data = DataFile::append(dir, stem)?;
+        for w in &merged {
+            write_merged(w, ckpt, stem, m, &mut data, &mut inits, progress)?;
+        }
+        data.finish(&mut report)?;
     }
     let graph = proto.graph.get_or_insert_with(Default::default);
     graph.initializer.extend(inits);
@@ -92,64 +143,133 @@ fn external(name: &str, dtype: i32, dims: &[usize], location: &str, offset: u64,
     }
 }
 
+/// `<stem>.onnx.data`, written sequentially with aligned tensor starts.
+struct DataFile {
+    name: String,
+    path: PathBuf,
+    out: Option<std::io::BufWriter<std::fs::File>>,
+    pos: u64,
+    /// Where this writer started (bytes of the file before it).
+    start: u64,
+}
+
+impl DataFile {
+    /// `<stem>.onnx.data`, continued after what the copy already wrote there.
+    fn append(dir: &Path, stem: &str) -> Result<DataFile> {
+        let name = format!("{stem}.onnx.data");
+        let path = dir.join(&name);
+        let pos = match std::fs::metadata(&path) {
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        };
+        Ok(DataFile { path, name, out: None, pos, start: pos })
+    }
+
+    /// Starts a tensor of `bytes` bytes; returns its offset.
+    fn begin(&mut self, bytes: usize) -> Result<u64> {
+        if self.out.is_none() {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&self.path)
+                .map_err(io_err(&self.path))?;
+            self.out = Some(std::io::BufWriter::with_capacity(8 << 20, file));
+        }
+        let align = if bytes >= 1 << 20 { 4096 } else { 64 };
+        let pad = (align - self.pos % align) % align;
+        self.write(&vec![0u8; pad as usize])?;
+        Ok(self.pos)
+    }
+
+    fn write(&mut self, bytes: &[u8]) -> Result<()> {
+        if let Some(out) = self.out.as_mut() {
+            out.write_all(bytes).map_err(io_err(&self.path))?;
+        }
+        self.pos += bytes.len() as u64;
+        Ok(())
+    }
+
+    fn finish(mut self, report: &mut WriteReport) -> Result<()> {
+        if let Some(mut out) = self.out.take() {
+            out.flush().map_err(io_err(&self.path))?;
+            report.bytes_written += self.pos - self.start;
+            if !report.files.contains(&self.path) {
+                report.files.push(self.path);
+            }
+        }
+        Ok(())
+    }
+}
+
 fn copy_weights(
     weights: &[ResolvedWeight],
     ckpt: &Checkpoint,
     dir: &Path,
     stem: &str,
-    inits: &mut Vec<TensorProto>,
+    opts: &WriteOptions,
     report: &mut WriteReport,
     progress: &mut dyn FnMut(u64),
-) -> Result<()> {
+) -> Result<Vec<TensorProto>> {
     let data_name = format!("{stem}.onnx.data");
     let data_path = dir.join(&data_name);
-    let file = std::fs::File::create(&data_path).map_err(io_err(&data_path))?;
-    let mut out = std::io::BufWriter::with_capacity(CHUNK, file);
-    let sources = open_sources(ckpt)?;
-    let mut pos = 0u64;
-    let (mut raw, mut conv) = (Vec::new(), Vec::new());
-    for w in weights {
-        let align =
-            if w.decl.shape.iter().product::<usize>() * w.decl.dtype.size() >= 1 << 20 { 4096 } else { 64 };
-        let pad = (align - pos % align) % align;
-        out.write_all(&vec![0u8; pad as usize]).map_err(io_err(&data_path))?;
-        pos += pad;
-        let start = pos;
-        for p in &w.pieces {
-            let elem = p.dtype.size() as u64;
-            let step = (CHUNK as u64 / elem).max(1) * elem;
-            let mut off = 0u64;
-            while off < p.len {
-                let n = step.min(p.len - off) as usize;
-                raw.resize(n, 0);
-                let f = &sources[p.file];
-                f.read_exact_at(&mut raw, p.offset + off).map_err(io_err(&ckpt.files[p.file].path))?;
-                conv.clear();
-                if !convert(p.dtype, w.decl.dtype, &raw, &mut conv) {
-                    return Err(ExportError::Tensor {
-                        name: p.tensor.clone(),
-                        path: ckpt.files[p.file].path.clone(),
-                        msg: format!("cannot convert {} to {}", p.dtype, w.decl.dtype),
-                    });
-                }
-                out.write_all(&conv).map_err(io_err(&data_path))?;
-                pos += conv.len() as u64;
-                off += n as u64;
-                progress(n as u64);
-            }
-        }
-        inits.push(external(
-            &w.decl.name,
-            w.decl.dtype.onnx(),
-            &w.decl.shape,
-            &data_name,
-            start,
-            pos - start,
-        ));
-    }
-    out.flush().map_err(io_err(&data_path))?;
-    report.bytes_written = pos;
+    report.bytes_written =
+        crate::copy::copy_weights(weights, ckpt, &data_path, opts.allow_nonfinite, progress)?;
     report.files.push(data_path);
+    let places = crate::copy::placement(weights);
+    let init = |(w, (start, len)): (&ResolvedWeight, (u64, u64))| {
+        external(&w.decl.name, w.decl.dtype.onnx(), &w.decl.shape, &data_name, start, len)
+    };
+    Ok(weights.iter().zip(places).map(init).collect())
+}
+
+fn cannot_convert(ckpt: &Checkpoint, p: &Piece, to: flux2_graphs::DType) -> ExportError {
+    ExportError::Tensor {
+        name: p.tensor.clone(),
+        path: ckpt.files[p.file].path.clone(),
+        msg: format!("cannot convert {} to {to}", p.dtype),
+    }
+}
+
+/// Reads a weight whole (its pieces in order) as f32, merges, and writes it in the graph's dtype.
+fn write_merged(
+    w: &ResolvedWeight,
+    ckpt: &Checkpoint,
+    stem: &str,
+    merge: &dyn WeightMerge,
+    data: &mut DataFile,
+    inits: &mut Vec<TensorProto>,
+    progress: &mut dyn FnMut(u64),
+) -> Result<()> {
+    let sources = open_sources(ckpt)?;
+    let mut values = Vec::with_capacity(w.decl.shape.iter().product());
+    for p in &w.pieces {
+        let mut raw = vec![0u8; p.len as usize];
+        sources[p.file].read_exact_at(&mut raw, p.offset).map_err(io_err(&ckpt.files[p.file].path))?;
+        if !crate::convert::decode(p.dtype, &raw, &mut values) {
+            return Err(cannot_convert(ckpt, p, flux2_graphs::DType::F32));
+        }
+        progress(p.len);
+    }
+    merge.apply(stem, &w.decl.name, &mut values);
+    let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let mut conv = Vec::with_capacity(bytes.len());
+    if !convert(flux2_graphs::DType::F32, w.decl.dtype, &bytes, &mut conv) {
+        return Err(ExportError::Tensor {
+            name: w.decl.name.clone(),
+            path: ckpt.origin.clone(),
+            msg: format!("cannot convert the merged weight to {}", w.decl.dtype),
+        });
+    }
+    let start = data.begin(conv.len())?;
+    data.write(&conv)?;
+    inits.push(external(
+        &w.decl.name,
+        w.decl.dtype.onnx(),
+        &w.decl.shape,
+        &data.name,
+        start,
+        conv.len() as u64,
+    ));
     Ok(())
 }
 
@@ -159,15 +279,16 @@ fn open_sources(ckpt: &Checkpoint) -> Result<Vec<std::fs::File>> {
 
 #[allow(clippy::too_many_arguments)]
 fn link_weights(
-    weights: &[ResolvedWeight],
+    weights: &[&ResolvedWeight],
     ckpt: &Checkpoint,
     dir: &Path,
     stem: &str,
+    opts: &WriteOptions,
     inits: &mut Vec<TensorProto>,
     prelude: &mut Vec<NodeProto>,
     report: &mut WriteReport,
     progress: &mut dyn FnMut(u64),
-) -> Result<()> {
+) -> Result<bool> {
     let link_dir = dir.join("weights").join(stem);
     std::fs::create_dir_all(&link_dir).map_err(io_err(&link_dir))?;
     let mut locations: Vec<Option<String>> = vec![None; ckpt.files.len()];
@@ -177,7 +298,11 @@ fn link_weights(
             let loc = match &locations[p.file] {
                 Some(l) => l.clone(),
                 None => {
-                    let l = hard_link(ckpt, p.file, &link_dir, stem, report)?;
+                    let l = match hard_link(ckpt, p.file, &link_dir, stem, report) {
+                        Ok(l) => l,
+                        Err(_) if opts.link_fallback_copy => return Ok(false),
+                        Err(e) => return Err(e),
+                    };
                     locations[p.file] = Some(l.clone());
                     l
                 }
@@ -192,9 +317,12 @@ fn link_weights(
             prelude.extend(assemble(w, &parts));
         }
     }
-    Ok(())
+    Ok(true)
 }
 
+/// Hard-links checkpoint file `file` into `link_dir`, returning its external-data location.
+/// Symlinks are resolved first (a Hugging Face cache snapshot is symlinks into `blobs/`;
+/// linking the symlink itself would leave a dangling relative link in the output).
 fn hard_link(
     ckpt: &Checkpoint,
     file: usize,
@@ -203,19 +331,41 @@ fn hard_link(
     report: &mut WriteReport,
 ) -> Result<String> {
     let src = &ckpt.files[file].path;
+    let real = std::fs::canonicalize(src).map_err(io_err(src))?;
     let base = src.file_name().and_then(|n| n.to_str()).unwrap_or("weights.safetensors");
     let target = link_dir.join(format!("{file:03}-{base}"));
-    std::fs::hard_link(src, &target).map_err(|e| ExportError::Output {
-        path: target.clone(),
-        msg: format!(
-            "--weights link hard-links {} into the output folder and that failed ({e}); the output must be on \
-             the same filesystem as the checkpoint and the checkpoint files must be yours or writable. Use \
-             --weights copy or another --out",
-            src.display()
-        ),
+    std::fs::hard_link(&real, &target).map_err(|e| ExportError::Output {
+        // name the place in the finished folder, not in the staging folder
+        path: target
+            .components()
+            .filter(|c| !c.as_os_str().to_string_lossy().starts_with(".flux2-staging-"))
+            .collect(),
+        msg: link_failure(&real, &e),
     })?;
     report.files.push(target.clone());
     Ok(format!("weights/{stem}/{}", target.file_name().and_then(|n| n.to_str()).unwrap_or(base)))
+}
+
+/// Why a hard link failed, and what to do instead.
+fn link_failure(src: &Path, e: &std::io::Error) -> String {
+    let why = match e.kind() {
+        std::io::ErrorKind::CrossesDevices => {
+            "the output folder is on another filesystem than the checkpoint, and hard links cannot cross \
+             filesystems"
+                .to_string()
+        }
+        std::io::ErrorKind::PermissionDenied => {
+            "the system does not let this user hard-link that file (it belongs to someone else and is not \
+             writable: fs.protected_hardlinks)"
+                .to_string()
+        }
+        _ => format!("{e}"),
+    };
+    format!(
+        "--weights link cannot hard-link {} into the output folder: {why}. Use --weights copy, put --out on \
+         the checkpoint's filesystem, or add --link-fallback copy to copy only where linking is impossible",
+        src.display()
+    )
 }
 
 /// Nodes that build a non-plain weight from its linked pieces: Concat, Reshape, Cast.

@@ -7,19 +7,24 @@
 
 pub mod cpu;
 pub mod images;
+pub mod lora;
 pub mod manifest;
 pub mod model_dir;
 pub mod noise;
 pub mod ort_env;
 pub mod pipeline;
 pub mod providers;
+pub mod request;
 pub mod schedule;
 pub mod tensor_file;
 pub mod tensors;
 pub mod tokenizer;
 pub mod trt;
 
-pub use ort_env::{cpu_session, environment, find_ort_library, SessionOptions};
+pub use ort_env::{
+    cpu_session, cpu_session_with, environment, find_ort_library, locate_ort_library, use_ort_library,
+    Override, SessionOptions,
+};
 pub use tensors::{run, run_borrowed, Input, InputRef};
 
 use std::path::PathBuf;
@@ -41,12 +46,30 @@ pub enum RuntimeError {
     Image { path: PathBuf, msg: String },
     #[error("{path}: {msg}")]
     TensorFile { path: PathBuf, msg: String },
+    #[error("cancelled {0}")]
+    Cancelled(String),
+    #[error(transparent)]
+    Lora(#[from] lora::LoraError),
 }
 
 /// A session factory for a provider name (`cpu`, `cuda`, `tensorrt`; see [`providers`]): GPU
 /// providers fail with what is missing instead of falling back to the CPU, and `tensorrt` needs
 /// a `flux2 build` folder made for this GPU and TensorRT.
 pub fn providers_factory(provider: &str) -> Result<pipeline::SessionFactory, RuntimeError> {
+    providers_factory_with(provider, SessionOptions::default())
+}
+
+/// [`providers_factory`] with session settings (threads, the TensorRT refit folder, ...).
+pub fn providers_factory_with(
+    provider: &str,
+    opts: SessionOptions,
+) -> Result<pipeline::SessionFactory, RuntimeError> {
     let kind: providers::ExecutionProvider = provider.parse()?;
-    Ok(providers::session_factory(kind, 0, SessionOptions::default()))
+    if opts.trt_refit_from.is_some() && kind != providers::ExecutionProvider::TensorRt {
+        return Err(RuntimeError::Input {
+            name: "--refit-from".into(),
+            msg: format!("refits TensorRT engines; --provider is {provider}"),
+        });
+    }
+    Ok(providers::session_factory(kind, 0, opts))
 }

@@ -79,6 +79,10 @@ pub struct Manifest {
     #[serde(default)]
     pub pipeline: BTreeMap<String, serde_json::Value>,
     pub sources: Vec<SourceFile>,
+    /// LoRA adapters merged into the exported DiT weights (file, fingerprint, format, rank,
+    /// scale, tensors touched), in the order applied.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub adapters: Vec<crate::lora::AdapterRecord>,
 }
 
 fn manifest_err(path: &Path, msg: impl std::fmt::Display) -> RuntimeError {

@@ -28,6 +28,13 @@ pub struct ModelDir {
 impl ModelDir {
     /// Opens `dir` (must hold `manifest.json`).
     pub fn open(dir: &Path) -> Result<ModelDir, RuntimeError> {
+        if !dir.is_dir() {
+            let what = if dir.exists() { "is a file, not a model folder" } else { "does not exist" };
+            return Err(RuntimeError::Model {
+                path: dir.to_path_buf(),
+                msg: format!("{what} (give the folder `flux2 export --out` wrote)"),
+            });
+        }
         if !dir.join("manifest.json").is_file() {
             return Err(RuntimeError::Model {
                 path: dir.to_path_buf(),
@@ -49,6 +56,13 @@ impl ModelDir {
             path: self.dir.clone(),
             msg: format!("the model has no {name} graph (export it with `flux2 export --components ...`)"),
         })?;
+        let rel = Path::new(&e.file);
+        if rel.is_absolute() || rel.components().any(|c| !matches!(c, std::path::Component::Normal(_))) {
+            return Err(RuntimeError::Model {
+                path: self.dir.join("manifest.json"),
+                msg: format!("{name} graph file '{}' must be a plain name inside the model folder", e.file),
+            });
+        }
         let p = self.dir.join(&e.file);
         if !p.is_file() {
             return Err(RuntimeError::Model { path: p, msg: format!("{name} graph file is missing") });

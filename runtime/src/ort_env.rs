@@ -1,15 +1,20 @@
 //! Finding and loading the ONNX Runtime shared library, and building sessions.
 //!
 //! ort is built with `load-dynamic`: nothing is linked at build time. The library is
-//! looked up, in order, from `ORT_DYLIB_PATH`, the project's `.venv` (made by
+//! looked up, in order, from the path an embedding host chose with [`use_ort_library`] (the
+//! Python package passes the `onnxruntime` wheel's copy), `ORT_DYLIB_PATH`, the project's `.venv` (made by
 //! `scripts/setup.sh`, searched upward from the working directory and the executable),
-//! and finally the system's `libonnxruntime.so`.
+//! and finally the system's `libonnxruntime.so`. Errors say which library could not be
+//! loaded, which setting chose it, and how to get the right one.
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use ort::environment::Environment;
-use ort::session::{builder::GraphOptimizationLevel, Session};
+use std::sync::Arc;
+
+use ort::session::{builder::GraphOptimizationLevel, builder::SessionBuilder, Session};
+use ort::value::DynValue;
 
 use crate::RuntimeError;
 
@@ -17,14 +22,51 @@ use crate::RuntimeError;
 pub const ORT_LIB_NAME: &str = "libonnxruntime.so.1.31.1";
 
 static ENV: OnceLock<std::result::Result<Environment, String>> = OnceLock::new();
+static CHOSEN: OnceLock<PathBuf> = OnceLock::new();
+static LOADED: OnceLock<PathBuf> = OnceLock::new();
+
+/// Makes the process load ONNX Runtime from `path` (absolute, canonicalised). Must come before
+/// the first session; choosing another library afterwards is an error, so one process never
+/// holds two ONNX Runtime libraries.
+pub fn use_ort_library(path: &Path) -> Result<PathBuf, RuntimeError> {
+    let bad =
+        |msg: String| RuntimeError::OrtLibrary(format!("ONNX Runtime library {}: {msg}", path.display()));
+    let abs = std::fs::canonicalize(path).map_err(|e| bad(e.to_string()))?;
+    if !abs.is_file() {
+        return Err(bad("not a file".into()));
+    }
+    if let Some(loaded) = LOADED.get().filter(|l| **l != abs) {
+        return Err(bad(format!("this process already loaded ONNX Runtime from {}", loaded.display())));
+    }
+    let chosen = CHOSEN.get_or_init(|| abs.clone());
+    if *chosen != abs {
+        return Err(bad(format!("this process already uses {}", chosen.display())));
+    }
+    Ok(abs)
+}
 
 /// Where the ONNX Runtime library would be loaded from, if found.
 pub fn find_ort_library() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("ORT_DYLIB_PATH") {
+    locate_ort_library().ok().map(|(p, _)| p)
+}
+
+/// The library to load and where that choice came from (for messages), or why none was found.
+/// A library chosen with [`use_ort_library`] comes first; a set `ORT_DYLIB_PATH` is final: if it
+/// names no file, that is the error (we do not quietly load another library than the one asked for).
+pub fn locate_ort_library() -> Result<(PathBuf, String), String> {
+    if let Some(p) = CHOSEN.get() {
+        return Ok((p.clone(), "use_ort_library".into()));
+    }
+    if let Some(p) = std::env::var_os("ORT_DYLIB_PATH").filter(|p| !p.is_empty()) {
         let p = PathBuf::from(p);
         if p.is_file() {
-            return Some(p);
+            return Ok((p, "ORT_DYLIB_PATH".into()));
         }
+        return Err(format!(
+            "ORT_DYLIB_PATH={} is not a file; it must name the ONNX Runtime library ({ORT_LIB_NAME} from \
+             the onnxruntime==1.31.1 wheel). {SETUP_HINT}",
+            p.display()
+        ));
     }
     let mut starts: Vec<PathBuf> = Vec::new();
     if let Ok(cwd) = std::env::current_dir() {
@@ -39,12 +81,20 @@ pub fn find_ort_library() -> Option<PathBuf> {
     for start in starts {
         for dir in start.ancestors() {
             if let Some(p) = venv_lib(&dir.join(".venv")) {
-                return Some(p);
+                return Ok((
+                    p,
+                    format!("the default: the onnxruntime wheel in {}", dir.join(".venv").display()),
+                ));
             }
         }
     }
-    None
+    Err(format!("ONNX Runtime library ({ORT_LIB_NAME}) not found. {SETUP_HINT}"))
 }
+
+/// How to get the right library.
+const SETUP_HINT: &str = "Run `source scripts/setup.sh` (installs the onnxruntime==1.31.1 wheel into \
+                          ./.venv and exports ORT_DYLIB_PATH), or set ORT_DYLIB_PATH to its \
+                          onnxruntime/capi/libonnxruntime.so.1.31.1";
 
 fn venv_lib(venv: &Path) -> Option<PathBuf> {
     let lib = venv.join("lib");
@@ -60,13 +110,17 @@ fn venv_lib(venv: &Path) -> Option<PathBuf> {
 /// The process-wide ONNX Runtime environment (loaded once).
 pub fn environment() -> Result<&'static Environment, RuntimeError> {
     let env = ENV.get_or_init(|| {
-        let path = find_ort_library().ok_or_else(|| {
+        let (path, from) = locate_ort_library()?;
+        let path = std::fs::canonicalize(&path).unwrap_or(path);
+        let _ = LOADED.set(path.clone());
+        let builder = ort::init_from(&path).map_err(|e| {
             format!(
-                "ONNX Runtime library ({ORT_LIB_NAME}) not found: run `scripts/setup.sh` (installs the \
-                 onnxruntime==1.31.1 wheel into ./.venv) or set ORT_DYLIB_PATH to the library"
+                "could not load the ONNX Runtime library {} (chosen by {from}): {e}. It must be \
+                 {ORT_LIB_NAME}, the library of the onnxruntime==1.31.1 wheel, not another file or \
+                 version. {SETUP_HINT}",
+                path.display()
             )
         })?;
-        let builder = ort::init_from(&path).map_err(|e| format!("loading {}: {e}", path.display()))?;
         builder.with_name("flux2").build().map_err(|e| format!("ONNX Runtime environment: {e}"))
     });
     env.as_ref().map_err(|e| RuntimeError::OrtLibrary(e.clone()))
@@ -82,17 +136,49 @@ pub struct SessionOptions {
     /// `fp8` always run with it off: FP8 has no fused CPU kernels, and ONNX Runtime 1.31 would
     /// fuse FP8 Q/DQ on both inputs of a matmul (FP8 attention) into one it cannot load.
     pub qdq_fusion: bool,
+    /// TensorRT weight-stripped engines (`flux2 build --refittable`): the export folder whose
+    /// ONNX weights refit them (e.g. one exported with `--lora`); None: the build's own source.
+    pub trt_refit_from: Option<PathBuf>,
 }
 
 impl Default for SessionOptions {
     fn default() -> Self {
         let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-        SessionOptions { intra_threads: threads, optimization: true, qdq_fusion: true }
+        SessionOptions { intra_threads: threads, optimization: true, qdq_fusion: true, trt_refit_from: None }
     }
 }
 
+/// A weight handed to ONNX Runtime in place of the graph's initializer of the same name
+/// (same shape and dtype) when a session is created: run-time LoRA adapters.
+pub type Override = (String, Arc<DynValue>);
+
 /// Opens an ONNX model on the CPU provider.
 pub fn cpu_session(path: &Path, opts: &SessionOptions) -> Result<Session, RuntimeError> {
+    cpu_session_with(path, opts, &[])
+}
+
+/// Adds initializer overrides to a session builder.
+pub(crate) fn with_overrides(
+    mut builder: SessionBuilder,
+    overrides: &[Override],
+    path: &Path,
+) -> Result<SessionBuilder, RuntimeError> {
+    for (name, value) in overrides {
+        builder =
+            builder.with_external_initializer(name, value.clone()).map_err(|e| RuntimeError::Session {
+                path: path.to_path_buf(),
+                msg: format!("initializer override '{name}': {e}"),
+            })?;
+    }
+    Ok(builder)
+}
+
+/// Opens an ONNX model on the CPU provider with initializer overrides.
+pub fn cpu_session_with(
+    path: &Path,
+    opts: &SessionOptions,
+    overrides: &[Override],
+) -> Result<Session, RuntimeError> {
     let env = environment()?;
     let ctx = |e: ort::Error| RuntimeError::Session { path: path.to_path_buf(), msg: e.to_string() };
     let level = if opts.optimization { GraphOptimizationLevel::All } else { GraphOptimizationLevel::Disable };
@@ -102,7 +188,23 @@ pub fn cpu_session(path: &Path, opts: &SessionOptions) -> Result<Session, Runtim
     if !opts.qdq_fusion || manifest_precision(path).as_deref() == Some("fp8") {
         builder = builder.with_config_entry("session.disable_quant_qdq", "1").map_err(|e| ctx(e.into()))?;
     }
-    builder.commit_from_file(path).map_err(ctx)
+    with_overrides(builder, overrides, path)?.commit_from_file(path).map_err(ctx)
+}
+
+/// Writes the graph ONNX Runtime's CPU provider actually runs for the model at `path` (after its
+/// graph optimisations, Q/DQ fusions included) to `out`: what a structure test inspects to see
+/// which quantised kernels (`QLinearConv`, `MatMulIntegerToFloat`, ...) a graph gets.
+pub fn save_optimized(path: &Path, out: &Path, opts: &SessionOptions) -> Result<(), RuntimeError> {
+    let env = environment()?;
+    let ctx = |e: ort::Error| RuntimeError::Session { path: path.to_path_buf(), msg: e.to_string() };
+    let mut builder = Session::builder(env).map_err(ctx)?;
+    builder = builder.with_intra_threads(opts.intra_threads).map_err(|e| ctx(e.into()))?;
+    builder = builder.with_optimization_level(GraphOptimizationLevel::All).map_err(|e| ctx(e.into()))?;
+    if !opts.qdq_fusion || manifest_precision(path).as_deref() == Some("fp8") {
+        builder = builder.with_config_entry("session.disable_quant_qdq", "1").map_err(|e| ctx(e.into()))?;
+    }
+    builder = builder.with_optimized_model_path(out).map_err(|e| ctx(e.into()))?;
+    builder.commit_from_file(path).map_err(ctx).map(drop)
 }
 
 /// The `precision` the `manifest.json` beside `path` gives its graph, if any.

@@ -13,18 +13,20 @@
 //! runs. Sessions are created once per pipeline and reused across steps and requests.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::ops::ControlFlow;
+use std::path::Path;
 use std::time::Instant;
 
 use ort::session::Session;
 
-use crate::images::Chw;
+use crate::images::{Chw, Reference};
+use crate::lora::{AdapterRecord, AdapterSpec};
 use crate::model_dir::{Guidance, ModelDir};
 use crate::schedule::{Schedule, Shift};
 use crate::tensor_file::Tensor;
 use crate::tensors::{run_borrowed, InputRef};
 use crate::tokenizer::PromptEncoder;
-use crate::RuntimeError;
+use crate::{Override, RuntimeError};
 
 #[path = "pipeline_batch.rs"]
 mod batch;
@@ -35,8 +37,11 @@ mod steps;
 #[path = "pipeline_text.rs"]
 mod text;
 
-/// Builds an ONNX Runtime session for a graph file (CPU, CUDA or TensorRT).
-pub type SessionFactory = Box<dyn Fn(&Path) -> Result<Session, RuntimeError>>;
+/// Builds an ONNX Runtime session for a graph file (CPU, CUDA or TensorRT), replacing the
+/// named initializers with the given values (run-time adapters; empty for the other graphs).
+/// `Send + Sync` so a pipeline can move to the thread that runs it (e.g. with Python's GIL
+/// released).
+pub type SessionFactory = Box<dyn Fn(&Path, &[Override]) -> Result<Session, RuntimeError> + Send + Sync>;
 
 /// A prompt as text (encoded with the exported text encoder) or as embeddings [1, L, ctx].
 #[derive(Clone, Debug)]
@@ -50,7 +55,7 @@ pub enum PromptSource {
 pub struct Request {
     pub prompt: PromptSource,
     pub negative: Option<PromptSource>,
-    pub references: Vec<PathBuf>,
+    pub references: Vec<Reference>,
     pub width: Option<usize>,
     pub height: Option<usize>,
     pub steps: Option<usize>,
@@ -98,7 +103,8 @@ pub struct Plan {
     pub num_images: usize,
 }
 
-/// Progress events.
+/// Progress events. The callback of [`Pipeline::generate_with`] answers each with
+/// `ControlFlow::Break(())` to cancel the request there (between stages and sampling steps).
 pub enum Event<'a> {
     Stage(&'a str),
     Step { index: usize, total: usize },
@@ -137,6 +143,18 @@ pub struct Batch {
     pub timings: Timings,
 }
 
+/// Passes an event to the caller; a `Break` answer cancels the request there.
+fn emit(on_event: &mut dyn FnMut(Event) -> ControlFlow<()>, e: Event) -> Result<(), RuntimeError> {
+    let what = match &e {
+        Event::Stage(s) => format!("before {s}"),
+        Event::Step { index, total } => format!("before sampling step {} of {total}", index + 1),
+    };
+    match on_event(e) {
+        ControlFlow::Continue(()) => Ok(()),
+        ControlFlow::Break(()) => Err(RuntimeError::Cancelled(what)),
+    }
+}
+
 /// The pipeline over one model folder.
 pub struct Pipeline {
     pub model: ModelDir,
@@ -144,6 +162,9 @@ pub struct Pipeline {
     sessions: HashMap<String, Session>,
     tokenizer: Option<PromptEncoder>,
     ort_time: f64,
+    /// Merged DiT weights of the active run-time adapters, and what they are.
+    dit_overrides: Vec<Override>,
+    adapters: Vec<AdapterRecord>,
 }
 
 impl Pipeline {
@@ -152,13 +173,45 @@ impl Pipeline {
         let model = ModelDir::open(dir)?;
         model.graph("transformer")?;
         model.graph("vae_decoder")?;
-        Ok(Pipeline { model, factory, sessions: HashMap::new(), tokenizer: None, ort_time: 0.0 })
+        Ok(Pipeline {
+            model,
+            factory,
+            sessions: HashMap::new(),
+            tokenizer: None,
+            ort_time: 0.0,
+            dit_overrides: Vec::new(),
+            adapters: Vec::new(),
+        })
+    }
+
+    /// Applies LoRA adapters at run time (replacing any active ones; empty: none): the touched
+    /// DiT weights are merged in memory and handed to ONNX Runtime as initializer overrides.
+    /// Only the DiT session is rebuilt, on next use. Fails, changing nothing, on a bad file, a
+    /// module the model lacks, a shape mismatch, or a quantised graph.
+    pub fn set_adapters(&mut self, adapters: &[AdapterSpec]) -> Result<&[AdapterRecord], RuntimeError> {
+        let (overrides, records) = if adapters.is_empty() {
+            (Vec::new(), Vec::new())
+        } else {
+            let dit = self.model.graph("transformer")?;
+            let (o, plan) = crate::lora::overrides::graph_overrides(&dit, adapters)?;
+            (o, plan.records().to_vec())
+        };
+        self.dit_overrides = overrides;
+        self.adapters = records;
+        self.sessions.remove("transformer");
+        Ok(&self.adapters)
+    }
+
+    /// The run-time adapters in use.
+    pub fn adapters(&self) -> &[AdapterRecord] {
+        &self.adapters
     }
 
     fn session(&mut self, name: &str) -> Result<&mut Session, RuntimeError> {
         if !self.sessions.contains_key(name) {
             let path = self.model.graph(name)?;
-            let s = (self.factory)(&path)?;
+            let overrides: &[Override] = if name == "transformer" { &self.dit_overrides } else { &[] };
+            let s = (self.factory)(&path, overrides)?;
             self.sessions.insert(name.to_string(), s);
         }
         self.sessions.get_mut(name).ok_or_else(|| RuntimeError::Run(format!("session {name} vanished")))
@@ -189,6 +242,20 @@ impl Pipeline {
         req: &Request,
         on_event: &mut dyn FnMut(Event),
     ) -> Result<Generated, RuntimeError> {
+        self.generate_with(req, &mut |e| {
+            on_event(e);
+            ControlFlow::Continue(())
+        })
+    }
+
+    /// Generates one image (`req.num_images` must be 1; see [`Pipeline::generate_batch`]);
+    /// `on_event` may cancel it ([`RuntimeError::Cancelled`]) at any event, i.e. before each
+    /// stage and each sampling step.
+    pub fn generate_with(
+        &mut self,
+        req: &Request,
+        on_event: &mut dyn FnMut(Event) -> ControlFlow<()>,
+    ) -> Result<Generated, RuntimeError> {
         if req.num_images != 1 {
             return Err(RuntimeError::Input {
                 name: "num_images".into(),
@@ -205,26 +272,28 @@ impl Pipeline {
     /// per step for all images (true CFG's two branches in the same call when their prompt
     /// lengths agree) and one VAE-decoder call. Image k is bit-identical to a one-image run
     /// with seed `req.seed + k` on ONNX Runtime's CPU provider (see the README's batching notes).
+    /// `on_event` may cancel the batch like [`Pipeline::generate_with`] (before each stage and
+    /// each sampling step; no image is returned then).
     pub fn generate_batch(
         &mut self,
         req: &Request,
-        on_event: &mut dyn FnMut(Event),
+        on_event: &mut dyn FnMut(Event) -> ControlFlow<()>,
     ) -> Result<Batch, RuntimeError> {
         let plan = self.plan(req)?;
         let mut timings = Timings::default();
-        on_event(Event::Stage("loading models"));
+        emit(on_event, Event::Stage("loading models"))?;
         let t = Instant::now();
         self.load(&plan, req)?;
         timings.load = t.elapsed().as_secs_f64();
         let started = Instant::now();
         self.ort_time = 0.0;
 
-        on_event(Event::Stage("text encoder"));
+        emit(on_event, Event::Stage("text encoder"))?;
         let t = Instant::now();
         let (cond, uncond) = self.prompt_embeddings(&plan, req)?;
         timings.text_encoder = t.elapsed().as_secs_f64();
 
-        on_event(Event::Stage("vae encode"));
+        emit(on_event, Event::Stage("vae encode"))?;
         let t = Instant::now();
         let (ref_tokens, ref_ids) = self.encode_references(&plan.references)?;
         timings.vae_encode = t.elapsed().as_secs_f64();
@@ -234,7 +303,7 @@ impl Pipeline {
         let dit = batch::DitBatch::new(&latents, &ref_ids, &cond, uncond.as_deref())?;
         self.denoise(&plan, &dit, &mut latents, &mut timings, on_event)?;
 
-        on_event(Event::Stage("vae decode"));
+        emit(on_event, Event::Stage("vae decode"))?;
         let t = Instant::now();
         let images = self.decode(&latents)?;
         timings.vae_decode = t.elapsed().as_secs_f64();

@@ -40,11 +40,11 @@ impl Pipeline {
         dit: &DitBatch,
         latents: &mut Latents,
         timings: &mut Timings,
-        on_event: &mut dyn FnMut(Event),
+        on_event: &mut dyn FnMut(Event) -> std::ops::ControlFlow<()>,
     ) -> Result<(), RuntimeError> {
         let n = plan.schedule.steps();
         for i in 0..n {
-            on_event(Event::Step { index: i, total: n });
+            super::emit(on_event, Event::Step { index: i, total: n })?;
             let t = std::time::Instant::now();
             let (sigma, next) = (plan.schedule.sigmas[i], plan.schedule.sigmas[i + 1]);
             let v = self.velocity(plan, dit, latents, sigma)?;

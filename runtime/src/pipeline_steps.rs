@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use super::{Plan, PromptSource, Request};
-use crate::images::load_reference;
+use crate::images::prepare_reference;
 use crate::model_dir::{Guidance, ModelDir};
 use crate::schedule::Schedule;
 use crate::tensor_file::Tensor;
@@ -85,6 +85,10 @@ fn check_embeds(name: &str, t: &Tensor, ctx: Option<usize>) -> Result<(), Runtim
     Ok(())
 }
 
+/// Largest width or height accepted: 4096 px is 65 536 latent tokens, already far past the
+/// ~4 megapixels FLUX.2 was trained for; beyond it memory grows without a useful picture.
+pub const MAX_SIDE: usize = 4096;
+
 /// Validates a request and resolves its defaults (see [`super::Pipeline::plan`]).
 pub(super) fn plan(model: &ModelDir, req: &Request) -> Result<Plan, RuntimeError> {
     let ctx = model.context_dim();
@@ -116,7 +120,7 @@ pub(super) fn plan(model: &ModelDir, req: &Request) -> Result<Plan, RuntimeError
     }
     let mut references = Vec::new();
     for p in &req.references {
-        references.push(load_reference(p)?);
+        references.push(prepare_reference(p)?);
     }
     if !references.is_empty() {
         model.graph("vae_encoder")?;
@@ -128,6 +132,14 @@ pub(super) fn plan(model: &ModelDir, req: &Request) -> Result<Plan, RuntimeError
             return Err(input_err(
                 name,
                 format!("{v} is not a positive multiple of 16 (try {})", (v / 16).max(1) * 16),
+            ));
+        }
+        if v > MAX_SIDE {
+            return Err(input_err(
+                name,
+                format!(
+                    "{v} px is over the {MAX_SIDE} px limit (FLUX.2 is made for up to about 4 megapixels)"
+                ),
             ));
         }
     }

@@ -15,10 +15,11 @@ use std::sync::OnceLock;
 use ort::ep::ExecutionProvider as _;
 use ort::session::{builder::GraphOptimizationLevel, Session};
 
+use crate::ort_env::with_overrides;
 use crate::trt::host::{load_provider_libraries, provider_library, ORT_GPU_HINT};
 use crate::trt::manifest::{BuildManifest, BUILD_MANIFEST};
 use crate::trt::{probe, TrtOptions};
-use crate::{cpu_session, environment, find_ort_library, RuntimeError, SessionOptions};
+use crate::{cpu_session_with, environment, find_ort_library, Override, RuntimeError, SessionOptions};
 
 /// The provider named on the command line (`--provider cpu|cuda|tensorrt`).
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -117,8 +118,18 @@ pub fn session_with_provider(
     provider: &ProviderConfig,
     opts: &SessionOptions,
 ) -> Result<Session, RuntimeError> {
+    session_with_provider_overrides(path, provider, opts, &[])
+}
+
+/// [`session_with_provider`] with initializer overrides (run-time adapters).
+pub fn session_with_provider_overrides(
+    path: &Path,
+    provider: &ProviderConfig,
+    opts: &SessionOptions,
+    overrides: &[Override],
+) -> Result<Session, RuntimeError> {
     let ep = match provider {
-        ProviderConfig::Cpu => return cpu_session(path, opts),
+        ProviderConfig::Cpu => return cpu_session_with(path, opts, overrides),
         ProviderConfig::Cuda { device_id } => {
             provider_ready(ExecutionProvider::Cuda, path)?;
             ort::ep::CUDA::default().with_device_id(*device_id).build().error_on_failure()
@@ -140,11 +151,11 @@ pub fn session_with_provider(
     builder = builder.with_intra_threads(opts.intra_threads).map_err(|e| ctx(e.into()))?;
     builder = builder.with_optimization_level(level).map_err(|e| ctx(e.into()))?;
     builder = builder.with_execution_providers([ep]).map_err(|e| ctx(e.into()))?;
-    builder.commit_from_file(path).map_err(ctx)
+    with_overrides(builder, overrides, path)?.commit_from_file(path).map_err(ctx)
 }
 
-/// Opens a graph file into a session (the pipeline's `SessionFactory`).
-pub type Factory = Box<dyn Fn(&Path) -> Result<Session, RuntimeError>>;
+/// Opens a graph file into a session with initializer overrides (the pipeline's `SessionFactory`).
+pub type Factory = crate::pipeline::SessionFactory;
 
 /// A session factory for the pipeline: `provider` over the graphs of one model folder.
 ///
@@ -153,20 +164,31 @@ pub type Factory = Box<dyn Fn(&Path) -> Result<Session, RuntimeError>>;
 /// session, so stale engines are refused with a message instead of failing inside ORT.
 pub fn session_factory(provider: ExecutionProvider, device_id: i32, opts: SessionOptions) -> Factory {
     match provider {
-        ExecutionProvider::Cpu => Box::new(move |p: &Path| cpu_session(p, &opts)),
-        ExecutionProvider::Cuda => {
-            Box::new(move |p: &Path| session_with_provider(p, &ProviderConfig::Cuda { device_id }, &opts))
-        }
+        ExecutionProvider::Cpu => Box::new(move |p: &Path, o: &[Override]| cpu_session_with(p, &opts, o)),
+        ExecutionProvider::Cuda => Box::new(move |p: &Path, o: &[Override]| {
+            session_with_provider_overrides(p, &ProviderConfig::Cuda { device_id }, &opts, o)
+        }),
         ExecutionProvider::TensorRt => {
-            let checked: OnceLock<Result<(), String>> = OnceLock::new();
-            Box::new(move |p: &Path| {
+            let checked: OnceLock<Result<Option<PathBuf>, String>> = OnceLock::new();
+            Box::new(move |p: &Path, o: &[Override]| {
                 let dir = p.parent().unwrap_or(Path::new("."));
-                checked
-                    .get_or_init(|| check_build_folder(dir, device_id).map(|_| ()).map_err(|e| e.to_string()))
+                // weight-stripped engines refit from the session's folder, else the build's source
+                let refit = checked
+                    .get_or_init(|| {
+                        let built = check_build_folder(dir, device_id).map_err(|e| e.to_string())?;
+                        Ok(built
+                            .refit_from
+                            .map(|src| opts.trt_refit_from.clone().unwrap_or_else(|| src.into())))
+                    })
                     .clone()
                     .map_err(|msg| session_err(p, msg))?;
-                let trt = TrtOptions { device_id, ..Default::default() };
-                session_with_provider(p, &ProviderConfig::TensorRt(Box::new(trt)), &opts)
+                let trt = TrtOptions {
+                    device_id,
+                    weight_stripped: refit.is_some(),
+                    onnx_model_folder: refit,
+                    ..Default::default()
+                };
+                session_with_provider_overrides(p, &ProviderConfig::TensorRt(Box::new(trt)), &opts, o)
             })
         }
     }

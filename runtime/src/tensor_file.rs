@@ -1,5 +1,9 @@
 //! Reading and writing the tensors users hand the pipeline: `prompt_embeds` [1,L,ctx],
 //! `noise` [1,128,H/16,W/16], and `image` [1,3,H,W] (`--save-tensor`), as safetensors.
+//!
+//! Reading is bounded: files over [`MAX_TENSOR_FILE`] are refused before they are read, and
+//! the safetensors crate checks the header against the file before any tensor is decoded,
+//! so the f32 copy is at most twice the file. Every error names the file.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -20,8 +24,18 @@ fn bad(path: &Path, msg: impl Into<String>) -> RuntimeError {
     RuntimeError::TensorFile { path: path.to_path_buf(), msg: msg.into() }
 }
 
+/// Largest tensor file read (a 2048² [dev] prompt of 512 tokens is 31 MB).
+pub const MAX_TENSOR_FILE: u64 = 1 << 30;
+
 /// Reads tensor `name` (F32, F16 or BF16) from a safetensors file.
 pub fn read_tensor(path: &Path, name: &str) -> Result<Tensor, RuntimeError> {
+    let meta = std::fs::metadata(path).map_err(|e| bad(path, format!("cannot read: {e}")))?;
+    if meta.is_dir() {
+        return Err(bad(path, "is a folder, not a .safetensors file"));
+    }
+    if meta.len() > MAX_TENSOR_FILE {
+        return Err(bad(path, format!("{} bytes is over the {MAX_TENSOR_FILE}-byte limit", meta.len())));
+    }
     let bytes = std::fs::read(path).map_err(|e| bad(path, format!("cannot read: {e}")))?;
     let st =
         SafeTensors::deserialize(&bytes).map_err(|e| bad(path, format!("not a safetensors file: {e}")))?;

@@ -25,7 +25,7 @@ pub fn export_to(
     weights: WeightMode,
 ) -> Result<flux2_exporter::manifest::Manifest, flux2_exporter::ExportError> {
     let source = ModelSource::open(checkpoint)?;
-    let req = ExportRequest { components, options, weights };
+    let req = ExportRequest::new(components, options, weights);
     export(&source, out, &req, &mut |_| {})
 }
 

@@ -34,6 +34,7 @@ fn request(model: &Path, out: &Path, gpu: GpuTarget) -> BuildRequest {
         device_id: 0,
         trt_version: None,
         force: false,
+        refittable: false,
     }
 }
 
@@ -213,4 +214,38 @@ fn build_on_a_cpu_machine_names_the_missing_provider_and_writes_nothing() {
     assert_eq!(events, 0, "no graph was started");
     assert!(!target.exists(), "nothing written");
     assert_eq!(std::fs::read_dir(out.path()).unwrap().count(), 0);
+}
+
+#[test]
+fn refittable_builds_strip_weights_and_need_plain_initializers() {
+    let trt = export_pipeline(Target::TensorRt);
+    let out = tempfile::tempdir().unwrap();
+    let mut req = request(trt.path(), &out.path().join("b"), GpuTarget::Hopper);
+    req.refittable = true;
+    let p = plan(&req).unwrap();
+    for g in &p.graphs {
+        let o = options(&p, &g.name);
+        assert_eq!(get(&o, "trt_weight_stripped_engine_enable"), Some("1"), "{}", g.name);
+    }
+    req.refittable = false;
+    let o = options(&plan(&req).unwrap(), "transformer");
+    assert_eq!(get(&o, "trt_weight_stripped_engine_enable"), None);
+
+    // a link export of a BFL file assembles norm_out from two swapped row pieces: no refit by name
+    let link = tempfile::tempdir().unwrap();
+    let opts = flux2_exporter::models::ExportOptions {
+        dtype: flux2_graphs::DType::F32,
+        target: Target::TensorRt,
+        text_layers: None,
+        config_override: None,
+    };
+    let bfl = flux2_tests::fixture("dit/guided/bfl.safetensors");
+    flux2_tests::export::export_to(&bfl, link.path(), None, opts, flux2_exporter::WeightMode::Link).unwrap();
+    let mut req = request(link.path(), &out.path().join("c"), GpuTarget::Hopper);
+    req.refittable = true;
+    let e = plan(&req).unwrap_err().to_string();
+    assert!(
+        e.contains("--refittable") && e.contains("norm_out.linear.weight") && e.contains("--weights copy"),
+        "{e}"
+    );
 }

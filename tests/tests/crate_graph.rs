@@ -7,8 +7,11 @@ use std::process::Command;
 
 use serde_json::Value;
 
-/// flux2 package -> (normal dependency on another flux2 package, optional?)
-fn workspace_graph() -> (BTreeMap<String, Vec<(String, bool)>>, BTreeMap<String, Value>) {
+/// flux2 package -> its normal dependencies on other flux2 packages, each with `optional`.
+type Graph = BTreeMap<String, Vec<(String, bool)>>;
+
+/// The flux2 crate graph and each package's `[features]`.
+fn workspace_graph() -> (Graph, BTreeMap<String, Value>) {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let out = Command::new(cargo)
         .args(["metadata", "--format-version", "1", "--no-deps", "--offline"])
@@ -37,7 +40,7 @@ fn workspace_graph() -> (BTreeMap<String, Vec<(String, bool)>>, BTreeMap<String,
 }
 
 /// Every flux2 crate reachable from `from` through normal dependencies (optional ones too when asked).
-fn closure(graph: &BTreeMap<String, Vec<(String, bool)>>, from: &str, optional: bool) -> BTreeSet<String> {
+fn closure(graph: &Graph, from: &str, optional: bool) -> BTreeSet<String> {
     let mut seen = BTreeSet::new();
     let mut todo = vec![from.to_string()];
     while let Some(n) = todo.pop() {

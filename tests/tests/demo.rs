@@ -12,7 +12,7 @@ use flux2_graphs::Target;
 use flux2_runtime::model_dir::Guidance;
 use flux2_runtime::pipeline::{Pipeline, PromptSource, Request};
 use flux2_runtime::tokenizer::{Family, PromptEncoder};
-use flux2_runtime::{cpu_session, SessionOptions};
+use flux2_runtime::SessionOptions;
 use flux2_tests::export::{export_to, options};
 
 /// Every file under `dir` (relative path -> bytes).
@@ -137,7 +137,13 @@ fn demo_checkpoint_exports_and_generates() {
     assert_eq!(m.pipeline["is_distilled"], serde_json::json!(true));
 
     let opts = SessionOptions::default();
-    let mut pipe = Pipeline::new(&out, Box::new(move |p| cpu_session(p, &opts))).unwrap();
+    let mut pipe = Pipeline::new(
+        &out,
+        Box::new(move |p: &std::path::Path, o: &[flux2_runtime::Override]| {
+            flux2_runtime::cpu_session_with(p, &opts, o)
+        }),
+    )
+    .unwrap();
     assert_eq!(pipe.model.guidance_mode(), Guidance::None);
     assert_eq!(pipe.model.default_steps(), 4);
     let mut req = Request::new(PromptSource::Text("a lighthouse at dusk".into()));

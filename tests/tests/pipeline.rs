@@ -11,13 +11,15 @@
 //! the reference image below 50 dB, so a run that drops or misreads an input fails here.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::ops::ControlFlow;
+use std::path::Path;
 
 use flux2_exporter::WeightMode;
 use flux2_graphs::Target;
-use flux2_runtime::pipeline::{Generated, Pipeline, PromptSource, Request};
+use flux2_runtime::images::Reference;
+use flux2_runtime::pipeline::{Event, Generated, Pipeline, PromptSource, Request};
 use flux2_runtime::tensor_file::Tensor;
-use flux2_runtime::{cpu_session, Input, SessionOptions};
+use flux2_runtime::{Input, SessionOptions};
 use flux2_tests::export::{export_to, options};
 use flux2_tests::{f32_of, fixture, load_tensors};
 use serde_json::Value;
@@ -78,8 +80,13 @@ fn export_model(all: &Value, model: &str, out: &Path) {
 fn open_pipeline(dir: &Path) -> Pipeline {
     // one thread per session: cargo runs the cases in parallel
     let opts = SessionOptions { intra_threads: 1, ..SessionOptions::default() };
-    Pipeline::new(dir, Box::new(move |p| cpu_session(p, &opts)))
-        .unwrap_or_else(|e| panic!("opening {}: {e}", dir.display()))
+    Pipeline::new(
+        dir,
+        Box::new(move |p: &std::path::Path, o: &[flux2_runtime::Override]| {
+            flux2_runtime::cpu_session_with(p, &opts, o)
+        }),
+    )
+    .unwrap_or_else(|e| panic!("opening {}: {e}", dir.display()))
 }
 
 /// The request of a case, with the prompt (and negative) as given.
@@ -96,8 +103,8 @@ fn request(
         .as_array()
         .expect("references list")
         .iter()
-        .map(|r| fixture(&format!("pipeline/{}", r.as_str().expect("reference file name"))))
-        .collect::<Vec<PathBuf>>();
+        .map(|r| Reference::Path(fixture(&format!("pipeline/{}", r.as_str().expect("reference file name")))))
+        .collect();
     if c["width_given"].as_bool().expect("width_given") {
         req.width = Some(usize_of(c, "width"));
         req.height = Some(usize_of(c, "height"));
@@ -198,4 +205,53 @@ fn psnr_is_inf_for_equal_and_60_db_at_1e_minus_3_rms() {
     assert_eq!(psnr(&[0.25, 0.5], &[0.25, 0.5]), f64::INFINITY);
     let p = psnr(&[0.5; 4], &[0.501; 4]);
     assert!((p - 60.0).abs() < 1e-3, "{p}");
+}
+
+/// References given as encoded bytes give exactly the image of the same file by path, and a
+/// callback that answers `Break` stops the run before that sampling step.
+#[test]
+fn encoded_references_and_cancellation() {
+    let all = cases_json();
+    let c = case_json(&all, "klein_ref1");
+    let out = tempfile::tempdir().expect("temp dir");
+    export_model(&all, c["model"].as_str().expect("model"), out.path());
+    let io = load_tensors(&fixture("pipeline/cases.safetensors")).expect("cases.safetensors");
+    let mut pipeline = open_pipeline(out.path());
+    let prompt = PromptSource::Embeds(tensor(&io, "klein_ref1_prompt_embeds"));
+    let mut req = request(&c, &io, prompt, None);
+    let by_path = pipeline.generate(&req, &mut |_| {}).expect("references by path");
+    req.references = req
+        .references
+        .iter()
+        .enumerate()
+        .map(|(i, r)| match r {
+            Reference::Path(p) => Reference::Encoded {
+                name: format!("references[{i}]"),
+                bytes: std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display())),
+            },
+            other => other.clone(),
+        })
+        .collect();
+    let by_bytes = pipeline.generate(&req, &mut |_| {}).expect("references as bytes");
+    assert_eq!(by_path.image.data, by_bytes.image.data, "encoded references changed the image");
+
+    let mut seen = vec![];
+    let e = pipeline
+        .generate_with(&req, &mut |ev| {
+            let stop = matches!(ev, Event::Step { index: 1, .. });
+            seen.push(match ev {
+                Event::Stage(s) => s.to_string(),
+                Event::Step { index, .. } => format!("step {index}"),
+            });
+            if stop {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        })
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(e.contains("cancelled before sampling step 2 of"), "{e}");
+    assert_eq!(seen, ["loading models", "text encoder", "vae encode", "step 0", "step 1"]);
 }

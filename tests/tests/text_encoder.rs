@@ -42,7 +42,7 @@ fn export(model_dir: &Path, opts: &ExportOptions, out: &Path) -> anyhow::Result<
         &component.checkpoint,
         out,
         &g.stem,
-        &WriteOptions { mode: WeightMode::Copy },
+        &WriteOptions::new(WeightMode::Copy),
         &mut |_| {},
     )?;
     Ok((report.onnx, read))

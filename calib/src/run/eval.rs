@@ -16,11 +16,14 @@ use super::{CalibrateError, CalibrateOptions, Event};
 use flux2_runtime::model_dir::ModelDir;
 use flux2_runtime::pipeline::{Pipeline, PromptSource, Request};
 use flux2_runtime::tensor_file::Tensor;
-use flux2_runtime::{cpu_session, SessionOptions};
+use flux2_runtime::SessionOptions;
 
 fn pipeline(dir: &Path, sess: &SessionOptions) -> Result<Pipeline, CalibrateError> {
     let s = sess.clone();
-    Ok(Pipeline::new(dir, Box::new(move |p: &Path| cpu_session(p, &s)))?)
+    Ok(Pipeline::new(
+        dir,
+        Box::new(move |p: &Path, o: &[flux2_runtime::Override]| flux2_runtime::cpu_session_with(p, &s, o)),
+    )?)
 }
 
 /// Runs the evaluation set through both folders and compares the images.

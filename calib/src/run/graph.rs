@@ -10,7 +10,7 @@ use crate::consts::Consts;
 use crate::formats::Format;
 use crate::layers::{find_layers, Layer, LayerOp};
 use crate::onnx_file::{link_external_files, write_model, DataMode, OnnxFile};
-use crate::qdq::{insert_qdq, ActivationQuant, QdqPlan, WeightScales};
+use crate::qdq::{insert_qdq, signed_activations, ActivationQuant, QdqPlan, WeightScales};
 use crate::report::{ComponentReport, Latency};
 use crate::sensitivity::choose;
 use crate::smoothquant::{factors, weight_input_amax};
@@ -124,6 +124,12 @@ fn ranges(
             observed.push((l.activation.clone(), Some(l.channel_axis())));
         }
     }
+    // INT8 convolutions also quantise their outputs (the Q that lets ONNX Runtime fuse them)
+    for l in layers.iter().filter(|l| opts.format == Format::Int8 && l.op == LayerOp::Conv) {
+        if !l.output.is_empty() && !observed.iter().any(|(n, _)| n == &l.output) {
+            observed.push((l.output.clone(), None));
+        }
+    }
     // statistics of attention inputs need the fused attention nodes taken apart; of the
     // softmax output only its maximum is observed (see `with_probs_amax`)
     for s in sites {
@@ -224,6 +230,13 @@ fn scales_of(
     };
     for l in chosen.layers.iter().filter(|l| chosen.names.contains(&l.name)) {
         scales.activations.entry(l.activation.clone()).or_insert_with(|| entry(&l.activation));
+        let out_quantized = opts.format == Format::Int8
+            && l.op == LayerOp::Conv
+            && activations.get(&l.output).is_some_and(|a| a.smooth.is_none());
+        if out_quantized {
+            scales.activations.entry(l.output.clone()).or_insert_with(|| entry(&l.output));
+            cache_ranges.insert(l.output.clone(), opts.calibrator.amax(&raw[&l.output], Format::Int8));
+        }
         if let Some(ws) = weights.get(&l.name) {
             scales
                 .weights
@@ -272,6 +285,12 @@ pub(super) fn calibrate_graph(
 
     let output_names: Vec<String> = file.graph().output.iter().map(|o| o.name.clone()).collect();
     let reference = outputs(&float_path, &data.heldout, &output_names, sess)?;
+    // sensitivity runs on the first held-out samples only: each candidate costs a pass over them
+    let n_sens = match opts.sensitivity_samples {
+        0 => data.heldout.len(),
+        n => n.min(data.heldout.len()),
+    };
+    let (sens_samples, sens_reference) = (&data.heldout[..n_sens], &reference[..n_sens]);
     let probe_path = work.join("probe.onnx");
     let mut measure = |set: &BTreeSet<String>| -> Result<f64, CalibrateError> {
         let q = insert_qdq(
@@ -280,7 +299,7 @@ pub(super) fn calibrate_graph(
             &QdqPlan { format: opts.format, layers: set, sites: &sites, activations: &activations },
         )?;
         write_model(&q.proto, &file, &work, "probe", DataMode::KeepExternal)?;
-        Ok(fidelity(&reference, &outputs(&probe_path, &data.heldout, &output_names, sess)?).nmse_mean)
+        Ok(fidelity(sens_reference, &outputs(&probe_path, sens_samples, &output_names, sess)?).nmse_mean)
     };
     let label = format!("sensitivity {stem}");
     on_event(Event::Stage { label: &label, total: 1 });
@@ -296,7 +315,7 @@ pub(super) fn calibrate_graph(
     }
 
     let chosen: BTreeSet<String> = selection.quantized.iter().cloned().collect();
-    let q = insert_qdq(
+    let mut q = insert_qdq(
         &file,
         &layers,
         &QdqPlan { format: opts.format, layers: &chosen, sites: &sites, activations: &activations },
@@ -311,6 +330,12 @@ pub(super) fn calibrate_graph(
     } else {
         None
     };
+    if opts.signed_activations {
+        // measured above in the UINT8 form (the same values): ONNX Runtime 1.31's Q/DQ
+        // propagation rejects some INT8-activation conv graphs (output_dtype vs zero-point type)
+        signed_activations(&mut q.proto);
+        write_model(&q.proto, &file, staging, stem, DataMode::SelfContained)?;
+    }
 
     let chosen_set = Chosen { layers: &layers, sites: &sites, names: &chosen };
     let (scales, cache_ranges) = scales_of(&chosen_set, &activations, &raw, &q.weights, opts, &kept);

@@ -122,6 +122,19 @@ pub struct CalibrateOptions {
     /// Prompts (None: [`built_in_prompts`]); every fifth is held out.
     pub prompts: Option<Vec<String>>,
     pub max_sequence_length: usize,
+    /// Held-out samples each sensitivity measurement runs over (the first ones; 0: all). The
+    /// chosen configuration is then measured on all held-out samples for the report.
+    pub sensitivity_samples: usize,
+    /// VAE calibration latents (spread over the trajectories' final latents) and their crop size
+    /// in latent pixels (16: 256×256 images); the encoder calibrates on their float decodings.
+    pub vae_samples: usize,
+    pub vae_tile: usize,
+    /// Held-out VAE latents and their crop size.
+    pub vae_heldout: usize,
+    pub vae_heldout_tile: usize,
+    /// INT8 convolution activations as INT8 with zero point 0 (TensorRT) instead of UINT8 with
+    /// zero point 128 (ONNX Runtime's fast CPU kernels); the same values either way.
+    pub signed_activations: bool,
     /// Full generations compared with float in the report.
     pub eval_images: usize,
     pub eval_steps: Option<usize>,
@@ -169,6 +182,12 @@ impl CalibrateOptions {
             references: vec![0, 1],
             prompts: None,
             max_sequence_length: 512,
+            sensitivity_samples: 2,
+            vae_samples: 4,
+            vae_tile: 16,
+            vae_heldout: 1,
+            vae_heldout_tile: 8,
+            signed_activations: false,
             eval_images: 2,
             eval_steps: None,
             exclude: vec![],

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use crate::artifacts::{trt_calibration_cache, ScalesFile};
 use crate::formats::Format;
@@ -42,6 +43,10 @@ fn validate(opts: &CalibrateOptions, model: &ModelDir) -> Result<(Vec<String>, V
         ("--samples", opts.samples),
         ("--heldout", opts.heldout),
         ("--max-sequence-length", opts.max_sequence_length),
+        ("--vae-samples", opts.vae_samples),
+        ("--vae-heldout", opts.vae_heldout),
+        ("--vae-tile", opts.vae_tile),
+        ("--vae-heldout-tile", opts.vae_heldout_tile),
     ];
     for (name, v) in positive {
         if v == 0 {
@@ -192,10 +197,51 @@ fn json<T: serde::Serialize>(v: &T) -> Result<String, CalibrateError> {
     serde_json::to_string_pretty(v).map_err(|e| opt_err("json", e.to_string()))
 }
 
+/// Wall time per stage, from the [`Event::Stage`] events passing through.
+#[derive(Default)]
+struct StageClock {
+    current: Option<(String, Instant)>,
+    seconds: Vec<(String, f64)>,
+}
+
+impl StageClock {
+    fn stop(&mut self) {
+        if let Some((label, t0)) = self.current.take() {
+            let dt = t0.elapsed().as_secs_f64();
+            match self.seconds.iter_mut().find(|(l, _)| *l == label) {
+                Some((_, s)) => *s += dt,
+                None => self.seconds.push((label, dt)),
+            }
+        }
+    }
+
+    fn see(&mut self, e: &Event) {
+        if let Event::Stage { label, .. } = e {
+            self.stop();
+            self.current = Some((label.to_string(), Instant::now()));
+        }
+    }
+}
+
 pub(super) fn run(
     opts: &CalibrateOptions,
     on_event: &mut dyn FnMut(Event),
 ) -> Result<Outcome, CalibrateError> {
+    let mut clock = StageClock::default();
+    let mut timed = |e: Event| {
+        clock.see(&e);
+        on_event(e)
+    };
+    let mut outcome = run_stages(opts, &mut timed)?;
+    clock.stop();
+    outcome.report.stage_seconds = clock.seconds;
+    let md = outcome.out.join("report.md");
+    write(&md, &outcome.report.to_markdown())?;
+    write(&outcome.out.join("report.json"), &json(&outcome.report)?)?;
+    Ok(outcome)
+}
+
+fn run_stages(opts: &CalibrateOptions, on_event: &mut dyn FnMut(Event)) -> Result<Outcome, CalibrateError> {
     let model = ModelDir::open(&opts.model)?;
     let (graphs, steps) = validate(opts, &model)?;
     check_out(opts)?;
@@ -204,6 +250,7 @@ pub(super) fn run(
         optimization: true,
         // FP8 attention Q/DQ would otherwise be fused into a kernel ONNX Runtime lacks
         qdq_fusion: opts.format != Format::Fp8,
+        trt_refit_from: None,
     };
     let parent = opts.out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let name = opts.out.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| "out".into());
@@ -305,6 +352,7 @@ pub(super) fn run(
         },
         model_written: passed,
         notes,
+        stage_seconds: vec![],
     };
     if !passed {
         for e in

@@ -73,6 +73,33 @@ fn decode_all(
     Ok(out)
 }
 
+/// `n` latents spread evenly over `all` (different sizes, references and prompts), each cropped
+/// to at most `tile`×`tile` latent pixels at a seeded position. The VAE is convolutional: the
+/// ranges of its activations come from local statistics, and a 256² crop costs a quarter of a
+/// 512² decode, which made the VAE most of the calibration time.
+fn vae_latents(
+    all: &[Arc<Input>],
+    n: usize,
+    tile: usize,
+    seed: u64,
+) -> Result<Vec<Arc<Input>>, CalibrateError> {
+    let n = n.min(all.len());
+    let mut out = Vec::with_capacity(n);
+    for k in 0..n {
+        let x = &all[k * all.len() / n];
+        let Input::F32(a) = &**x else {
+            return Err(opt_err("calibration data", "VAE latents must be f32"));
+        };
+        let (h, w) = (a.shape()[2], a.shape()[3]);
+        let (th, tw) = (tile.min(h), tile.min(w));
+        let r = derive_seed(seed, k as u64, 0);
+        let (y0, x0) = ((r as usize) % (h - th + 1), ((r >> 32) as usize) % (w - tw + 1));
+        let crop = a.slice(ndarray::s![.., .., y0..y0 + th, x0..x0 + tw]).to_owned().into_dyn();
+        out.push(Arc::new(Input::F32(crop)));
+    }
+    Ok(out)
+}
+
 /// Builds the samples of every graph in `graphs`.
 pub(super) fn collect(
     model: &ModelDir,
@@ -157,8 +184,17 @@ pub(super) fn collect(
         latent_source =
             "seeded N(0,1) latents at the calibration sizes (the model has no transformer)".into();
     }
-    latents.0.truncate(opts.samples.max(1));
-    latents.1.truncate(opts.heldout.max(1));
+    let latents = (
+        vae_latents(&latents.0, opts.vae_samples, opts.vae_tile, derive_seed(opts.seed, 8, 0))?,
+        vae_latents(&latents.1, opts.vae_heldout, opts.vae_heldout_tile, derive_seed(opts.seed, 8, 1))?,
+    );
+    latent_source = format!(
+        "{latent_source}: {} and {} held out, cropped to {} and {} latent pixels",
+        latents.0.len(),
+        latents.1.len(),
+        opts.vae_tile,
+        opts.vae_heldout_tile
+    );
     if wants("vae_decoder") {
         out.insert(
             "vae_decoder".into(),

@@ -5,10 +5,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use flux2_runtime::cpu::CpuInfo;
-use flux2_runtime::images::{write_png, Chw};
+use flux2_runtime::images::{write_png, Chw, Reference};
 use flux2_runtime::pipeline::{Pipeline, PromptSource, Request, SessionFactory, Timings};
 use flux2_runtime::tensor_file::{read_tensor, Tensor};
-use flux2_runtime::{cpu_session, SessionOptions};
+use flux2_runtime::SessionOptions;
 use serde_json::json;
 
 use crate::plot::{self, Bar, Figure};
@@ -34,7 +34,9 @@ Examples:
   flux2 bench --model klein-onnx
   flux2 bench --model klein-onnx --width 512 --height 512 --runs 10 --json bench.json --plot bench.png
   flux2 bench --model klein-onnx --refs 2 --steps 4
-  for n in 1 2 4; do flux2 bench --model klein-onnx --batch $n --json bench-b$n.json; done";
+  for n in 1 2 4; do flux2 bench --model klein-onnx --batch $n --json bench-b$n.json; done
+  flux2 calibrate --model klein-onnx --precision int8 --out klein-int8
+  flux2 bench --model klein-onnx --against klein-int8   # f32 and INT8 side by side, image PSNR";
 
 /// Measure per-stage latency of an exported model (sessions created once, then reused).
 #[derive(clap::Args)]
@@ -76,6 +78,9 @@ pub struct Args {
     /// Guidance (dev: embedded; klein base: CFG scale).
     #[arg(long)]
     pub guidance: Option<f32>,
+    /// LoRA adapter applied at run time, FILE[:SCALE] (repeatable; scale 1 by default).
+    #[arg(long, value_name = "FILE[:SCALE]")]
+    pub lora: Vec<String>,
     /// Execution provider: cpu, cuda or tensorrt.
     #[arg(long, default_value = "cpu")]
     pub provider: String,
@@ -88,6 +93,10 @@ pub struct Args {
     /// Also plot median latency per stage (bars) with min–p90 whiskers as a PNG here.
     #[arg(long)]
     pub plot: Option<PathBuf>,
+    /// A second export folder (e.g. the INT8 one `flux2 calibrate` made from --model), timed with
+    /// the same request and printed side by side, with the PSNR of its image against --model's.
+    #[arg(long)]
+    pub against: Option<PathBuf>,
 }
 
 /// min / median / p90 of a sample set (nearest-rank percentiles), seconds.
@@ -178,6 +187,11 @@ fn stage_samples(runs: &[Timings], text: bool, refs: bool) -> Vec<(&'static str,
     stages
 }
 
+fn make_factory(args: &Args) -> anyhow::Result<SessionFactory> {
+    flux2_runtime::request::session_factory(&args.provider, args.threads, 0)
+        .with_context(|| format!("--provider {}", args.provider))
+}
+
 pub fn run(args: Args) -> anyhow::Result<()> {
     if args.runs == 0 {
         bail!("--runs must be at least 1");
@@ -185,16 +199,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if args.batch == 0 {
         bail!("--batch must be at least 1");
     }
-    let factory: SessionFactory = match (args.threads, args.provider.as_str()) {
-        (Some(0), _) => bail!("--threads must be at least 1"),
-        (Some(n), "cpu") => {
-            let opts = SessionOptions { intra_threads: n, ..SessionOptions::default() };
-            Box::new(move |p: &Path| cpu_session(p, &opts))
-        }
-        (Some(_), other) => bail!("--threads applies to the cpu provider, not {other}"),
-        (None, _) => super::generate::factory(&args.provider)?,
-    };
-    let mut pipe = Pipeline::new(&args.model, factory)?;
+    let mut pipe = Pipeline::new(&args.model, make_factory(&args)?)?;
+    super::generate::apply_adapters(&mut pipe, &args.lora)?;
     let has_text = pipe.model.entry("text_encoder").is_some();
     let prompt = match (&args.prompt_embeds, has_text) {
         (Some(p), _) => PromptSource::Embeds(read_tensor(p, "prompt_embeds")?),
@@ -212,37 +218,51 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     (req.width, req.height, req.steps, req.guidance) =
         (Some(args.width), Some(args.height), args.steps, args.guidance);
     req.max_sequence_length = args.max_sequence_length;
-    req.references = refs;
+    req.references = refs.into_iter().map(Reference::Path).collect();
     req.num_images = args.batch;
-    let result = measure(&mut pipe, &req, &args);
+    let result = measure(&mut pipe, &req, &args).and_then(|(runs, load, steps, image)| {
+        let against = match &args.against {
+            Some(dir) => {
+                let counts = (args.warmup, args.runs);
+                Some(super::bench_against::compare(dir, make_factory(&args)?, &req, counts, (&runs, &image))?)
+            }
+            None => None,
+        };
+        Ok((runs, load, steps, against))
+    });
     if tmp.exists() {
         let _ = std::fs::remove_dir_all(&tmp);
     }
-    let (runs, load, steps) = result?;
-    report(&args, &pipe, &runs, load, steps, matches!(req.prompt, PromptSource::Text(_)))
+    let (runs, load, steps, against) = result?;
+    report(&args, &pipe, &runs, (load, steps, against), matches!(req.prompt, PromptSource::Text(_)))
 }
 
-/// Warm-up and timed runs: (timings of the timed runs, session creation seconds, steps).
-fn measure(pipe: &mut Pipeline, req: &Request, args: &Args) -> anyhow::Result<(Vec<Timings>, f64, usize)> {
+/// Warm-up and timed runs: (timings of the timed runs, session creation seconds, steps, the
+/// last batch's images, concatenated).
+type Measured = (Vec<Timings>, f64, usize, Vec<f32>);
+
+fn measure(pipe: &mut Pipeline, req: &Request, args: &Args) -> anyhow::Result<Measured> {
     let plan = pipe.plan(req)?;
     let steps = plan.schedule.steps();
     let total = (args.warmup + args.runs) as u64;
     let pb = crate::progress::bar(total, "bench");
     let mut load = 0.0;
     let mut runs = Vec::new();
+    let mut image = Vec::new();
     for i in 0..args.warmup + args.runs {
         pb.set_message(if i < args.warmup { "warm-up" } else { "timed" });
-        let out = pipe.generate_batch(req, &mut |_| {})?;
+        let out = pipe.generate_batch(req, &mut |_| std::ops::ControlFlow::Continue(()))?;
         if i == 0 {
             load = out.timings.load;
         }
         if i >= args.warmup {
             runs.push(out.timings);
         }
+        image = out.images.into_iter().flat_map(|i| i.data).collect();
         pb.inc(1);
     }
     pb.finish_and_clear();
-    Ok((runs, load, steps))
+    Ok((runs, load, steps, image))
 }
 
 fn print_header(args: &Args, steps: usize, threads: usize, text: bool, cpu: &CpuInfo) {
@@ -265,8 +285,7 @@ fn report(
     args: &Args,
     pipe: &Pipeline,
     runs: &[Timings],
-    load: f64,
-    steps: usize,
+    (load, steps, against): (f64, usize, Option<serde_json::Value>),
     text: bool,
 ) -> anyhow::Result<()> {
     let stages = stage_samples(runs, text, args.refs > 0);
@@ -292,6 +311,7 @@ fn report(
             "images_per_second": {"stats": Stats::of(&rate), "samples": rate},
             "session_creation": load,
             "peak_rss_bytes": peak_rss(),
+            "against": against,
         });
         write_atomic(path, &(serde_json::to_string_pretty(&doc)? + "\n"))?;
         println!("wrote {}", path.display());

@@ -27,6 +27,15 @@ use flux2_runtime::trt::{Bucket, FloatPrecision, GpuTarget, ShapePlan};
 ///   flux2 build --model ./klein-fp8 --gpu hopper --out ./klein-h100
 ///   flux2 build --model ./klein-int8 --gpu orin --buckets 768x768,1024x1024 --out ./klein-orin
 ///   flux2 build --model ./dev-fp8 --gpu thor --max-refs 2 --out ./dev-thor
+///   flux2 build --model ./klein --gpu hopper --refittable --out ./klein-h100-refit
+///
+/// --refittable builds weight-stripped engines (TensorRT provider option
+/// trt_weight_stripped_engine_enable): the engines hold no weights and are refitted at load from
+/// the ONNX initializers of the export they were built from, or of another export of the same
+/// model and graph (`flux2 generate --provider tensorrt --refit-from DIR`, e.g. one made with
+/// `flux2 export --lora`), so a new LoRA needs an export (seconds) instead of an engine build.
+/// Every weight must be an initializer of its own: export with --weights copy (link exports of
+/// BFL files assemble fused weights from pieces and are refused).
 #[derive(clap::Args)]
 #[command(verbatim_doc_comment)]
 pub struct Args {
@@ -83,6 +92,9 @@ pub struct Args {
     /// Replace files in a non-empty --out.
     #[arg(long)]
     force: bool,
+    /// Weight-stripped engines, refitted at load from an export's ONNX weights (see above).
+    #[arg(long)]
+    refittable: bool,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -119,6 +131,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         device_id: args.device,
         trt_version,
         force: args.force,
+        refittable: args.refittable,
     };
     let started = std::time::Instant::now();
     let built = build(&req, &mut |p| match p {

@@ -76,6 +76,29 @@ pub struct Args {
     /// Held-out samples per graph, for the sensitivity search and the report.
     #[arg(long, default_value_t = 8)]
     heldout: usize,
+    /// Held-out samples each sensitivity measurement runs over (0: all); the report still
+    /// measures the chosen layers on every held-out sample.
+    #[arg(long, default_value_t = 2)]
+    sensitivity_samples: usize,
+    /// VAE calibration latents, spread over the trajectories' final latents; the VAE encoder
+    /// calibrates on their float decodings.
+    #[arg(long, default_value_t = 4)]
+    vae_samples: usize,
+    /// Crop of each VAE calibration latent, in latent pixels (16: 256x256 images).
+    #[arg(long, default_value_t = 16)]
+    vae_tile: usize,
+    /// Held-out VAE latents (sensitivity and report).
+    #[arg(long, default_value_t = 1)]
+    vae_heldout: usize,
+    /// Crop of each held-out VAE latent, in latent pixels (8: 128x128 images).
+    #[arg(long, default_value_t = 8)]
+    vae_heldout_tile: usize,
+    /// INT8 convolutions with INT8 activations (zero point 0) for TensorRT, instead of UINT8
+    /// with zero point 128 (ONNX Runtime's fast x86 kernels). Same values either way; the
+    /// report's figures are measured in the UINT8 form (ONNX Runtime 1.31 rejects some such
+    /// graphs when optimising them: use this for TensorRT builds only).
+    #[arg(long)]
+    signed_activations: bool,
     /// Seed of everything random (noise, noise levels, embeddings without a text encoder).
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -180,6 +203,10 @@ fn options(a: &Args) -> anyhow::Result<CalibrateOptions> {
     };
     (o.dist_mu, o.dist_sigma) = (a.dist_mu, a.dist_sigma);
     (o.samples, o.heldout, o.seed) = (a.samples, a.heldout, a.seed);
+    o.sensitivity_samples = a.sensitivity_samples;
+    (o.vae_samples, o.vae_tile) = (a.vae_samples, a.vae_tile);
+    (o.vae_heldout, o.vae_heldout_tile) = (a.vae_heldout, a.vae_heldout_tile);
+    o.signed_activations = a.signed_activations;
     o.calibrator = a.calibrator.parse::<Calibrator>()?;
     o.smoothquant = a.smoothquant;
     (o.budget_nmse, o.max_psnr_drop) = (a.budget_nmse, a.max_psnr_drop);
@@ -241,6 +268,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             g.width, g.height, g.seed, g.psnr_db, g.ssim
         );
     }
+    let stages: Vec<String> = r.stage_seconds.iter().map(|(l, t)| format!("{l} {t:.0}s")).collect();
+    let total: f64 = r.stage_seconds.iter().map(|(_, t)| t).sum();
+    eprintln!("  time {total:.0}s: {}", stages.join(", "));
     eprintln!("  {}", r.gate.reason);
     let md = outcome.out.join("report.md");
     if !outcome.passed {

@@ -115,7 +115,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             text_layers: None,
             config_override: None,
         };
-        let req = ExportRequest { components: None, options, weights: WeightMode::Copy };
+        let req = ExportRequest::new(None, options, WeightMode::Copy);
         let _ = std::fs::remove_file(&stamp);
         let m = export(&source, &onnx, &req, &mut |_| {})?;
         if let Some(id) = exporter_identity(&onnx) {

@@ -2,11 +2,9 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Context};
-use flux2_exporter::export::{export, ExportRequest, Progress};
-use flux2_exporter::models::ExportOptions;
-use flux2_exporter::{Kind, ModelSource, WeightMode};
-use flux2_graphs::{DType, Target};
+use flux2_exporter::args::ExportArgs;
+use flux2_exporter::export::{export, Progress};
+use flux2_exporter::{ModelSource, WeightMode};
 
 /// Export FLUX.2 components from safetensors to ONNX (no PyTorch needed).
 ///
@@ -14,9 +12,24 @@ use flux2_graphs::{DType, Target};
 /// text_encoder/, tokenizer/), one component folder, a BFL single file such as
 /// ae.safetensors or flux2-dev.safetensors, or a folder of such files.
 ///
+/// A Hugging Face cache snapshot (~/.cache/huggingface/hub/models--*/snapshots/<rev>/) works
+/// as it is: its symlinks are followed. Copy mode checks every weight for NaN/Inf as it
+/// converts; link mode does with --verify.
+///
 /// Examples:
 ///   flux2 export --checkpoint ./FLUX.2-klein-4B --out ./klein-onnx
 ///   flux2 export --checkpoint ae.safetensors --out ./vae --components vae --weights link
+///   flux2 export --checkpoint ./FLUX.2-klein-4B --out /mnt/other/klein --weights link \
+///       --verify --link-fallback copy
+///   flux2 export --checkpoint ./FLUX.2-dev --out ./dev-style --weights link \
+///       --lora style.safetensors:0.8 --lora detail.safetensors
+///
+/// --lora FILE[:SCALE] (repeatable, scale 1 by default) merges LoRA adapters into the exported
+/// DiT: W + Σ scale·(alpha/rank)·B·A, the format (diffusers/PEFT, BFL/ai-toolkit, kohya/musubi)
+/// detected from the keys. Every adapter is checked against the model before anything is
+/// written. With --weights link only the touched tensors are written (merged, in --dtype) to
+/// transformer.onnx.data; the rest stay linked. The manifest records each adapter. To try
+/// adapters without re-exporting, use `flux2 generate --lora` instead.
 #[derive(clap::Args)]
 #[command(verbatim_doc_comment)]
 pub struct Args {
@@ -38,6 +51,18 @@ pub struct Args {
     /// be on the same filesystem; nothing is copied, export takes seconds at any size).
     #[arg(long, default_value = "copy")]
     weights: String,
+    /// With --weights link: where a hard link is impossible (output on another filesystem, a
+    /// file owned by someone else), `copy` copies that graph's weights instead of failing.
+    #[arg(long, value_name = "copy")]
+    link_fallback: Option<String>,
+    /// Copy mode checks every value it converts and fails on a tensor holding NaN or Inf;
+    /// this exports such tensors anyway.
+    #[arg(long)]
+    allow_nonfinite: bool,
+    /// Link mode: read all the weights first and fail on tensors holding NaN or Inf (copy
+    /// mode always checks).
+    #[arg(long)]
+    verify: bool,
     /// Graph flavour: ort (opset 23 fused Attention/RMSNorm/RoPE) or tensorrt (TensorRT 10 parser ops).
     #[arg(long, default_value = "ort")]
     target: String,
@@ -48,60 +73,41 @@ pub struct Args {
     /// non-standard VAE).
     #[arg(long)]
     config: Option<PathBuf>,
-}
-
-pub fn parse_kind(s: &str) -> anyhow::Result<Kind> {
-    Ok(match s.trim().replace('_', "-").as_str() {
-        "vae" => Kind::Vae,
-        "transformer" | "dit" => Kind::Transformer,
-        "text-encoder" | "te" => Kind::TextEncoder,
-        other => bail!("--components: unknown component '{other}' (expected vae, transformer, text-encoder)"),
-    })
-}
-
-/// Parses the options shared with other commands.
-pub fn options(
-    dtype: &str,
-    target: &str,
-    text_layers: Option<Vec<usize>>,
-    config: Option<&PathBuf>,
-) -> anyhow::Result<ExportOptions> {
-    let dtype = match DType::parse(dtype) {
-        Some(d @ (DType::F32 | DType::F16 | DType::BF16)) => d,
-        _ => bail!("--dtype: '{dtype}' is not one of f32, f16, bf16"),
-    };
-    let target = match target {
-        "ort" | "onnxruntime" => Target::Ort,
-        "tensorrt" | "trt" => Target::TensorRt,
-        other => bail!("--target: '{other}' is not one of ort, tensorrt"),
-    };
-    let config_override = match config {
-        Some(p) => {
-            let text = std::fs::read_to_string(p).with_context(|| format!("--config {}", p.display()))?;
-            Some(serde_json::from_str(&text).with_context(|| format!("--config {}: not JSON", p.display()))?)
-        }
-        None => None,
-    };
-    Ok(ExportOptions { dtype, target, text_layers, config_override })
+    /// LoRA adapter merged into the DiT, FILE[:SCALE] (repeatable; scale 1 by default).
+    #[arg(long, value_name = "FILE[:SCALE]")]
+    lora: Vec<String>,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let weights = match args.weights.as_str() {
-        "copy" => WeightMode::Copy,
-        "link" => WeightMode::Link,
-        other => bail!("--weights: '{other}' is not one of copy, link"),
-    };
-    let components = match &args.components {
-        Some(list) => Some(list.iter().map(|s| parse_kind(s)).collect::<anyhow::Result<Vec<_>>>()?),
-        None => None,
-    };
-    let options = options(&args.dtype, &args.target, args.text_layers.clone(), args.config.as_ref())?;
+    let mut req = ExportArgs {
+        components: args.components.clone(),
+        dtype: args.dtype.clone(),
+        weights: args.weights.clone(),
+        target: args.target.clone(),
+        text_layers: args.text_layers.clone(),
+        config: args.config.clone(),
+        allow_nonfinite: args.allow_nonfinite,
+        verify: args.verify,
+        link_fallback: args.link_fallback.clone(),
+    }
+    .into_request()?;
     let source = ModelSource::open(&args.checkpoint)?;
-    let req = ExportRequest { components, options, weights };
+    if args.verify && req.weights == WeightMode::Copy {
+        eprintln!("note: --verify is implied by --weights copy, which checks every value it converts");
+    }
+    let specs = super::lora::parse_specs(&args.lora)?;
+    req.merge = flux2_exporter::lora::plan_merge(&source, &req.options, &specs, req.components.as_deref())?;
     let started = std::time::Instant::now();
     let pb = crate::progress::bar(0, "export");
     let manifest = export(&source, &args.out, &req, &mut |p| match p {
-        Progress::Start { total } => pb.set_length(total),
+        Progress::Verify { total } => {
+            pb.set_length(total);
+            pb.set_message("verify");
+        }
+        Progress::Start { total } => {
+            pb.set_position(0);
+            pb.set_length(total);
+        }
         Progress::Graph { stem } => pb.set_message(stem.to_string()),
         Progress::Bytes(n) => pb.inc(n),
     })?;
@@ -124,6 +130,16 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             g.dtype,
             ins.join(" "),
             outs.join(" ")
+        );
+    }
+    for a in &manifest.adapters {
+        println!(
+            "  adapter {} ({}, rank {}, scale {}): merged into {} DiT tensors",
+            a.file,
+            a.format,
+            a.rank,
+            a.scale,
+            a.tensors.len()
         );
     }
     println!("  variant: {}; manifest: {}", manifest.variant, args.out.join("manifest.json").display());

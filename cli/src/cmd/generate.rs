@@ -3,8 +3,11 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
-use flux2_runtime::pipeline::{Batch, Event, Pipeline, PromptSource, Request, SessionFactory};
-use flux2_runtime::tensor_file::{read_tensor, write_tensors, Tensor};
+use flux2_runtime::images::Reference;
+use flux2_runtime::lora::AdapterSpec;
+use flux2_runtime::pipeline::{Batch, Event, Pipeline, SessionFactory};
+use flux2_runtime::request::GenerateArgs;
+use flux2_runtime::tensor_file::{write_tensors, Tensor};
 
 /// Generate an image with an exported FLUX.2 model (a `flux2 export` folder).
 ///
@@ -27,6 +30,13 @@ use flux2_runtime::tensor_file::{read_tensor, write_tensors, Tensor};
 ///   flux2 generate --model klein-onnx --prompt "make it night" --ref day.png --out night.png
 ///   flux2 generate --model dev-onnx --prompt-embeds p.safetensors --noise n.safetensors \
 ///       --width 512 --height 512 --out x.png --save-tensor x.safetensors
+///   flux2 generate --model klein-onnx --prompt "a fox" --lora style.safetensors:0.8 \
+///       --lora detail.safetensors --out fox.png        # LoRA adapters, no re-export
+///
+/// --lora FILE[:SCALE] (repeatable, scale 1 by default) applies adapters at run time: diffusers /
+/// PEFT, BFL / ai-toolkit or kohya files, detected from their keys. The touched DiT weights are
+/// merged in memory and replace the export's at session creation; nothing is written. Quantised
+/// (calibrated) exports refuse run-time adapters: merge with `flux2 export --lora`, then calibrate.
 #[derive(clap::Args)]
 #[command(verbatim_doc_comment)]
 pub struct Args {
@@ -48,25 +58,25 @@ pub struct Args {
     /// Reference image for editing (repeatable; PNG or JPEG, at least 64 px a side).
     #[arg(long = "ref")]
     pub references: Vec<PathBuf>,
-    /// Width in pixels, a multiple of 16 [default: first reference's, else 1024].
-    #[arg(long)]
+    /// Width in pixels, a multiple of 16, at most 4096 [default: first reference's, else 1024].
+    #[arg(long, allow_negative_numbers = true)]
     pub width: Option<usize>,
-    /// Height in pixels, a multiple of 16 [default: first reference's, else 1024].
-    #[arg(long)]
+    /// Height in pixels, a multiple of 16, at most 4096 [default: first reference's, else 1024].
+    #[arg(long, allow_negative_numbers = true)]
     pub height: Option<usize>,
     /// Sampling steps [default: 4 for distilled klein, 50 otherwise].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub steps: Option<usize>,
     /// Guidance: embedded (dev) or CFG scale (klein base); ignored by distilled klein [default: 4.0].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub guidance: Option<f32>,
     /// Schedule shift: empirical (FLUX.2's μ), resolution[:BASE_TOKENS] (α = √(tokens/base)), fixed:ALPHA.
     #[arg(long, default_value = "empirical")]
     pub shift: String,
     /// Seed of the built-in noise generator (same image on every machine).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     pub seed: u64,
-    /// Images to make in one batch, from seeds SEED, SEED+1, ... (names: see above).
+    /// Images to make in one batch, from seeds SEED, SEED+1, ... (file names: see above).
     #[arg(long, default_value_t = 1)]
     pub num_images: usize,
     /// Noise instead of the seed: safetensors with tensor `noise` [N, 128, H/16, W/16] (N = --num-images).
@@ -75,8 +85,9 @@ pub struct Args {
     /// Maximum prompt length in tokens (longer prompts are truncated with a warning).
     #[arg(long, default_value_t = 512)]
     pub max_sequence_length: usize,
-    /// Output PNG (written with the prompt, seed, steps, guidance, shift and model in its
-    /// metadata); with --num-images N > 1, the stem of the N file names.
+    /// Output image: .png (with the prompt, seed, steps, guidance, shift and model in its
+    /// metadata) or .jpg/.jpeg; other extensions are refused. With --num-images N > 1, the
+    /// pattern of the N file names.
     #[arg(long)]
     pub out: PathBuf,
     /// Also write the image(s) as safetensors tensor `image` float32 [N, 3, H, W] in [0, 1].
@@ -85,6 +96,32 @@ pub struct Args {
     /// Execution provider: cpu, cuda or tensorrt.
     #[arg(long, default_value = "cpu")]
     pub provider: String,
+    /// LoRA adapter applied at run time, FILE[:SCALE] (repeatable; scale 1 by default).
+    #[arg(long, value_name = "FILE[:SCALE]")]
+    pub lora: Vec<String>,
+    /// With --provider tensorrt and a `flux2 build --refittable` folder: refit the engines from
+    /// this export's ONNX weights (e.g. one made with `flux2 export --lora`).
+    #[arg(long, value_name = "DIR")]
+    pub refit_from: Option<PathBuf>,
+}
+
+/// Parses `--lora` arguments and applies them to the pipeline's DiT, reporting what changed.
+pub fn apply_adapters(pipe: &mut Pipeline, specs: &[String]) -> anyhow::Result<()> {
+    if specs.is_empty() {
+        return Ok(());
+    }
+    let specs: Vec<AdapterSpec> = specs.iter().map(|s| AdapterSpec::parse(s)).collect::<Result<_, _>>()?;
+    for r in pipe.set_adapters(&specs)? {
+        eprintln!(
+            "adapter {} ({}, rank {}, scale {}): {} DiT tensors merged at run time",
+            r.file,
+            r.format,
+            r.rank,
+            r.scale,
+            r.tensors.len()
+        );
+    }
+    Ok(())
 }
 
 /// Session factory for `--provider`.
@@ -92,35 +129,62 @@ pub fn factory(provider: &str) -> anyhow::Result<SessionFactory> {
     flux2_runtime::providers_factory(provider).with_context(|| format!("--provider {provider}"))
 }
 
-fn embeds(path: &std::path::Path) -> anyhow::Result<PromptSource> {
-    Ok(PromptSource::Embeds(read_tensor(path, "prompt_embeds")?))
+/// The options as the runtime's request arguments (checked there, shared with the Python package).
+fn generate_args(args: &Args) -> GenerateArgs {
+    GenerateArgs {
+        prompt: args.prompt.clone(),
+        prompt_embeds: args.prompt_embeds.clone(),
+        negative_prompt: args.negative_prompt.clone(),
+        negative_prompt_embeds: args.negative_prompt_embeds.clone(),
+        references: args.references.iter().cloned().map(Reference::Path).collect(),
+        width: args.width,
+        height: args.height,
+        steps: args.steps,
+        guidance: args.guidance,
+        shift: Some(args.shift.clone()),
+        seed: args.seed,
+        num_images: Some(args.num_images),
+        noise: args.noise.clone(),
+        max_sequence_length: Some(args.max_sequence_length),
+    }
 }
 
-/// The request the options describe (files read, nothing generated yet).
-fn request(args: &Args) -> anyhow::Result<Request> {
-    let prompt = match (&args.prompt, &args.prompt_embeds) {
-        (Some(p), None) => PromptSource::Text(p.clone()),
-        (None, Some(f)) => embeds(f)?,
-        _ => bail!("give --prompt TEXT or --prompt-embeds FILE"),
+/// Session factory for `--provider`, refitting weight-stripped TensorRT engines from `refit_from`.
+pub fn factory_refit(provider: &str, refit_from: Option<&std::path::Path>) -> anyhow::Result<SessionFactory> {
+    if let Some(dir) = refit_from {
+        if !dir.join("manifest.json").is_file() {
+            bail!("--refit-from {}: not an export folder (no manifest.json)", dir.display());
+        }
+    }
+    let opts = flux2_runtime::SessionOptions {
+        trt_refit_from: refit_from.map(|d| std::fs::canonicalize(d).unwrap_or_else(|_| d.to_path_buf())),
+        ..Default::default()
     };
-    let negative = match (&args.negative_prompt, &args.negative_prompt_embeds) {
-        (Some(p), _) => Some(PromptSource::Text(p.clone())),
-        (None, Some(f)) => Some(embeds(f)?),
-        _ => None,
-    };
-    let mut req = Request::new(prompt);
-    req.negative = negative;
-    req.references = args.references.clone();
-    (req.width, req.height, req.steps, req.guidance) = (args.width, args.height, args.steps, args.guidance);
-    req.shift = args.shift.parse().map_err(|e| anyhow::anyhow!("--shift: {e}"))?;
-    req.seed = args.seed;
-    req.num_images = args.num_images;
-    req.noise = match &args.noise {
-        Some(p) => Some(read_tensor(p, "noise")?),
-        None => None,
-    };
-    req.max_sequence_length = args.max_sequence_length;
-    Ok(req)
+    flux2_runtime::providers_factory_with(provider, opts).with_context(|| format!("--provider {provider}"))
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    check_output("--out", &args.out)?;
+    flux2_runtime::images::output_format(&args.out).context("--out")?;
+    if let Some(p) = &args.save_tensor {
+        check_output("--save-tensor", p)?;
+    }
+    let req = generate_args(&args).into_request()?;
+    let mut pipe = Pipeline::new(&args.model, factory_refit(&args.provider, args.refit_from.as_deref())?)?;
+    apply_adapters(&mut pipe, &args.lora)?;
+    let plan = pipe.plan(&req)?; // validate before any model runs
+    let pb = crate::progress::bar(plan.schedule.steps() as u64, "denoise");
+    let out = pipe.generate_batch(&req, &mut |e| {
+        match e {
+            Event::Stage(s) => pb.set_message(s.to_string()),
+            Event::Step { index, .. } => pb.set_position(index as u64),
+        }
+        std::ops::ControlFlow::Continue(())
+    })?;
+    pb.finish_and_clear();
+    write_outputs(&args, &pipe, &out)?;
+    print_timings(&out);
+    Ok(())
 }
 
 /// Where image `k` of the batch goes: `--out` itself for one image, else the stem with the
@@ -141,37 +205,14 @@ pub fn output_path(out: &Path, num_images: usize, k: usize, seed: Option<u64>) -
     out.with_file_name(name)
 }
 
-pub fn run(args: Args) -> anyhow::Result<()> {
-    if args.num_images == 0 {
-        bail!("--num-images must be at least 1");
-    }
-    if let Some(dir) = args.out.parent().filter(|d| !d.as_os_str().is_empty()) {
-        if !dir.is_dir() {
-            bail!("--out {}: folder {} does not exist", args.out.display(), dir.display());
-        }
-    }
-    let req = request(&args)?;
-    let mut pipe = Pipeline::new(&args.model, factory(&args.provider)?)?;
-    let plan = pipe.plan(&req)?; // validate before any model runs
-    let pb = crate::progress::bar(plan.schedule.steps() as u64, "denoise");
-    let out = pipe.generate_batch(&req, &mut |e| match e {
-        Event::Stage(s) => pb.set_message(s.to_string()),
-        Event::Step { index, .. } => pb.set_position(index as u64),
-    })?;
-    pb.finish_and_clear();
-    write_outputs(&args, &pipe, &out)?;
-    print_timings(&out);
-    Ok(())
-}
-
-/// Writes the PNG(s) and the optional tensor file.
+/// Writes the image file(s) and the optional tensor file.
 fn write_outputs(args: &Args, pipe: &Pipeline, out: &Batch) -> anyhow::Result<()> {
     let n = out.images.len();
     for (k, image) in out.images.iter().enumerate() {
         let seed = out.seeds.get(k).copied();
         let path = output_path(&args.out, n, k, seed);
         let meta = provenance(args, pipe, &out.plan, seed);
-        flux2_runtime::images::write_png(&path, image, &meta)?;
+        flux2_runtime::images::write_image(&path, image, &meta)?;
         println!(
             "wrote {} ({}×{}, {} steps)",
             path.display(),
@@ -193,10 +234,12 @@ fn print_timings(out: &Batch) {
     let t = &out.timings;
     let dit: f64 = t.dit_steps.iter().sum();
     let n = out.images.len();
-    let rate = if n > 1 { format!(", {:.3} images/s", n as f64 / t.total.max(1e-9)) } else { String::new() };
+    let (batch, rate) = match n {
+        1 => (String::new(), String::new()),
+        _ => (format!(" (batch of {n})"), format!(", {:.3} images/s", n as f64 / t.total.max(1e-9))),
+    };
     println!(
-        "timings{}: text encoder {:.3}s, vae encode {:.3}s, denoise {:.3}s ({:.3}s/step), vae decode {:.3}s, total {:.3}s ({:.1}% in ONNX Runtime){rate}",
-        if n > 1 { format!(" (batch of {n})") } else { String::new() },
+        "timings{batch}: text encoder {:.3}s, vae encode {:.3}s, denoise {:.3}s ({:.3}s/step), vae decode {:.3}s, total {:.3}s ({:.1}% in ONNX Runtime){rate}",
         t.text_encoder,
         t.vae_encode,
         dit,
@@ -205,6 +248,26 @@ fn print_timings(out: &Batch) {
         t.total,
         100.0 * t.ort / t.total.max(1e-9)
     );
+}
+
+/// Fails before any model runs when `path` cannot be written: its folder is missing, not a
+/// folder or not writable, or `path` itself is a folder.
+fn check_output(option: &str, path: &std::path::Path) -> anyhow::Result<()> {
+    if path.is_dir() {
+        bail!("{option} {}: is a folder; give a file name", path.display());
+    }
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+    if !dir.is_dir() {
+        bail!("{option} {}: folder {} does not exist", path.display(), dir.display());
+    }
+    let probe = dir.join(format!(".flux2-write-test-{}", std::process::id()));
+    match std::fs::File::create(&probe) {
+        Ok(_) => {
+            let _ = std::fs::remove_file(&probe);
+            Ok(())
+        }
+        Err(e) => bail!("{option} {}: cannot write in {}: {e}", path.display(), dir.display()),
+    }
 }
 
 fn provenance(

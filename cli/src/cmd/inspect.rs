@@ -7,23 +7,44 @@ use flux2_exporter::ModelSource;
 use flux2_graphs::{DType, Target};
 
 /// Describe a checkpoint: layout, components, detected variant and config, parameter
-/// count, dtypes and size. Reads only the safetensors headers.
+/// count, dtypes and size. Reads only the safetensors headers, unless --verify.
 ///
-/// Example: flux2 inspect ./FLUX.2-dev
+/// Given a LoRA adapter file, describes it instead: format (diffusers/PEFT, BFL/ai-toolkit,
+/// kohya/musubi; detected from the keys), rank, alpha, modules, and with --checkpoint whether
+/// every module fits that model's DiT (and which tensors it would change).
+///
+/// Examples:
+///   flux2 inspect ./FLUX.2-dev
+///   flux2 inspect --verify ~/.cache/huggingface/hub/models--black-forest-labs--FLUX.2-klein-4B/snapshots/<rev>
+///   flux2 inspect style-lora.safetensors --checkpoint ./FLUX.2-klein-4B
 #[derive(clap::Args)]
+#[command(verbatim_doc_comment)]
 pub struct Args {
-    /// Checkpoint file or folder (same forms as `flux2 export --checkpoint`).
+    /// Checkpoint file or folder (same forms as `flux2 export --checkpoint`), or a LoRA file.
     path: PathBuf,
+    /// With a LoRA file: the model to check it against.
+    #[arg(long)]
+    checkpoint: Option<PathBuf>,
     /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
+    /// Also read all the weight data and list tensors holding NaN or Inf (exit status 1 if any).
+    #[arg(long)]
+    verify: bool,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
+    if args.path.is_file() && super::lora::is_adapter(&args.path) {
+        return super::lora::inspect(&args.path, args.checkpoint.as_deref(), args.json);
+    }
+    if args.checkpoint.is_some() {
+        anyhow::bail!("--checkpoint goes with a LoRA file; {} is not one", args.path.display());
+    }
     let source = ModelSource::open(&args.path)?;
     let opts =
         ExportOptions { dtype: DType::F32, target: Target::Ort, text_layers: None, config_override: None };
     let mut report = Vec::new();
+    let mut bad_tensors: Vec<String> = Vec::new();
     for c in &source.components {
         let ck = &c.checkpoint;
         let (variant, config, error) = match build(c, &opts) {
@@ -33,6 +54,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             }
             Err(e) => (None, None, Some(e.to_string())),
         };
+        let nonfinite = if args.verify { verify(ck) } else { vec![] };
+        bad_tensors.extend(nonfinite.iter().filter_map(|b| b["tensor"].as_str().map(str::to_string)));
         let dtypes: serde_json::Map<String, serde_json::Value> =
             ck.dtypes().iter().map(|(d, n)| (d.name().to_string(), (*n).into())).collect();
         report.push(serde_json::json!({
@@ -47,14 +70,42 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             "variant": variant,
             "config": config,
             "error": error,
+            "nonfinite": if args.verify { Some(nonfinite) } else { None },
         }));
     }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
-        return Ok(());
+    } else {
+        print_text(&args, &report);
     }
+    if let Some(first) = bad_tensors.first() {
+        let more = match bad_tensors.len() {
+            1 => String::new(),
+            n => format!(" and {} more", n - 1),
+        };
+        anyhow::bail!("{}: tensor '{first}'{more} hold NaN or Inf values", args.path.display());
+    }
+    Ok(())
+}
+
+/// `--verify`: every tensor of `ck` with NaN/Inf, as JSON records.
+fn verify(ck: &flux2_exporter::Checkpoint) -> Vec<serde_json::Value> {
+    let pb = crate::progress::bar(ck.nbytes(), "verify");
+    let found = flux2_exporter::verify::nonfinite_tensors(ck, &mut |n| pb.inc(n));
+    pb.finish_and_clear();
+    found
+        .iter()
+        .map(|b| {
+            serde_json::json!({
+                "tensor": b.tensor, "file": b.file.display().to_string(), "count": b.count, "numel": b.numel,
+            })
+        })
+        .collect()
+}
+
+fn print_text(args: &Args, report: &[serde_json::Value]) {
     println!("{}", args.path.display());
-    for r in &report {
+    for r in report {
         println!(
             "  {} ({} layout): {}",
             r["component"].as_str().unwrap_or(""),
@@ -78,6 +129,19 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         if let Some(e) = r["error"].as_str() {
             println!("    problem:    {e}");
         }
+        if let Some(list) = r["nonfinite"].as_array() {
+            if list.is_empty() {
+                println!("    verify:     every value is finite");
+            }
+            for b in list {
+                println!(
+                    "    NaN/Inf:    {} ({} of {} values, {})",
+                    b["tensor"].as_str().unwrap_or(""),
+                    b["count"],
+                    b["numel"],
+                    b["file"].as_str().unwrap_or("")
+                );
+            }
+        }
     }
-    Ok(())
 }

@@ -2,6 +2,7 @@
 //! Commands that build, convert or calibrate graphs exist only with the `full` feature.
 // MODULES-BEGIN
 pub mod bench;
+pub mod bench_against;
 #[cfg(feature = "full")]
 pub mod build;
 #[cfg(feature = "full")]
@@ -17,7 +18,14 @@ pub mod export;
 pub mod generate;
 #[cfg(feature = "full")]
 pub mod inspect;
+#[cfg(feature = "full")]
+#[cfg(feature = "full")]
+pub mod lora;
 pub mod schedule;
 #[cfg(feature = "full")]
+pub mod synth;
+#[cfg(feature = "full")]
 pub mod timesteps;
+#[cfg(feature = "full")]
+pub mod triton;
 // MODULES-END

@@ -44,6 +44,9 @@ pub struct BuildRequest {
     pub trt_version: Option<TrtVersion>,
     /// Replace a non-empty `out`.
     pub force: bool,
+    /// Weight-stripped engines refitted at load from an export's ONNX weights (LoRA exports of
+    /// the same model reuse the engines).
+    pub refittable: bool,
 }
 
 /// One graph, ready to build.
@@ -118,6 +121,9 @@ pub fn plan(req: &BuildRequest) -> Result<BuildPlan, TrtError> {
         let float = graph_float(req, entry);
         if req.dla_core.is_some() {
             req.gpu.check_dla(float, quant)?;
+        }
+        if req.refittable {
+            check_refittable(&path)?;
         }
         let calib = calibration_hash(&ix).map_err(|e| model_err(&path, e))?;
         decoded.push((name.clone(), entry.clone(), quant, float, model_hash(&bytes, &manifest), calib));
@@ -231,4 +237,28 @@ fn check_out(req: &BuildRequest) -> Result<(), TrtError> {
         }
     }
     Ok(())
+}
+
+/// A weight-stripped engine is refitted by initializer name from the ONNX file, so every weight
+/// must be an initializer as such: a link export that assembles weights from pieces or casts
+/// (BFL fused qkv, a checkpoint dtype other than --dtype) cannot refit them.
+fn check_refittable(path: &Path) -> Result<(), TrtError> {
+    let weights = flux2_runtime::lora::overrides::GraphWeights::open(path)
+        .map_err(|e| model_err(path, e.to_string()))?;
+    let assembled = weights.assembled();
+    if assembled.is_empty() {
+        return Ok(());
+    }
+    let shown: Vec<&str> = assembled.iter().take(3).copied().collect();
+    Err(model_err(
+        path,
+        format!(
+            "--refittable: {} weights are assembled from linked pieces or casts ({}{}), which a \
+             weight-stripped engine cannot refit by name; export with --weights copy (or link a checkpoint \
+             in diffusers layout and the export dtype)",
+            assembled.len(),
+            shown.join(", "),
+            if assembled.len() > shown.len() { ", ..." } else { "" }
+        ),
+    ))
 }

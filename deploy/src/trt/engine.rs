@@ -105,6 +105,12 @@ fn stage(
         onnxruntime: host.ort_version.clone(),
         shapes: plan.request.shapes.clone(),
         graphs,
+        refit_from: plan.request.refittable.then(|| {
+            std::fs::canonicalize(&plan.request.model)
+                .unwrap_or_else(|_| plan.request.model.clone())
+                .display()
+                .to_string()
+        }),
     };
     built.write(&staging)?;
     Ok(built)
@@ -134,6 +140,8 @@ pub fn graph_options(
         ep_context: Some(EpContext { file: staging.join(format!("{}_ctx.onnx", g.name)), embed_mode: 0 }),
         cuda_graph: false,
         detailed_build_log: false,
+        weight_stripped: r.refittable,
+        onnx_model_folder: None,
     }
 }
 

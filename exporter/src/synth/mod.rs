@@ -13,6 +13,7 @@
 //! its spec digest and file hashes in `synth.json` so a later run can tell it is current.
 
 mod configs;
+pub mod sparse;
 pub mod tokenizer;
 pub mod weights;
 

@@ -191,7 +191,7 @@ pub(crate) fn read_json(path: &Path) -> Result<Value, TokenizerError> {
 pub(crate) fn read_text(path: &Path) -> Result<String, TokenizerError> {
     std::fs::read_to_string(path).map_err(|source| match source.kind() {
         std::io::ErrorKind::NotFound => TokenizerError::MissingFile { path: path.to_path_buf() },
-        _ => TokenizerError::Io { path: path.to_path_buf(), source },
+        _ => TokenizerError::Io { path: path.to_path_buf(), err: source },
     })
 }
 

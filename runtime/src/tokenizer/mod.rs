@@ -53,8 +53,8 @@ pub enum TokenizerError {
     MissingFile { path: PathBuf },
     #[error("no tokenizer in {dir}: neither {dir}/tokenizer.json nor {dir}/tokenizer/tokenizer.json exists")]
     NoTokenizer { dir: PathBuf },
-    #[error("reading {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    #[error("reading {path}: {err}")]
+    Io { path: PathBuf, err: std::io::Error },
     #[error("{path}: invalid JSON: {msg}")]
     Json { path: PathBuf, msg: String },
     #[error("{path}: cannot load tokenizer: {msg}")]

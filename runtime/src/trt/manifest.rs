@@ -45,6 +45,10 @@ pub struct BuildManifest {
     pub onnxruntime: String,
     pub shapes: ShapePlan,
     pub graphs: BTreeMap<String, BuiltGraph>,
+    /// Weight-stripped engines (`flux2 build --refittable`): the export folder whose ONNX
+    /// weights refit them at load unless the session names another (a LoRA export).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refit_from: Option<String>,
 }
 
 impl BuildManifest {

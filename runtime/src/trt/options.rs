@@ -60,6 +60,13 @@ pub struct TrtOptions {
     pub ep_context: Option<EpContext>,
     pub cuda_graph: bool,
     pub detailed_build_log: bool,
+    /// Weight-stripped (refittable) engines: built without weights, refitted at load from the
+    /// ONNX initializers of the same graph (`trt_weight_stripped_engine_enable`), so an export
+    /// with other weights (a merged LoRA) reuses the engine instead of a rebuild.
+    pub weight_stripped: bool,
+    /// Folder of the ONNX model whose initializers refit a weight-stripped engine at load
+    /// (`trt_onnx_model_folder_path`; the EPContext node names the file).
+    pub onnx_model_folder: Option<PathBuf>,
 }
 
 fn flag(b: bool) -> String {
@@ -132,6 +139,12 @@ impl TrtOptions {
         if self.detailed_build_log {
             o.push(("trt_detailed_build_log", flag(true)));
         }
+        if self.weight_stripped {
+            o.push(("trt_weight_stripped_engine_enable", flag(true)));
+        }
+        if let Some(dir) = &self.onnx_model_folder {
+            o.push(("trt_onnx_model_folder_path", path_str("trt_onnx_model_folder_path", dir)?));
+        }
         Ok(o)
     }
 
@@ -146,6 +159,13 @@ impl TrtOptions {
                     return bad(&format!("trt_profile_{which}_shapes"), "empty shape list".into());
                 }
             }
+        }
+        if self.onnx_model_folder.is_some() && !self.weight_stripped {
+            return bad(
+                "trt_onnx_model_folder_path",
+                "the ONNX weights folder only refits weight-stripped engines: enable trt_weight_stripped_engine_enable"
+                    .into(),
+            );
         }
         if let Some(level) = self.builder_optimization_level {
             if level > 5 {
@@ -230,6 +250,12 @@ impl TrtOptions {
         }
         if self.detailed_build_log {
             ep = ep.with_detailed_build_log(true);
+        }
+        if self.weight_stripped {
+            ep = ep.with_weight_stripped_engine(true);
+        }
+        if let Some(dir) = &self.onnx_model_folder {
+            ep = ep.with_onnx_model_folder_path(path_str("trt_onnx_model_folder_path", dir)?);
         }
         Ok(ep)
     }
@@ -335,5 +361,25 @@ mod tests {
         assert!(level.to_ep().is_err());
         let prefix = TrtOptions { engine_cache_prefix: Some("a/b".into()), ..Default::default() };
         assert!(prefix.provider_options().is_err());
+    }
+
+    #[test]
+    fn weight_stripped_engines_refit_from_an_onnx_folder() {
+        let o = TrtOptions {
+            weight_stripped: true,
+            onnx_model_folder: Some("export".into()),
+            ..Default::default()
+        };
+        let kv = o.provider_options().unwrap();
+        assert!(kv.contains(&("trt_weight_stripped_engine_enable", "1".to_string())));
+        assert!(kv.contains(&("trt_onnx_model_folder_path", "export".to_string())));
+        o.to_ep().unwrap();
+        let plain = TrtOptions::default().provider_options().unwrap();
+        assert!(!plain
+            .iter()
+            .any(|(k, _)| k.starts_with("trt_weight_stripped") || k.starts_with("trt_onnx_model")));
+        let bad = TrtOptions { onnx_model_folder: Some("export".into()), ..Default::default() };
+        let e = bad.provider_options().unwrap_err().to_string();
+        assert!(e.contains("trt_onnx_model_folder_path") && e.contains("weight-stripped"), "{e}");
     }
 }

@@ -194,7 +194,7 @@ pub fn graph_profiles(graph: &str, entry: &GraphEntry, plan: &ShapePlan) -> Resu
                             let r = symbol_range(graph, &input.name, dim, entry, plan, group, opt)?;
                             ranges.insert(dim.clone(), r);
                         }
-                        ranges[dim].clone()
+                        ranges[dim]
                     }
                 };
                 s.min.push(r.min);
@@ -250,7 +250,7 @@ fn symbol_range(
             let r = over(&|b| b.tokens());
             DimRange { max: r.max + plan.max_refs as i64 * REF_MAX_TOKENS, ..r }
         }
-        _ => exported.clone(),
+        _ => *exported,
     };
     if derived.min < exported.min || derived.max > exported.max {
         let what = match symbol {

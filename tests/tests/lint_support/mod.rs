@@ -9,9 +9,9 @@ use std::path::Path;
 
 use flux2_calib::attention::find_sites;
 use flux2_calib::formats::Format;
-use flux2_calib::layers::find_layers;
+use flux2_calib::layers::{find_layers, LayerOp};
 use flux2_calib::onnx_file::{write_model, DataMode, OnnxFile};
-use flux2_calib::qdq::{insert_qdq, ActivationQuant, QdqPlan};
+use flux2_calib::qdq::{insert_qdq, signed_activations, ActivationQuant, QdqPlan};
 use flux2_exporter::manifest::Manifest;
 use flux2_exporter::models::ExportOptions;
 use flux2_exporter::WeightMode;
@@ -32,8 +32,9 @@ pub fn export_pipeline(target: Target) -> TempDir {
 }
 
 /// A copy of `src` with every MatMul/Conv, and the DiT's attention products, quantised to
-/// `format` by the calibrator's Q/DQ insertion (activation ranges are synthetic: the lint looks
-/// at structure, not accuracy).
+/// `format` by the calibrator's Q/DQ insertion, INT8 convolution outputs too, with signed INT8
+/// activations as for TensorRT (activation ranges are synthetic: the lint looks at structure,
+/// not accuracy).
 pub fn calibrated(src: &Path, format: Format) -> TempDir {
     let out = tempfile::tempdir().unwrap();
     let mut manifest = Manifest::read(src).unwrap();
@@ -46,11 +47,14 @@ pub fn calibrated(src: &Path, format: Format) -> TempDir {
         let activations: BTreeMap<String, ActivationQuant> = layers
             .iter()
             .map(|l| l.activation.clone())
+            .chain(layers.iter().filter(|l| l.op == LayerOp::Conv).map(|l| l.output.clone()))
             .chain(sites.iter().flat_map(|s| s.inputs.iter().cloned()))
             .map(|t| (t, ActivationQuant { amax: 4.0, smooth: None }))
             .collect();
         let plan = QdqPlan { format, layers: &chosen, sites: &sites, activations: &activations };
-        let q = insert_qdq(&file, &layers, &plan).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let mut q = insert_qdq(&file, &layers, &plan).unwrap_or_else(|e| panic!("{name}: {e}"));
+        // TensorRT takes signed INT8 only (`flux2 calibrate --signed-activations`)
+        signed_activations(&mut q.proto);
         let stem = entry.file.trim_end_matches(".onnx").to_string();
         write_model(&q.proto, &file, out.path(), &stem, DataMode::SelfContained).unwrap();
         entry.precision = Some(format.name().into());

@@ -1,0 +1,153 @@
+//! An export request as its callers spell it (`flux2 export` options, `flux2.export(...)`
+//! keyword arguments): components, dtype, weights, target as text. One parser, one set of
+//! messages for every front end.
+
+use std::path::PathBuf;
+
+use flux2_graphs::{DType, Target};
+
+use crate::export::ExportRequest;
+use crate::models::ExportOptions;
+use crate::{ExportError, Kind, WeightMode};
+
+/// The export options, as given (see `flux2 export --help`).
+#[derive(Clone, Debug)]
+pub struct ExportArgs {
+    /// vae, transformer, text-encoder (None: every component found).
+    pub components: Option<Vec<String>>,
+    /// f32, f16 or bf16.
+    pub dtype: String,
+    /// copy or link.
+    pub weights: String,
+    /// ort or tensorrt.
+    pub target: String,
+    pub text_layers: Option<Vec<usize>>,
+    /// A config.json overriding the detected one.
+    pub config: Option<PathBuf>,
+    /// Export weights with NaN/Inf values instead of refusing them.
+    pub allow_nonfinite: bool,
+    /// Link mode: read every linked tensor and refuse non-finite values.
+    pub verify: bool,
+    /// Link mode: what to do where a hard link is impossible (`copy`).
+    pub link_fallback: Option<String>,
+}
+
+impl Default for ExportArgs {
+    fn default() -> Self {
+        ExportArgs {
+            components: None,
+            dtype: "f32".into(),
+            weights: "copy".into(),
+            target: "ort".into(),
+            text_layers: None,
+            config: None,
+            allow_nonfinite: false,
+            verify: false,
+            link_fallback: None,
+        }
+    }
+}
+
+fn opt(name: &str, msg: impl Into<String>) -> ExportError {
+    ExportError::Option { name: name.into(), msg: msg.into() }
+}
+
+/// A component name: vae, transformer (dit), text-encoder (te).
+pub fn parse_kind(s: &str) -> Result<Kind, ExportError> {
+    Ok(match s.trim().replace('_', "-").as_str() {
+        "vae" => Kind::Vae,
+        "transformer" | "dit" => Kind::Transformer,
+        "text-encoder" | "te" => Kind::TextEncoder,
+        other => {
+            return Err(opt(
+                "--components",
+                format!("unknown component '{other}' (expected vae, transformer, text-encoder)"),
+            ))
+        }
+    })
+}
+
+/// `--dtype`, `--target`, `--text-layers` and `--config` as graph options.
+pub fn parse_options(
+    dtype: &str,
+    target: &str,
+    text_layers: Option<Vec<usize>>,
+    config: Option<&PathBuf>,
+) -> Result<ExportOptions, ExportError> {
+    let dtype = match DType::parse(dtype) {
+        Some(d @ (DType::F32 | DType::F16 | DType::BF16)) => d,
+        _ => return Err(opt("--dtype", format!("'{dtype}' is not one of f32, f16, bf16"))),
+    };
+    let target = match target {
+        "ort" | "onnxruntime" => Target::Ort,
+        "tensorrt" | "trt" => Target::TensorRt,
+        other => return Err(opt("--target", format!("'{other}' is not one of ort, tensorrt"))),
+    };
+    let config_override = match config {
+        Some(p) => {
+            let at = |msg: String| opt("--config", format!("{}: {msg}", p.display()));
+            let text = std::fs::read_to_string(p).map_err(|e| at(e.to_string()))?;
+            Some(serde_json::from_str(&text).map_err(|e| at(format!("not JSON: {e}")))?)
+        }
+        None => None,
+    };
+    Ok(ExportOptions { dtype, target, text_layers, config_override })
+}
+
+impl ExportArgs {
+    /// Checks every option and builds the exporter's request.
+    pub fn into_request(self) -> Result<ExportRequest, ExportError> {
+        let weights = match self.weights.as_str() {
+            "copy" => WeightMode::Copy,
+            "link" => WeightMode::Link,
+            other => return Err(opt("--weights", format!("'{other}' is not one of copy, link"))),
+        };
+        let components = match &self.components {
+            Some(list) => Some(list.iter().map(|s| parse_kind(s)).collect::<Result<Vec<_>, _>>()?),
+            None => None,
+        };
+        let link_fallback_copy = match self.link_fallback.as_deref() {
+            None => false,
+            Some("copy") if weights == WeightMode::Link => true,
+            Some("copy") => return Err(opt("--link-fallback", "copy only applies to --weights link")),
+            Some(other) => {
+                return Err(opt(
+                    "--link-fallback",
+                    format!("'{other}' is not supported (the only fallback is copy)"),
+                ))
+            }
+        };
+        let options = parse_options(&self.dtype, &self.target, self.text_layers, self.config.as_ref())?;
+        let mut req = ExportRequest::new(components, options, weights);
+        req.allow_nonfinite = self.allow_nonfinite;
+        req.verify = self.verify;
+        req.link_fallback_copy = link_fallback_copy;
+        Ok(req)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_name_the_culprit() {
+        let cases = [
+            (ExportArgs { dtype: "f64".into(), ..Default::default() }, "--dtype"),
+            (ExportArgs { weights: "move".into(), ..Default::default() }, "--weights"),
+            (ExportArgs { target: "tflite".into(), ..Default::default() }, "--target"),
+            (ExportArgs { components: Some(vec!["unet".into()]), ..Default::default() }, "unet"),
+            (
+                ExportArgs { config: Some("/nonexistent/config.json".into()), ..Default::default() },
+                "--config",
+            ),
+        ];
+        for (args, culprit) in cases {
+            let e = args.into_request().err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(e.contains(culprit), "{culprit}: {e}");
+        }
+        let ok = ExportArgs { components: Some(vec!["dit".into(), "te".into()]), ..Default::default() };
+        let r = ok.into_request().expect("valid options");
+        assert_eq!(r.components, Some(vec![Kind::Transformer, Kind::TextEncoder]));
+    }
+}

@@ -1,0 +1,303 @@
+//! Property-based fuzzing (proptest, stable Rust) of every reader that takes a user's file:
+//! the safetensors header reader, the sharded index reader, the export manifest reader, the
+//! tensor files of `--prompt-embeds` / `--noise`, and reference-image decoding.
+//!
+//! For arbitrary bytes and for mutations of valid files (byte flips, truncation, spliced
+//! numbers), each reader must
+//! * never panic (proptest fails the case on a panic),
+//! * never allocate more than [`bound`]: 64 × the input size + 4 MiB (images: plus the
+//!   decoder limit `MAX_DECODE_ALLOC`), measured by a counting global allocator on the
+//!   calling thread,
+//! * and on failure, return an error whose message names the file it could not use.
+//!
+//! Cases per property: `FUZZ_CASES` (default 400, a few seconds for all of them); the long
+//! run is `scripts/fuzz_long.sh`.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::path::{Path, PathBuf};
+
+use proptest::prelude::*;
+use proptest::test_runner::{Config, TestRunner};
+
+/// Counts live and peak bytes allocated by the current thread.
+struct Counting;
+
+thread_local! {
+    static LIVE: Cell<isize> = const { Cell::new(0) };
+    static PEAK: Cell<isize> = const { Cell::new(0) };
+}
+
+// SAFETY: forwards to the system allocator; the bookkeeping touches only const-initialised
+// thread-locals, which never allocate.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        track(l.size() as isize);
+        unsafe { System.alloc(l) }
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        track(-(l.size() as isize));
+        unsafe { System.dealloc(p, l) }
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
+        track(new as isize - l.size() as isize);
+        unsafe { System.realloc(p, l, new) }
+    }
+}
+
+fn track(delta: isize) {
+    let _ = LIVE.try_with(|live| {
+        let now = live.get() + delta;
+        live.set(now);
+        let _ = PEAK.try_with(|p| p.set(p.get().max(now)));
+    });
+}
+
+#[global_allocator]
+static ALLOC: Counting = Counting;
+
+/// Runs `f` and returns its result with the peak bytes it allocated on this thread.
+fn measured<T>(f: impl FnOnce() -> T) -> (T, usize) {
+    let base = LIVE.with(|l| l.get());
+    PEAK.with(|p| p.set(base));
+    let out = f();
+    let peak = PEAK.with(|p| p.get()) - base;
+    (out, peak.max(0) as usize)
+}
+
+/// The allocation bound every reader must keep to, for an input of `size` bytes.
+fn bound(size: usize) -> usize {
+    64 * size + (4 << 20)
+}
+
+fn cases() -> u32 {
+    std::env::var("FUZZ_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(400)
+}
+
+fn runner() -> TestRunner {
+    TestRunner::new(Config { cases: cases(), failure_persistence: None, ..Config::default() })
+}
+
+/// Checks one outcome: bounded allocation, and an error (if any) naming `culprit`.
+fn check<T, E: std::fmt::Display>(
+    what: &str,
+    result: Result<T, E>,
+    peak: usize,
+    limit: usize,
+    culprits: &[&Path],
+) -> Result<(), TestCaseError> {
+    prop_assert!(peak <= limit, "{what}: allocated {peak} bytes, over the bound {limit}");
+    if let Err(e) = result {
+        let msg = e.to_string();
+        prop_assert!(
+            culprits.iter().any(|c| msg.contains(&c.display().to_string())),
+            "{what}: error does not name the file: {msg}"
+        );
+    }
+    Ok(())
+}
+
+/// A valid safetensors file with a few small tensors.
+fn valid_safetensors(names: &[(&str, Vec<usize>)]) -> Vec<u8> {
+    let data: Vec<(String, Vec<usize>, Vec<u8>)> = names
+        .iter()
+        .map(|(n, s)| {
+            let k: usize = s.iter().product();
+            (n.to_string(), s.clone(), (0..k).flat_map(|i| (i as f32 * 0.25).to_le_bytes()).collect())
+        })
+        .collect();
+    let views: Vec<(&str, safetensors::tensor::TensorView)> = data
+        .iter()
+        .map(|(n, s, b)| {
+            (n.as_str(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b))
+        })
+        .map(|(n, v)| (n, v.expect("valid view")))
+        .collect();
+    safetensors::tensor::serialize(views, None).expect("serialise")
+}
+
+/// Arbitrary bytes, or a valid file mutated: flipped bytes, a truncation, or a digit run
+/// replaced by a huge or negative number (the header lengths and shapes readers trust).
+fn mutated(valid: Vec<u8>) -> impl Strategy<Value = Vec<u8>> {
+    let n = valid.len();
+    let v1 = valid.clone();
+    let v2 = valid.clone();
+    prop_oneof![
+        proptest::collection::vec(any::<u8>(), 0..512),
+        proptest::collection::vec((0..n, any::<u8>()), 1..8).prop_map(move |flips| {
+            let mut b = v1.clone();
+            for (i, x) in flips {
+                b[i] = x;
+            }
+            b
+        }),
+        (0..n).prop_map(move |k| valid[..k].to_vec()),
+        (
+            0..n,
+            prop_oneof![
+                Just("18446744073709551615".to_string()),
+                Just("-1".to_string()),
+                Just("4294967296".to_string()),
+                Just("1e300".to_string()),
+                (0u64..u64::MAX).prop_map(|x| x.to_string())
+            ]
+        )
+            .prop_map(move |(at, num)| splice_number(&v2, at, &num)),
+    ]
+}
+
+/// Replaces the first run of ASCII digits at or after `at` with `num`.
+fn splice_number(b: &[u8], at: usize, num: &str) -> Vec<u8> {
+    let Some(start) = (at..b.len()).find(|&i| b[i].is_ascii_digit()) else { return b.to_vec() };
+    let end = (start..b.len()).find(|&i| !b[i].is_ascii_digit()).unwrap_or(b.len());
+    let mut out = b[..start].to_vec();
+    out.extend_from_slice(num.as_bytes());
+    out.extend_from_slice(&b[end..]);
+    out
+}
+
+fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, bytes).expect("write case");
+    p
+}
+
+#[test]
+fn safetensors_header_reader() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let valid = valid_safetensors(&[("a.weight", vec![4, 3]), ("b.bias", vec![5])]);
+    runner()
+        .run(&mutated(valid), |bytes| {
+            let p = write(dir.path(), "x.safetensors", &bytes);
+            let (r, peak) =
+                measured(|| flux2_exporter::safetensors::SafeFile::open(&p).map(|f| f.tensors.len()));
+            check("SafeFile::open", r, peak, bound(bytes.len()), &[&p])
+        })
+        .expect("safetensors reader");
+}
+
+#[test]
+fn sharded_index_reader() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("s-1.safetensors"), valid_safetensors(&[("a.weight", vec![2, 2])]))
+        .expect("shard");
+    std::fs::write(dir.path().join("s-2.safetensors"), valid_safetensors(&[("b.weight", vec![3])]))
+        .expect("shard");
+    let valid = br#"{"metadata": {"total_size": 28}, "weight_map": {"a.weight": "s-1.safetensors", "b.weight": "s-2.safetensors"}}"#.to_vec();
+    let names = prop_oneof![
+        Just("s-1.safetensors".to_string()),
+        Just("../s-1.safetensors".to_string()),
+        Just("/etc/passwd".to_string()),
+        Just("missing.safetensors".to_string()),
+        Just(".".to_string()),
+        "[a-z./-]{0,12}",
+    ];
+    let structured = proptest::collection::btree_map("[ab]\\.[a-z]{1,6}", names, 0..5)
+        .prop_map(|m| serde_json::to_vec(&serde_json::json!({ "weight_map": m })).expect("json"));
+    runner()
+        .run(&prop_oneof![mutated(valid), structured], |bytes| {
+            let p = write(dir.path(), "model.safetensors.index.json", &bytes);
+            let (r, peak) = measured(|| flux2_exporter::Checkpoint::open(&p).map(|c| c.tensors.len()));
+            // an index error names the index; a damaged shard's names the shard
+            let shards = [dir.path().to_path_buf()];
+            check("Checkpoint::open(index)", r, peak, bound(bytes.len() + 256), &[&p, &shards[0]])
+        })
+        .expect("index reader");
+}
+
+#[test]
+fn manifest_reader() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let valid = manifest_example();
+    runner()
+        .run(&mutated(valid), |bytes| {
+            let p = write(dir.path(), "manifest.json", &bytes);
+            let (r, peak) = measured(|| {
+                flux2_runtime::model_dir::ModelDir::open(dir.path())
+                    .and_then(|m| m.graph("transformer").map(|_| ()))
+            });
+            check("ModelDir::open", r, peak, bound(bytes.len()), &[dir.path(), &p])
+        })
+        .expect("manifest reader");
+}
+
+/// A manifest as the exporter writes it, with one graph.
+fn manifest_example() -> Vec<u8> {
+    let io = |name: &str, shape: &[&str]| flux2_exporter::manifest::IoSpec {
+        name: name.into(),
+        dtype: "f32".into(),
+        shape: shape.iter().map(|s| s.to_string()).collect(),
+    };
+    let mut m = flux2_exporter::manifest::Manifest::new();
+    m.variant = "klein-4b".into();
+    m.pipeline.insert("is_distilled".into(), true.into());
+    m.graphs.insert(
+        "transformer".into(),
+        flux2_exporter::manifest::GraphEntry {
+            file: "transformer.onnx".into(),
+            component: "transformer".into(),
+            dtype: "f32".into(),
+            weights: "copy".into(),
+            target: "ort".into(),
+            parameters: 123,
+            inputs: vec![io("hidden_states", &["B", "S", "128"]), io("timestep", &["B"])],
+            outputs: vec![io("velocity", &["B", "S", "128"])],
+            dim_ranges: Default::default(),
+            precision: None,
+        },
+    );
+    serde_json::to_vec_pretty(&m).unwrap_or_default()
+}
+
+#[test]
+fn tensor_files() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let valid = valid_safetensors(&[("prompt_embeds", vec![1, 3, 4]), ("noise", vec![1, 2, 1, 1])]);
+    runner()
+        .run(&(mutated(valid), prop_oneof![Just("prompt_embeds"), Just("noise")]), |(bytes, name)| {
+            let p = write(dir.path(), "t.safetensors", &bytes);
+            let (r, peak) = measured(|| flux2_runtime::tensor_file::read_tensor(&p, name));
+            check("read_tensor", r, peak, bound(bytes.len()), &[&p])
+        })
+        .expect("tensor file reader");
+}
+
+/// A valid PNG and JPEG of `w`×`h`.
+fn encoded_images(w: u32, h: u32) -> (Vec<u8>, Vec<u8>) {
+    let img =
+        image::RgbImage::from_fn(w, h, |x, y| image::Rgb([(x * 3) as u8, (y * 5) as u8, (x ^ y) as u8]));
+    let mut png = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut png, image::ImageFormat::Png).expect("png");
+    let mut jpg = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut jpg, image::ImageFormat::Jpeg).expect("jpeg");
+    (png.into_inner(), jpg.into_inner())
+}
+
+#[test]
+fn reference_images() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (png, jpg) = encoded_images(64, 80);
+    let limit = |n: usize| bound(n) + flux2_runtime::images::MAX_DECODE_ALLOC as usize;
+    runner()
+        .run(&prop_oneof![mutated(png), mutated(jpg)], |bytes| {
+            let p = write(dir.path(), "ref.png", &bytes);
+            let (r, peak) = measured(|| flux2_runtime::images::load_reference(&p).map(|c| c.width));
+            check("load_reference", r, peak, limit(bytes.len()), &[&p])
+        })
+        .expect("image decoding");
+}
+
+/// The bound is only a check if the counter sees allocations: a 1 MiB vector must register,
+/// and so must the allocation of a reader that loads a whole file.
+#[test]
+fn the_allocation_counter_counts() {
+    let (v, peak) = measured(|| vec![1u8; 1 << 20]);
+    assert_eq!(v.len(), 1 << 20);
+    assert!(peak >= 1 << 20, "peak {peak}");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p =
+        write(dir.path(), "big.safetensors", &valid_safetensors(&[("prompt_embeds", vec![1, 256, 1024])]));
+    let (r, peak) = measured(|| flux2_runtime::tensor_file::read_tensor(&p, "prompt_embeds"));
+    assert!(r.is_ok());
+    assert!(peak >= 2 * 256 * 1024 * 4, "reading 1 MiB of data and its f32 copy registers {peak} bytes");
+}
