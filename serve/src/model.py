@@ -6,8 +6,12 @@ directory) and answers one request at a time:
 
   inputs   prompt (BYTES [1]); optional seed (INT64 [1]), steps/width/height (INT32 [1]),
            guidance (FP32 [1]), negative_prompt (BYTES [1]), references (BYTES [-1], encoded
-           PNG/JPEG images)
-  output   image (UINT8 [H, W, 3]), the pixels `flux2 generate` writes for the same arguments
+           PNG/JPEG images), num_images (INT32 [1], default 1)
+  outputs  image (UINT8 [H, W, 3]), the pixels `flux2 generate` writes for the same arguments
+           (the first image); images (UINT8 [N, H, W, 3]), the num_images images of seeds
+           seed, seed+1, ... made as one pipeline batch (`flux2 generate --num-images N`),
+           each equal to a one-image request with its seed. Only the requested outputs are
+           filled (both when the request names none).
 
 A request the pipeline refuses gets a Triton error with flux2's message (INVALID_ARG) and the
 model keeps serving; a request cancelled by the client stops at the next sampling step.
@@ -29,6 +33,7 @@ SCALARS = {  # input -> (generate() keyword, Python type)
     "width": ("width", int),
     "height": ("height", int),
     "guidance": ("guidance", float),
+    "num_images": ("num_images", int),
 }
 
 
@@ -104,7 +109,7 @@ class TritonPythonModel:
             return not request.is_cancelled()
 
         try:
-            image = self.pipe.generate(progress=progress, **kwargs)
+            result = self.pipe.generate(progress=progress, **kwargs)
         except flux2.CancelledError as e:
             self.logger.log_info(f"flux2: request {request.request_id()!r} {e}")
             return _error(f"flux2: {e}", "CANCELLED")
@@ -112,7 +117,14 @@ class TritonPythonModel:
             return _error(str(e), "INVALID_ARG")
         except Exception as e:  # a fault of this request: answer it, keep serving
             return _error(f"flux2: {e}", "INTERNAL")
-        return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("image", np.ascontiguousarray(image))])
+        images = result if isinstance(result, list) else [result]
+        wanted = set(request.requested_output_names()) or {"image", "images"}
+        outputs = []
+        if "image" in wanted:
+            outputs.append(pb_utils.Tensor("image", np.ascontiguousarray(images[0])))
+        if "images" in wanted:
+            outputs.append(pb_utils.Tensor("images", np.stack(images)))
+        return pb_utils.InferenceResponse(output_tensors=outputs)
 
     def execute(self, requests):
         return [self._generate(r) for r in requests]

@@ -45,8 +45,11 @@ pub struct PipelineModel {
 }
 
 /// config.pbtxt of the `flux2` model: inputs prompt (required), seed, steps, width, height,
-/// guidance, negative_prompt, references (optional: the model's defaults apply); output image
-/// uint8 [H, W, 3]; no batching (one image per request); N instances, one process each.
+/// guidance, negative_prompt, references, num_images (optional: the model's defaults apply);
+/// outputs image uint8 [H, W, 3] (the first image) and images uint8 [N, H, W, 3] (the
+/// `num_images` images of seeds seed, seed+1, ..., made as one pipeline batch). Triton's own
+/// batching is off (`max_batch_size` 0): a request's images are batched by the pipeline,
+/// which keeps them bit-identical to one-image requests. N instances, one process each.
 pub fn pipeline_config(p: &PipelineModel) -> Message {
     let kind = if p.provider == "cpu" { "KIND_CPU" } else { "KIND_GPU" };
     let optional = |m: Message| m.bare("optional", "true");
@@ -62,7 +65,9 @@ pub fn pipeline_config(p: &PipelineModel) -> Message {
         .msg("input", optional(tensor("guidance", "TYPE_FP32", &[1])))
         .msg("input", optional(tensor("negative_prompt", "TYPE_STRING", &[1])))
         .msg("input", optional(tensor("references", "TYPE_STRING", &[-1])))
+        .msg("input", optional(tensor("num_images", "TYPE_INT32", &[1])))
         .msg("output", tensor("image", "TYPE_UINT8", &[-1, -1, 3]))
+        .msg("output", tensor("images", "TYPE_UINT8", &[-1, -1, -1, 3]))
         .msg("instance_group", Message::new().bare("count", p.instances).bare("kind", kind))
         .parameter("model_dir", &p.model_dir)
         .parameter("provider", &p.provider);

@@ -61,6 +61,8 @@ fn onnx_stages_link_the_export_and_take_dims_from_the_manifest() {
     assert_eq!(names, ["flux2", "transformer", "vae_decoder"]);
     let flux2 = read(&out.join("flux2/config.pbtxt"));
     assert!(flux2.contains("backend: \"python\"") && flux2.contains("count: 2"), "{flux2}");
+    assert!(flux2.contains("name: \"num_images\"\n  data_type: TYPE_INT32\n  dims: [1]"), "{flux2}");
+    assert!(flux2.contains("name: \"images\"\n  data_type: TYPE_UINT8\n  dims: [-1, -1, -1, 3]"), "{flux2}");
     assert!(
         flux2.contains("string_value: \"../../export\"") && flux2.contains("string_value: \"3\""),
         "{flux2}"

@@ -46,9 +46,10 @@ def test_repository_configs_parse_with_triton_schema(ctx):
         "guidance": ("TYPE_FP32", [1], True),
         "negative_prompt": ("TYPE_STRING", [1], True),
         "references": ("TYPE_STRING", [-1], True),
+        "num_images": ("TYPE_INT32", [1], True),
     }, types
-    out = cfg.output[0]
-    assert (out.name, model_config_pb2.DataType.Name(out.data_type), list(out.dims)) == ("image", "TYPE_UINT8", [-1, -1, 3])
+    outs = [(o.name, model_config_pb2.DataType.Name(o.data_type), list(o.dims)) for o in cfg.output]
+    assert outs == [("image", "TYPE_UINT8", [-1, -1, 3]), ("images", "TYPE_UINT8", [-1, -1, -1, 3])], outs
     assert [g.count for g in cfg.instance_group] == [3]
     assert cfg.parameters["threads"].string_value == "2"
     model_dir = os.path.normpath(os.path.join(repo, "flux2", cfg.parameters["model_dir"].string_value))
@@ -81,7 +82,7 @@ def test_repository_errors_leave_nothing(ctx):
 
 
 def request_inputs(mod, prompt=None, seed=None, steps=None, width=None, height=None, guidance=None,
-                   negative_prompt=None, references=None):
+                   negative_prompt=None, references=None, num_images=None):
     ins = []
 
     def add(name, array, dtype):
@@ -95,7 +96,8 @@ def request_inputs(mod, prompt=None, seed=None, steps=None, width=None, height=N
         add("negative_prompt", np.array([negative_prompt.encode()], dtype=np.object_), "BYTES")
     for name, value, dtype, np_type in [("seed", seed, "INT64", np.int64), ("steps", steps, "INT32", np.int32),
                                         ("width", width, "INT32", np.int32), ("height", height, "INT32", np.int32),
-                                        ("guidance", guidance, "FP32", np.float32)]:
+                                        ("guidance", guidance, "FP32", np.float32),
+                                        ("num_images", num_images, "INT32", np.int32)]:
         if value is not None:
             add(name, np.array([value], dtype=np_type), dtype)
     if references is not None:
@@ -114,14 +116,14 @@ class Clients:
     def grpc(self):
         return grpcclient.InferenceServerClient(f"127.0.0.1:{self.server.grpc_port}")
 
-    def infer(self, protocol, **kw):
+    def infer(self, protocol, output="image", **kw):
         mod = httpclient if protocol == "http" else grpcclient
         client = self.http() if protocol == "http" else self.grpc()
         try:
-            args = dict(outputs=[mod.InferRequestedOutput("image")])
+            args = dict(outputs=[mod.InferRequestedOutput(output)])
             if protocol == "grpc":
                 args["client_timeout"] = TIMEOUT
-            return client.infer("flux2", request_inputs(mod, **kw), **args).as_numpy("image")
+            return client.infer("flux2", request_inputs(mod, **kw), **args).as_numpy(output)
         finally:
             client.close()
 
@@ -160,6 +162,11 @@ def check_images(ctx, c):
         refs = [f.read(), g.read()]
     want_refs = ctx.cli_image(refs=[REF, os.path.join(FIXTURES, "ref2.png")], **kw)
     assert_same(c.infer("http", references=refs, **kw), want_refs, "two references over HTTP")
+    batch = c.infer("grpc", output="images", num_images=2, **BASE)
+    assert batch.shape[0] == 2, batch.shape
+    for k in range(2):
+        seed = BASE["seed"] + k
+        assert_same(batch[k], ctx.cli_image(**dict(BASE, seed=seed)), f"batch image {k} (seed {seed}) over gRPC")
 
 
 def check_bad_requests(ctx, c):
@@ -213,7 +220,8 @@ def check_cancellation(ctx, c, server):
 
 def test_triton_server_end_to_end(ctx):
     repo = repository(ctx, "repo-serve", "--instances", "2", "--threads", "1")
-    ctx.cli_image(**BASE)  # references first: the CLI runs beside an idle server
+    for seed in (BASE["seed"], BASE["seed"] + 1):
+        ctx.cli_image(**dict(BASE, seed=seed))  # references first: the CLI runs beside an idle server
     server = TritonServer(repo, ctx.server_env, models=["flux2"], log_path=os.path.join(ctx.tmp, "triton.log"))
     server.start()
     try:
