@@ -107,16 +107,11 @@ def run_instances(args, n):
     return rows, overhead
 
 
-def cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            info = f.read()
-        name = next(l.split(":", 1)[1].strip() for l in info.splitlines() if l.startswith("model name"))
-        flags = next(l.split(":", 1)[1].split() for l in info.splitlines() if l.startswith("flags"))
-        isa = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_tile") if f in flags]
-        return f"{name} ({os.cpu_count()} cores visible; {', '.join(isa) or 'no AVX2'})"
-    except (OSError, StopIteration):
-        return platform.processor()
+def cpu_model(flux2_bin):
+    """The CPU line of `flux2 doctor --cpu` (model, AVX2 / AVX-512 / VNNI / AMX / BF16), as
+    `flux2 bench` prints it, so figures from different machines can be told apart."""
+    p = subprocess.run([flux2_bin, "doctor", "--cpu"], capture_output=True, text=True)
+    return p.stdout.strip() if p.returncode == 0 and p.stdout.strip() else platform.processor()
 
 
 def main():
@@ -136,7 +131,7 @@ def main():
     args = ap.parse_args()
     args.concurrency = [int(c) for c in args.concurrency.split(",")]
     args.work = tempfile.mkdtemp(prefix="flux2-bench-triton-")
-    print(f"CPU: {cpu_model()}\nmodel {args.model}, {args.width}x{args.height}, {args.steps} steps", flush=True)
+    print(f"CPU: {cpu_model(args.flux2)}\nmodel {args.model}, {args.width}x{args.height}, {args.steps} steps", flush=True)
     rows, overhead = [], []
     for n in [int(i) for i in args.instances.split(",")]:
         r, o = run_instances(args, n)
@@ -147,7 +142,7 @@ def main():
         print(f"Triton overhead at concurrency 1: {t:.3f}s vs flux2 bench {b:.3f}s = {100 * (t - b) / b:+.1f}%")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(dict(cpu=cpu_model(), rows=rows, overhead=overhead), f, indent=1)
+            json.dump(dict(cpu=cpu_model(args.flux2), rows=rows, overhead=overhead), f, indent=1)
 
 
 if __name__ == "__main__":

@@ -45,8 +45,7 @@ dd_speed() {
     echo "$(( MB / 16 * 16 * 1048576 )) $t0 $t1" | awk '{printf "%.3f", $1 / ($3 - $2) / 1e9}'
 }
 
-echo "CPU: $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) cores;" \
-    "$(grep -o -w -E 'avx2|avx512f|avx512_vnni|avx_vnni' /proc/cpuinfo | sort -u | tr '\n' ' ')"
+echo "CPU: $("$BIN" doctor --cpu)"
 echo "disk: $(df -h "$WORK" | awk 'NR==2 {print $1" ("$2", "$4" free)"}'), $WORK"
 echo "export: $VARIANT $COMPONENT, $(awk -v b="$SRC" 'BEGIN{printf "%.2f", b/1e9}') GB bf16 -> $(awk -v b="$BYTES" 'BEGIN{printf "%.2f", b/1e9}') GB f32"
 export_speed() {
