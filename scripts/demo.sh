@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The main job on a built-in default: builds a small FLUX.2-architecture model with
-# deterministic random weights, exports it to ONNX and generates an image with it.
+# The main job: exports the shipped model (models/flux2-shapes, a small FLUX.2 [klein]-
+# architecture checkpoint trained in train/) to ONNX and draws a caption of its vocabulary.
+#   scripts/demo.sh --prompt "a yellow triangle on a purple background" --seed 3
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh >/dev/null

@@ -36,7 +36,7 @@ enum Command {
     Timesteps(cmd::timesteps::Args),
     Generate(cmd::generate::Args),
     Encode(cmd::encode::Args),
-    /// Build a small built-in FLUX.2 model (random weights), export it and generate an image.
+    /// Export the shipped flux2-shapes model and draw a caption of its vocabulary (default: one).
     #[cfg(feature = "full")]
     Demo(cmd::demo::Args),
     #[cfg(feature = "full")]
@@ -51,6 +51,8 @@ enum Command {
     SynthCheckpoint(cmd::synth::Args),
     #[cfg(feature = "full")]
     Triton(cmd::triton::Args),
+    #[cfg(feature = "full")]
+    Eval(cmd::eval::Args),
     // COMMANDS-END
 }
 
@@ -93,6 +95,8 @@ fn main() {
         Command::SynthCheckpoint(a) => cmd::synth::run(a),
         #[cfg(feature = "full")]
         Command::Triton(a) => cmd::triton::run(a),
+        #[cfg(feature = "full")]
+        Command::Eval(a) => cmd::eval::run(a),
         // DISPATCH-END
     };
     if let Err(e) = result {

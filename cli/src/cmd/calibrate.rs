@@ -10,6 +10,7 @@ use flux2_calib::formats::Format;
 use flux2_calib::run::{calibrate, CalibrateOptions, Component, Event};
 use flux2_calib::timesteps::Kind;
 
+use super::calibrate_vocab;
 use crate::progress::bar;
 
 const ABOUT_CALIBRATE: &str = "\
@@ -116,16 +117,18 @@ pub struct Args {
     /// (the PSNR of 8-bit rounding alone), i.e. require PSNR >= 58.92 - D.
     #[arg(long)]
     max_psnr_drop: Option<f64>,
-    /// Trajectory sizes WxH (multiples of 16).
-    #[arg(long, value_delimiter = ',', default_value = "512x512,640x384,384x640")]
-    sizes: Vec<String>,
+    /// Trajectory sizes WxH (multiples of 16) [default: 512x512,640x384,384x640, or the size in
+    /// the model's vocabulary.json].
+    #[arg(long, value_delimiter = ',')]
+    sizes: Option<Vec<String>>,
     /// Trajectory step counts [default: the model's default and half of it, at least 4].
     #[arg(long, value_delimiter = ',')]
     steps: Option<Vec<usize>>,
     /// Reference-image counts of the trajectories (references are earlier trajectories' latents).
     #[arg(long, value_delimiter = ',', default_value = "0,1")]
     references: Vec<usize>,
-    /// Prompt file, one prompt per line; every fifth is held out [default: 20 built-in prompts].
+    /// Prompt file, one prompt per line; every fifth is held out [default: 20 built-in prompts,
+    /// or 40 seeded captions of the model's vocabulary.json].
     #[arg(long)]
     prompts: Option<PathBuf>,
     /// Text tokens per prompt.
@@ -153,6 +156,11 @@ pub struct Args {
     /// flux2 turns them off for FP8 graphs; elsewhere set session.disable_quant_qdq=1.
     #[arg(long)]
     fp8_attention: bool,
+    /// Models with a vocabulary.json (the shapes model): after calibrating, judge this many seeded
+    /// captions with the float and the quantised model (`flux2 eval`'s classifier) and add the
+    /// adherence table to report.md (0: skip).
+    #[arg(long, default_value_t = 48)]
+    adherence: usize,
     /// Timed runs per graph for the report's CPU latency (median; 0 skips).
     #[arg(long, default_value_t = 3)]
     latency_runs: usize,
@@ -210,7 +218,9 @@ fn options(a: &Args) -> anyhow::Result<CalibrateOptions> {
     o.calibrator = a.calibrator.parse::<Calibrator>()?;
     o.smoothquant = a.smoothquant;
     (o.budget_nmse, o.max_psnr_drop) = (a.budget_nmse, a.max_psnr_drop);
-    o.sizes = a.sizes.iter().map(|s| parse_size(s)).collect::<anyhow::Result<_>>()?;
+    if let Some(sizes) = &a.sizes {
+        o.sizes = sizes.iter().map(|s| parse_size(s)).collect::<anyhow::Result<_>>()?;
+    }
     o.steps = a.steps.clone();
     o.references = a.references.clone();
     if let Some(p) = &a.prompts {
@@ -229,7 +239,14 @@ fn options(a: &Args) -> anyhow::Result<CalibrateOptions> {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let opts = options(&args)?;
+    let mut opts = options(&args)?;
+    let vocab = calibrate_vocab::find(&args.model)?;
+    if let Some((v, path)) = &vocab {
+        let said = calibrate_vocab::apply_defaults(&mut opts, v, args.sizes.is_some(), args.steps.is_some());
+        if !said.is_empty() {
+            eprintln!("{} (from {})", said.join("; "), path.display());
+        }
+    }
     let mut pb: Option<indicatif::ProgressBar> = None;
     let outcome = calibrate(&opts, &mut |e| match e {
         Event::Stage { label, total } => {
@@ -275,6 +292,17 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let md = outcome.out.join("report.md");
     if !outcome.passed {
         bail!("quality gate failed; no model written. Report: {}", md.display());
+    }
+    if let (Some((v, _)), true) = (&vocab, args.adherence > 0) {
+        let a = calibrate_vocab::judge(&args.model, &outcome.out, v, args.adherence, args.seed)?;
+        eprintln!(
+            "  adherence ({} captions, all three): float {:.1} %, {} {:.1} % ({:+.1} points)",
+            a.prompts,
+            100.0 * a.float.all,
+            r.precision,
+            100.0 * a.quantized.all,
+            a.change_points()
+        );
     }
     eprintln!("wrote {} ({} model; report {})", outcome.out.display(), r.precision, md.display());
     Ok(())

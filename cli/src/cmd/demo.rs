@@ -1,62 +1,74 @@
-//! `flux2 demo`: the whole path on a built-in model, with no download. Builds a small
-//! FLUX.2 [klein]-architecture checkpoint with deterministic random weights (diffusers
-//! layout, with its own Qwen3 tokenizer), exports it to ONNX and generates an image.
-//! A second run reuses the checkpoint and the export when they are still current.
+//! `flux2 demo`: the whole path on the model shipped in the repository, with no download.
+//! `models/flux2-shapes` is a small FLUX.2 [klein]-architecture checkpoint (diffusers layout,
+//! Qwen3 text encoder with its tokenizer and chat template, FLUX.2 VAE topology) trained here
+//! (train/) to draw one solid shape on a solid background from a caption of its vocabulary.
+//! The demo exports it to ONNX like any checkpoint, generates the prompt, and lets the
+//! flux2-eval classifier say what the picture shows. A second run reuses a current export.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context};
+use flux2_eval::{classify, Rgb, Vocabulary};
 use flux2_exporter::export::{export, ExportRequest};
 use flux2_exporter::manifest::{fingerprint, Manifest};
 use flux2_exporter::models::ExportOptions;
 use flux2_exporter::safetensors::SafeFile;
-use flux2_exporter::synth::{current_checkpoint, write_checkpoint, SynthSpec};
 use flux2_exporter::{ModelSource, WeightMode};
 use flux2_graphs::{DType, Target};
 use flux2_runtime::pipeline::{Event, Pipeline, PromptSource, Request};
 use sha2::{Digest, Sha256};
 
-/// Seed of the demo model's weights (fixed: every user gets the same model).
-pub const DEMO_WEIGHTS_SEED: u64 = 2025;
+/// Where the shipped model lives, relative to the repository root.
+pub const SHIPPED_MODEL: &str = "models/flux2-shapes";
 
-/// The graphs a complete export of the demo model holds.
+/// The graphs a complete export holds.
 const GRAPHS: [&str; 4] = ["text_encoder", "transformer", "vae_decoder", "vae_encoder"];
 
 /// The rest of `--help`, after the options (the one-line about comes from main.rs).
 const LONG_HELP: &str = "\
-Everything is local: the model is a FLUX.2 [klein]-architecture checkpoint (Qwen3 text
-encoder with its own tokenizer, a 2+4-block DiT, the FLUX.2 VAE topology at small widths)
-with deterministic random weights, written in the diffusers layout. Random weights give
-texture, not a picture: for real images run `flux2 export` on a real FLUX.2 checkpoint
-and `flux2 generate` on the result.
+The model is models/flux2-shapes: a small FLUX.2 [klein]-architecture checkpoint (Qwen3 text
+encoder with its tokenizer and chat template, a 2+2-block DiT, the FLUX.2 VAE topology at small
+widths) trained in this repository (train/) on pictures of one solid shape on a solid
+background. It draws captions of its vocabulary (models/flux2-shapes/vocabulary.json):
 
-Output (under --out): checkpoint/ (safetensors + configs + tokenizer), onnx/ (the export),
-demo.png. Re-running reuses checkpoint/ and onnx/ when they are still current.
+  a {color} {shape} on a {background} background
+  color, background: two different of black, blue, green, orange, purple, red, white, yellow
+  shape: circle, square, triangle
+
+--prompt accepts any such caption (and says which words it allows otherwise). Size and steps
+default to what the model was trained for. After generating, the demo's classifier (the one of
+`flux2 eval`) says what the picture shows.
+
+Output (under --out): onnx/ (the export, reused when current) and demo.png.
 
 Examples:
   flux2 demo
-  flux2 demo --out /tmp/demo --prompt \"a lighthouse at dusk\" --seed 7 --size 384x256";
+  flux2 demo --prompt \"a yellow triangle on a purple background\" --seed 7
+  flux2 demo --checkpoint models/flux2-shapes --out /tmp/demo";
 
-/// Build a small built-in FLUX.2 model, export it to ONNX and generate an image.
+/// Export the shipped shapes model to ONNX and draw a caption of its vocabulary.
 #[derive(clap::Args)]
 #[command(after_long_help = LONG_HELP)]
 pub struct Args {
     /// Output folder.
     #[arg(long, default_value = "flux2-demo")]
     pub out: PathBuf,
-    /// Prompt (tokenized with the demo model's own Qwen3-style tokenizer).
-    #[arg(long, default_value = "a red fox sitting in the snow, soft morning light")]
-    pub prompt: String,
+    /// A caption of the model's vocabulary [default: the vocabulary's first circle caption].
+    #[arg(long)]
+    pub prompt: Option<String>,
     /// Noise seed.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Image size WIDTHxHEIGHT, multiples of 16.
-    #[arg(long, default_value = "256x256")]
-    pub size: String,
-    /// Sampling steps [default: the model's, 4 (distilled klein)].
+    /// Image size WIDTHxHEIGHT, multiples of 16 [default: the vocabulary's].
+    #[arg(long)]
+    pub size: Option<String>,
+    /// Sampling steps [default: the vocabulary's].
     #[arg(long)]
     pub steps: Option<usize>,
+    /// The checkpoint [default: models/flux2-shapes in the current folder or in this repository].
+    #[arg(long)]
+    pub checkpoint: Option<PathBuf>,
     /// Execution provider: cpu, cuda or tensorrt.
     #[arg(long, default_value = "cpu")]
     pub provider: String,
@@ -75,73 +87,54 @@ pub fn parse_size(s: &str) -> anyhow::Result<(usize, usize)> {
     Ok((w, h))
 }
 
+/// The checkpoint to use: `--checkpoint`, else `models/flux2-shapes` under the current folder,
+/// else the one of the repository this binary was built from.
+fn checkpoint(arg: Option<&Path>) -> anyhow::Result<PathBuf> {
+    if let Some(p) = arg {
+        return Ok(p.to_path_buf());
+    }
+    let here = PathBuf::from(SHIPPED_MODEL);
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(SHIPPED_MODEL);
+    [here.clone(), repo]
+        .into_iter()
+        .find(|p| p.join("model_index.json").is_file())
+        .with_context(|| format!("no {SHIPPED_MODEL} here or in the repository; pass --checkpoint"))
+}
+
+/// The default prompt: the first circle caption (colours in sorted order).
+fn default_prompt(vocab: &Vocabulary) -> anyhow::Result<String> {
+    let all = vocab.all_captions();
+    let c = all.iter().find(|c| c.shape == flux2_eval::Shape::Circle).or(all.first());
+    c.map(|c| vocab.caption(c)).context("the vocabulary allows no caption")
+}
+
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let (width, height) = parse_size(&args.size)?;
     if args.out.exists() && !args.out.is_dir() {
         bail!("--out {}: exists and is not a folder", args.out.display());
     }
     let started = Instant::now();
-    let ckpt = args.out.join("checkpoint");
+    let ckpt = checkpoint(args.checkpoint.as_deref())?;
+    let vocab = Vocabulary::load(&ckpt.join(flux2_eval::vocabulary::VOCABULARY_FILE))?;
+    let prompt = match &args.prompt {
+        Some(p) => vocab.caption(&vocab.parse(p).context("--prompt")?),
+        None => default_prompt(&vocab)?,
+    };
+    let (width, height) = match &args.size {
+        Some(s) => parse_size(s)?,
+        None => (vocab.size[0], vocab.size[1]),
+    };
     let onnx = args.out.join("onnx");
     let image_path = args.out.join("demo.png");
-    let spec = SynthSpec::demo(DEMO_WEIGHTS_SEED);
+    println!("[1/3] model: {}", ckpt.display());
+    export_if_needed(&ckpt, &onnx, &args.out.join(EXPORT_STAMP))?;
 
-    let t = Instant::now();
-    match current_checkpoint(&ckpt, &spec) {
-        Some(_) => println!("[1/3] checkpoint: reusing {}", ckpt.display()),
-        None => {
-            let rec = write_checkpoint(&spec, &ckpt)?;
-            let p = &rec.parameters;
-            println!(
-                "[1/3] checkpoint: wrote {} in {:.2}s (transformer {}, vae {}, text encoder {} parameters; random weights, seed {DEMO_WEIGHTS_SEED})",
-                ckpt.display(),
-                t.elapsed().as_secs_f64(),
-                millions(p.get("transformer")),
-                millions(p.get("vae")),
-                millions(p.get("text_encoder")),
-            );
-        }
-    }
-
-    let t = Instant::now();
-    let stamp = args.out.join(EXPORT_STAMP);
-    if export_is_current(&onnx, &ckpt, &stamp) {
-        println!("[2/3] export: reusing {}", onnx.display());
-    } else {
-        let source = ModelSource::open(&ckpt)?;
-        let options = ExportOptions {
-            dtype: DType::F32,
-            target: Target::Ort,
-            text_layers: None,
-            config_override: None,
-        };
-        let req = ExportRequest::new(None, options, WeightMode::Copy);
-        let _ = std::fs::remove_file(&stamp);
-        let m = export(&source, &onnx, &req, &mut |_| {})?;
-        if let Some(id) = exporter_identity(&onnx) {
-            std::fs::write(&stamp, id).with_context(|| format!("writing {}", stamp.display()))?;
-        }
-        println!(
-            "[2/3] export: {} graphs ({}) to {} in {:.2}s",
-            m.graphs.len(),
-            m.graphs.keys().cloned().collect::<Vec<_>>().join(", "),
-            onnx.display(),
-            t.elapsed().as_secs_f64()
-        );
-    }
-
-    let mut req = Request::new(PromptSource::Text(args.prompt.clone()));
-    req.width = Some(width);
-    req.height = Some(height);
-    req.steps = args.steps;
-    req.seed = args.seed;
+    let mut req = Request::new(PromptSource::Text(prompt.clone()));
+    (req.width, req.height, req.seed) = (Some(width), Some(height), args.seed);
+    req.steps = Some(args.steps.unwrap_or(vocab.steps));
     let mut pipe = Pipeline::new(&onnx, super::generate::factory(&args.provider)?)?;
     let plan = pipe.plan(&req)?;
     let steps = plan.schedule.steps();
-    println!(
-        "[3/3] generate: {width}×{height}, {steps} steps, seed {}, prompt \"{}\"",
-        args.seed, args.prompt
-    );
+    println!("[3/3] generate: {width}×{height}, {steps} steps, seed {}, prompt \"{prompt}\"", args.seed);
     let pb = crate::progress::bar(steps as u64, "denoise");
     let out = pipe.generate(&req, &mut |e| match e {
         Event::Stage(s) => pb.set_message(s.to_string()),
@@ -150,37 +143,69 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     pb.finish_and_clear();
     let meta = vec![
         ("Software".to_string(), format!("flux2-deploy {} demo", env!("CARGO_PKG_VERSION"))),
-        ("flux2:prompt".into(), args.prompt.clone()),
+        ("flux2:prompt".into(), prompt.clone()),
         ("flux2:seed".into(), args.seed.to_string()),
         ("flux2:steps".into(), steps.to_string()),
         ("flux2:size".into(), format!("{width}x{height}")),
-        ("flux2:model".into(), format!("built-in demo model, random weights (seed {DEMO_WEIGHTS_SEED})")),
+        ("flux2:model".into(), ckpt.display().to_string()),
     ];
+    if let Some(dir) = image_path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
     flux2_runtime::images::write_png(&image_path, &out.image, &meta)?;
-
     let t = &out.timings;
-    let dit: f64 = t.dit_steps.iter().sum();
     println!(
-        "        load {:.2}s; text encoder {:.3}s, denoise {:.3}s ({:.3}s/step), vae decode {:.3}s; generate {:.2}s ({:.1}% in ONNX Runtime)",
-        t.load,
+        "        text encoder {:.3}s, denoise {:.3}s, vae decode {:.3}s; generate {:.2}s",
         t.text_encoder,
-        dit,
-        dit / t.dit_steps.len().max(1) as f64,
+        t.dit_steps.iter().sum::<f64>(),
         t.vae_decode,
-        t.total,
-        100.0 * t.ort / t.total.max(1e-9)
+        t.total
     );
-    println!("\nimage: {}  (total {:.1}s)", image_path.display(), started.elapsed().as_secs_f64());
+    let seen = classify(&Rgb::from_chw(&out.image), &vocab);
+    let name = |v: Option<&str>| v.unwrap_or("?").to_string();
     println!(
-        "note: the demo model has random weights, so the image is texture, not a picture of the prompt.\n      \
-         For real images: flux2 export --checkpoint <a FLUX.2 checkpoint> --out model && \
-         flux2 generate --model model --prompt \"...\" --out image.png"
+        "        the classifier of `flux2 eval` sees: a {} {} on a {} background{}",
+        name(seen.color.as_deref()),
+        name(seen.shape.map(|s| s.name())),
+        name(seen.background.as_deref()),
+        if vocab.parse(&prompt).ok().is_some_and(|c| {
+            seen.color.as_deref() == Some(&c.color)
+                && seen.shape == Some(c.shape)
+                && seen.background.as_deref() == Some(&c.background)
+        }) {
+            " (matches the prompt)"
+        } else {
+            " (does NOT match the prompt)"
+        }
     );
+    println!("\npicture: {}  (total {:.1}s)", image_path.display(), started.elapsed().as_secs_f64());
     Ok(())
 }
 
-fn millions(n: Option<&u64>) -> String {
-    format!("{:.2}M", n.copied().unwrap_or(0) as f64 / 1e6)
+/// Exports `ckpt` to `onnx` unless a current export by this very build is there.
+fn export_if_needed(ckpt: &Path, onnx: &Path, stamp: &Path) -> anyhow::Result<()> {
+    let t = Instant::now();
+    if export_is_current(onnx, ckpt, stamp) {
+        println!("[2/3] export: reusing {}", onnx.display());
+        return Ok(());
+    }
+    let source = ModelSource::open(ckpt)?;
+    let options =
+        ExportOptions { dtype: DType::F32, target: Target::Ort, text_layers: None, config_override: None };
+    let req = ExportRequest::new(None, options, WeightMode::Copy);
+    let _ = std::fs::remove_file(stamp);
+    let m = export(&source, onnx, &req, &mut |_| {})?;
+    if let Some(id) = exporter_identity(onnx) {
+        std::fs::write(stamp, id).with_context(|| format!("writing {}", stamp.display()))?;
+    }
+    println!(
+        "[2/3] export: {} graphs ({}) to {} in {:.2}s",
+        m.graphs.len(),
+        m.graphs.keys().cloned().collect::<Vec<_>>().join(", "),
+        onnx.display(),
+        t.elapsed().as_secs_f64()
+    );
+    Ok(())
 }
 
 /// Records which build of flux2 made the export (beside onnx/, not in it).

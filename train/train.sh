@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Trains the shipped model from scratch and writes models/flux2-shapes (diffusers layout +
+# vocabulary.json), the way the committed one was made:
+#   1. tokenizer + frozen text encoder;
+#   2. VAE (VAE_STEPS steps of 32x32 crops; prints the classifier's accuracy on its reconstructions,
+#      the ceiling for any DiT on its latents);
+#   3. DiT: ln(0, 1) with training alpha 3, seed 0, DIT_MINUTES of training (EMA weights saved).
+# Logs and per-stage times go to train/runs/shipped/. Needs the pinned torch stack:
+#   PY=/path/to/python VAE_STEPS=3000 DIT_MINUTES=40 train/train.sh
+set -euo pipefail
+cd "$(dirname "$0")"
+PY=${PY:-../.pyref/bin/python}
+[ -x "$PY" ] || PY=/work/main/.pyref/bin/python
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+LOG=runs/shipped
+mkdir -p "$LOG" cache
+: > "$LOG/times.txt"
+stage() { local name=$1; shift; local t0=$SECONDS; "$PY" "$@" 2>&1 | grep --line-buffered -v -E "Loading weights|Writing model" > "$LOG/$name.log"; echo "$name: $((SECONDS - t0)) s" | tee -a "$LOG/times.txt"; }
+[ -f cache/text/features.pt ] || stage text build_text.py --out cache/text --seed 0
+[ -f cache/vae2/config.json ] || stage vae train_vae.py --out cache/vae2 --steps "${VAE_STEPS:-3000}" --batch 8 --crop 32 --lr 1e-3 --seed 0
+stage dit train_dit.py --vae cache/vae2 --text cache/text --out "$LOG/checkpoint" --dist ln --alpha 3 --seed 0 \
+  --size 64 --images 6000 --steps 1000000 --max-minutes "${DIT_MINUTES:-40}" --batch 32 --lr 1e-3 --sample-steps 12 --eval-every 1500
+rm -rf ../models/flux2-shapes.tmp && cp -r "$LOG/checkpoint" ../models/flux2-shapes.tmp
+rm -f ../models/flux2-shapes.tmp/training.json.tmp
+rm -rf ../models/flux2-shapes && mv ../models/flux2-shapes.tmp ../models/flux2-shapes
+cat "$LOG/times.txt"

@@ -1,0 +1,307 @@
+#!/usr/bin/env python3
+"""Stage 2: train a klein-style `Flux2Transformer2DModel` (no guidance embedding) with rectified
+flow on the VAE's normalised latents, and save the whole model in the diffusers layout.
+
+Rectified flow (the seed's CFM loss): x_t = (1 - t) x0 + t eps, the DiT predicts v = eps - x0,
+loss = |v_pred - v|^2. t is drawn from our ts / ln / pln distributions (timesteps.py, the same
+formulas and parameters as calib/src/timesteps.rs) with the training alpha-shift `--alpha`.
+10 % of captions are replaced by the empty prompt, so the model also runs klein-base style with
+true classifier-free guidance (negative prompt "").
+
+Exact padding compression. The frozen text encoder gives every pad position the same hidden
+states (textenc.py), and the DiT is made blind to text positions: the RMSNorm weights of q and k
+(image and text, double and single blocks) are 0 on the head dims that RoPE rotates by the text
+axis l (the last `axes_dims_rope[3]` dims), so RoPE on l acts on zeros. Then the ~490 pad tokens
+stay identical through every block and attention over them equals attention over one of them with
+log(n) added to its logit. Training feeds [real tokens, one pad token] with that bias (an additive
+attention mask) instead of 512 tokens: the same function, 14x cheaper. The shipped weights run
+unchanged in the standard 512-token pipeline (checked at the end against the uncompressed forward).
+
+    python train/train_dit.py --vae train/cache/vae --text train/cache/text \
+        --dist ln --alpha 3 --seed 0 --steps 2000 --out models/flux2-shapes
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import AutoencoderKLFlux2, FlowMatchEulerDiscreteScheduler, Flux2KleinPipeline
+from diffusers import Flux2Transformer2DModel
+import transformers
+
+import classify
+import common
+import shapes
+import textenc
+from timesteps import TimestepDist
+
+GUIDANCE = 4.0
+CAPTION_DROPOUT = 0.1
+
+
+def empirical_mu(seq_len: int, steps: int) -> float:
+    """compute_empirical_mu of the FLUX.2 pipelines (flux2-arch.md §6.3)."""
+    a1, b1, a2, b2 = 8.73809524e-05, 1.89833333, 0.00016927, 0.45666666
+    if seq_len > 4300:
+        return a2 * seq_len + b2
+    m200, m10 = a2 * seq_len + b2, a1 * seq_len + b1
+    return m10 + (steps - 10) * (m200 - m10) / 190.0
+
+
+def sigmas(seq_len: int, steps: int) -> list[float]:
+    mu = empirical_mu(seq_len, steps)
+    t = np.linspace(1.0, 1.0 / steps, steps)
+    s = math.exp(mu) / (math.exp(mu) + (1.0 / t - 1.0))
+    return [float(v) for v in s] + [0.0]
+
+
+def text_blind_dims(dit) -> list[torch.nn.Parameter]:
+    """The q/k RMSNorm weights of every attention (image and text streams)."""
+    return [p for n, p in dit.named_parameters() if n.rsplit(".", 2)[-2] in ("norm_q", "norm_k", "norm_added_q", "norm_added_k")]
+
+
+@torch.no_grad()
+def blind_to_text_positions(dit) -> None:
+    """Zeroes the head dims RoPE rotates by the text axis l (see the module docs)."""
+    n_l = dit.config.axes_dims_rope[3]
+    for p in text_blind_dims(dit):
+        p[-n_l:] = 0
+
+
+def pad_bias(b: int, real: int, total: int, img_tokens: int) -> torch.Tensor:
+    """Additive attention mask over [real text, one pad, image] keys: log(multiplicity) on the pad."""
+    bias = torch.zeros(b, 1, 1, real + 1 + img_tokens)
+    bias[..., real] = math.log(total - real)
+    return bias
+
+
+def dit_call(dit, x, ctx, t, real, total=textenc.MAX_LENGTH):
+    """The DiT on compressed text ctx = [real tokens, one pad] standing for `total` tokens."""
+    s = x.shape[1]
+    h = w = int(round(math.sqrt(s)))
+    kw = {"attention_mask": pad_bias(x.shape[0], real, total, s)}
+    return dit(hidden_states=x, encoder_hidden_states=ctx, timestep=t, img_ids=common.img_ids(h, w), txt_ids=common.txt_ids(real + 1), joint_attention_kwargs=kw).sample
+
+
+@torch.no_grad()
+def sample(dit, ctx, uncond, h, w, steps, seed, real):
+    """The klein-base sampler: Euler on the shifted schedule with true CFG."""
+    g = torch.Generator().manual_seed(seed)
+    b = ctx.shape[0]
+    x = torch.randn(b, h * w, 128, generator=g)
+    sig = sigmas(h * w, steps)
+    both = torch.cat([ctx, uncond.expand(b, -1, -1)])
+    for i in range(steps):
+        t = torch.full((2 * b,), sig[i])
+        v = dit_call(dit, torch.cat([x, x]), both, t, real)
+        vc, vu = v[:b], v[b:]
+        x = x + (sig[i + 1] - sig[i]) * (vu + GUIDANCE * (vc - vu))
+    return x
+
+
+def adherence(dit, vae, feats, uncond, triples, size, steps, seed, real):
+    h = w = size // 16
+    ok = np.zeros(4)
+    for i in range(0, len(triples), 16):
+        idx = list(range(i, min(i + 16, len(triples))))
+        x = sample(dit, feats[idx], uncond, h, w, steps, seed + i, real)
+        for img, want in zip(common.decode_tokens(vae, x, h, w), [triples[j] for j in idx]):
+            got = classify.classify(img)
+            hits = [got[k] == want[k] for k in range(3)]
+            ok += np.array(hits + [all(hits)], dtype=float)
+    return ok / len(triples)
+
+
+@torch.no_grad()
+def check_uncompressed(dit, feats, real):
+    """The compressed forward equals the standard 512-token one (what flux2 runs)."""
+    ctx = feats[:2]
+    full = torch.cat([ctx[:, :real], ctx[:, real:].expand(-1, textenc.MAX_LENGTH - real, -1)], dim=1)
+    x, t = torch.randn(2, 16, 128, generator=torch.Generator().manual_seed(1)), torch.tensor([0.3, 0.8])
+    a = dit(hidden_states=x, encoder_hidden_states=full, timestep=t, img_ids=common.img_ids(4, 4), txt_ids=common.txt_ids(textenc.MAX_LENGTH)).sample
+    b = dit_call(dit, x, ctx, t, real)
+    err = (a - b).abs().max().item()
+    print(f"compressed vs 512-token forward: max abs diff {err:.2e}", flush=True)
+    if err > 1e-4 * (1 + a.abs().max().item()):
+        raise RuntimeError(f"compressed training forward differs from the 512-token one by {err}")
+
+
+def load_text(text_dir: Path):
+    tok = transformers.AutoTokenizer.from_pretrained(text_dir / "tokenizer")
+    enc = transformers.Qwen3ForCausalLM.from_pretrained(text_dir / "text_encoder").eval()
+    return tok, enc
+
+
+def text_features(tok, enc, text_dir: Path):
+    """Context of every caption and of "" (last row), compressed to [real tokens, one pad]:
+    (features [N, R+1, ctx], R). Checks that the pad positions really are identical."""
+    path = text_dir / "features.pt"
+    triples = shapes.all_captions()
+    prompts = [shapes.caption(*t) for t in triples] + [""]
+    if path.exists():
+        feats = torch.load(path)
+    else:
+        feats = textenc.encode(enc, tok, prompts)
+        torch.save(feats, path)
+    real = []
+    for p in prompts:
+        text = tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True, enable_thinking=False)
+        real.append(len(tok(text)["input_ids"]))
+    r = max(real)
+    for i, n in enumerate(real):
+        spread = (feats[i, n:] - feats[i, -1:]).abs().max().item()
+        if spread > 1e-5 * (1 + feats[i, -1].abs().max().item()):
+            raise RuntimeError(f"pad positions of prompt {prompts[i]!r} differ by {spread}: padding is not compressible")
+    return feats[:, : r + 1].contiguous(), triples, r
+
+
+def latents(vae, vae_dir: Path, n: int, size: int, seed: int):
+    path = vae_dir / f"latents-{n}-{size}-{seed}.pt"
+    if path.exists():
+        return torch.load(path)
+    rng = np.random.default_rng(seed)
+    imgs, labels = [], []
+    for _ in range(n):
+        img, _, lab = shapes.sample(rng, size)
+        imgs.append(img)
+        labels.append(lab)
+    lat = common.encode_latents(vae, common.to_pixels(np.stack(imgs)))
+    data = {"latents": lat, "labels": labels}
+    torch.save(data, path)
+    return data
+
+
+def save_pipeline(out: Path, dit, vae, enc, tok, size: int, steps: int, meta: dict):
+    sched = FlowMatchEulerDiscreteScheduler(
+        num_train_timesteps=1000,
+        shift=3.0,
+        use_dynamic_shifting=True,
+        base_shift=0.5,
+        max_shift=1.15,
+        base_image_seq_len=256,
+        max_image_seq_len=4096,
+        time_shift_type="exponential",
+    )
+    pipe = Flux2KleinPipeline(scheduler=sched, vae=vae, text_encoder=enc, tokenizer=tok, transformer=dit, is_distilled=False)
+    tmp = out.with_name(out.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    pipe.save_pretrained(tmp, safe_serialization=True)
+    common.write_json(tmp / "vocabulary.json", shapes.vocabulary(size, steps, textenc.TEXT_LAYERS))
+    common.write_json(tmp / "training.json", meta)
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--vae", type=Path, required=True)
+    ap.add_argument("--text", type=Path, required=True)
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--dist", choices=["ts", "ln", "pln"], default="ln")
+    ap.add_argument("--alpha", type=float, default=1.0, help="training alpha-shift")
+    ap.add_argument("--mu", type=float, default=0.0)
+    ap.add_argument("--sigma", type=float, default=1.0)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--steps", type=int, default=2000)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--lr", type=float, default=6e-4)
+    ap.add_argument("--images", type=int, default=3000)
+    ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--sample-steps", type=int, default=28)
+    ap.add_argument("--eval-every", type=int, default=0, help="python adherence check every N steps (0: end only)")
+    ap.add_argument("--eval-prompts", type=int, default=48)
+    ap.add_argument("--init", type=Path, help="start from this saved model's transformer (continue a run)")
+    ap.add_argument("--max-minutes", type=float, default=0, help="stop the DiT early after this many minutes (0: no cap)")
+    a = ap.parse_args()
+    common.setup_threads()
+    timer = common.Timer()
+    dist = TimestepDist(a.dist, a.alpha, a.mu, a.sigma)
+    vae = AutoencoderKLFlux2.from_pretrained(a.vae).eval()
+    tok, enc = load_text(a.text)
+    feats, triples, real = text_features(tok, enc, a.text)
+    uncond = feats[-1:]
+    data = latents(vae, a.vae, a.images, a.size, 12345)
+    lat, labels = data["latents"], data["labels"]
+    index = {t: i for i, t in enumerate(triples)}
+    cap_idx = torch.tensor([index[tuple(l)] for l in labels])
+    print(f"data ready in {timer():.0f}s: {len(lat)} latents {tuple(lat.shape[1:])}, {len(triples)} captions", flush=True)
+
+    torch.manual_seed(a.seed)
+    if a.init:
+        dit = Flux2Transformer2DModel.from_pretrained(a.init / "transformer")
+    else:
+        dit = Flux2Transformer2DModel(**common.DIT_CONFIG)
+    blind_to_text_positions(dit)
+    ema = copy.deepcopy(dit).eval()
+    for p in ema.parameters():
+        p.requires_grad_(False)
+    n_params = sum(p.numel() for p in dit.parameters())
+    opt = torch.optim.AdamW(dit.parameters(), lr=a.lr, weight_decay=0.01, betas=(0.9, 0.99))
+    warm = min(100, a.steps // 10)
+    lr_at = lambda s: min(1.0, (s + 1) / warm)  # noqa: E731  (constant after warm-up; EMA averages)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    g = torch.Generator().manual_seed(a.seed)
+    h = w = a.size // 16
+    print(f"dit: {n_params/1e6:.2f}M parameters, t ~ {dist.describe()}", flush=True)
+    eval_prompts = [triples[i] for i in torch.randperm(len(triples), generator=torch.Generator().manual_seed(99))[: a.eval_prompts]]
+    eval_feats = feats[[index[t] for t in eval_prompts]]
+    log = []
+    train_start = timer()
+    for step in range(a.steps):
+        idx = torch.randint(0, len(lat), (a.batch,), generator=g)
+        x0 = lat[idx]
+        ci = cap_idx[idx].clone()
+        drop = torch.rand(a.batch, generator=g) < CAPTION_DROPOUT
+        ci[drop] = len(feats) - 1
+        ctx = feats[ci]
+        t = dist.sample(a.batch, g)
+        eps = torch.randn(x0.shape, generator=g)
+        tt = t.view(-1, 1, 1)
+        xt = (1 - tt) * x0 + tt * eps
+        v = dit_call(dit, xt, ctx, t, real)
+        loss = ((v - (eps - x0)) ** 2).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(dit.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        blind_to_text_positions(dit)
+        decay = min(0.999, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for pe, pm in zip(ema.parameters(), dit.parameters()):
+                pe.lerp_(pm, 1 - decay)
+        if step % 50 == 0 or step == a.steps - 1:
+            print(f"step {step:5d} loss {loss.item():.4f} lr {sched.get_last_lr()[0]:.2e} ({timer() - train_start:.0f}s)", flush=True)
+        over = a.max_minutes > 0 and (timer() - train_start) > 60 * a.max_minutes
+        last = step == a.steps - 1 or over
+        if (a.eval_every and step > 0 and step % a.eval_every == 0) or last:
+            acc = adherence(ema, vae, eval_feats, uncond, eval_prompts, a.size, a.sample_steps, 7, real)
+            log.append({"step": step, "seconds": round(timer() - train_start), "color": acc[0], "shape": acc[1], "background": acc[2], "all": acc[3]})
+            print(f"  adherence (python check, {len(eval_prompts)} prompts) color {acc[0]:.2f} shape {acc[1]:.2f} bg {acc[2]:.2f} all {acc[3]:.2f}", flush=True)
+            if not last:  # an intermediate model to look at (or continue with --init) while training goes on
+                save_pipeline(a.out.with_name(a.out.name + "-latest"), ema, vae, enc, tok, a.size, a.sample_steps, {"step": step, "python_checks": log})
+        if last:
+            break
+    steps_done = step + 1
+    train_s = timer() - train_start
+    meta = {
+        "dist": a.dist, "alpha": a.alpha, "mu": a.mu, "sigma": a.sigma, "seed": a.seed, "steps": steps_done, "steps_requested": a.steps,
+        "batch": a.batch, "lr": a.lr, "images": a.images, "size": a.size, "dit_parameters": n_params,
+        "dit_train_seconds": round(train_s), "python_checks": log,
+        "text_encoder": "frozen random Qwen3 (see train/textenc.py)", "init": str(a.init) if a.init else None,
+    }
+    check_uncompressed(ema, feats, real)
+    save_pipeline(a.out, ema, vae, enc, tok, a.size, a.sample_steps, meta)
+    print(f"saved {a.out} (DiT trained in {train_s:.0f}s, total {timer():.0f}s)", flush=True)
+
+
+if __name__ == "__main__":
+    main()
