@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Serving benchmark (issue 12): images/s and p50/p99 latency of the `flux2` Triton model at
 # concurrency 1, 2, 4 with 1 and 2 instances, and the Triton path's overhead at concurrency 1
-# against `flux2 bench` (same model, size, steps, threads). Model: the built-in demo model
-# (`flux2 demo`: klein architecture, 2+4-block DiT, Qwen3-style text encoder, random weights),
+# against `flux2 bench` (same model, size, steps, threads). Model: the shipped shapes model as
+# `flux2 demo` exports it (models/flux2-shapes: klein base architecture, true CFG),
 # 256x256, 4 steps, 512-token prompts. A real tritonserver (nvidia-pytriton) on loopback.
 #   ./scripts/bench_triton.sh [--requests N] [--rounds N] [--width W --height H] [--json out.json]
 set -euo pipefail

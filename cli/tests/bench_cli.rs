@@ -23,12 +23,10 @@ fn stats(doc: &Value, stage: &str) -> (Vec<f64>, Value) {
     (samples, s["stats"].clone())
 }
 
-/// Exports the demo checkpoint (made by `flux2 demo`) with the given components.
+/// Exports the shipped demo checkpoint (models/flux2-shapes) with the given components.
 fn demo_export(root: &Path, components: &str) -> String {
-    let d = root.join("demo");
-    ok(&flux2(&["demo", "--out", d.to_str().unwrap(), "--size", "32x32"]), "flux2 demo");
     let out = root.join(format!("onnx-{}", components.replace(',', "-")));
-    let ck = d.join("checkpoint");
+    let ck = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/flux2-shapes");
     let args = [
         "export",
         "--checkpoint",

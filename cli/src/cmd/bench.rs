@@ -28,7 +28,8 @@ head the report and are in the JSON (`cpu`), so figures from different machines 
 apart.
 
 Without a text encoder in the export (or with --prompt-embeds), random embeddings of the
-model's context width and --max-sequence-length tokens stand in for the prompt.
+model's context width and --max-sequence-length tokens stand in for the prompt (and, for a
+true-CFG model without a text encoder, for the empty negative prompt too).
 
 Examples:
   flux2 bench --model klein-onnx
@@ -163,10 +164,10 @@ fn synthetic_refs(dir: &Path, n: usize, width: usize, height: usize) -> anyhow::
 }
 
 /// Random prompt embeddings [1, L, ctx] (seeded).
-fn random_embeds(pipe: &Pipeline, len: usize) -> anyhow::Result<PromptSource> {
+fn random_embeds(pipe: &Pipeline, len: usize, seed: u64) -> anyhow::Result<PromptSource> {
     let ctx = pipe.model.context_dim().context("the transformer has no encoder_hidden_states input")?;
     let shape = vec![1, len, ctx];
-    Ok(PromptSource::Embeds(Tensor { data: flux2_runtime::noise::noise(1, &shape), shape }))
+    Ok(PromptSource::Embeds(Tensor { data: flux2_runtime::noise::noise(seed, &shape), shape }))
 }
 
 /// The timed stages of one generation: name -> samples (seconds).
@@ -205,7 +206,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let prompt = match (&args.prompt_embeds, has_text) {
         (Some(p), _) => PromptSource::Embeds(read_tensor(p, "prompt_embeds")?),
         (None, true) => PromptSource::Text(args.prompt.clone()),
-        (None, false) => random_embeds(&pipe, args.max_sequence_length)?,
+        (None, false) => random_embeds(&pipe, args.max_sequence_length, 1)?,
     };
     let tmp = std::env::temp_dir().join(format!("flux2-bench-{}", std::process::id()));
     let refs = if args.refs > 0 {
@@ -220,6 +221,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     req.max_sequence_length = args.max_sequence_length;
     req.references = refs.into_iter().map(Reference::Path).collect();
     req.num_images = args.batch;
+    let true_cfg = pipe.model.guidance_mode() == flux2_runtime::model_dir::Guidance::TrueCfg;
+    if !has_text && true_cfg && req.guidance.is_none_or(|g| g > 1.0) {
+        // true CFG without a text encoder: the empty negative prompt's embeddings are random too
+        req.negative = Some(random_embeds(&pipe, args.max_sequence_length, 2)?);
+    }
     let result = measure(&mut pipe, &req, &args).and_then(|(runs, load, steps, image)| {
         let against = match &args.against {
             Some(dir) => {

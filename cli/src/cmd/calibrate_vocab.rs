@@ -80,7 +80,8 @@ pub fn judge(
         let mut pipe = Pipeline::new(dir, super::generate::factory("cpu")?)
             .with_context(|| format!("adherence run on {}", dir.display()))?;
         let pb = crate::progress::bar(prompts as u64, &format!("adherence ({name})"));
-        let (mut report, images) = evaluate(&mut pipe, vocab, &opts, &mut |i, _| pb.set_position(i as u64 + 1))?;
+        let (mut report, images) =
+            evaluate(&mut pipe, vocab, &opts, &mut |i, _| pb.set_position(i as u64 + 1))?;
         pb.finish_and_clear();
         report.model = dir.display().to_string();
         write_outputs(&out.join("adherence").join(name), &report, &images)?;

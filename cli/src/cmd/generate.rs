@@ -124,7 +124,8 @@ pub fn apply_adapters(pipe: &mut Pipeline, specs: &[String]) -> anyhow::Result<(
     Ok(())
 }
 
-/// Session factory for `--provider`.
+/// Session factory for `--provider` (used by the full build's demo, eval and calibrate).
+#[cfg_attr(not(feature = "full"), allow(dead_code))]
 pub fn factory(provider: &str) -> anyhow::Result<SessionFactory> {
     flux2_runtime::providers_factory(provider).with_context(|| format!("--provider {provider}"))
 }
