@@ -319,7 +319,7 @@ fn report(
             "peak_rss_bytes": peak_rss(),
             "against": against,
         });
-        write_atomic(path, &(serde_json::to_string_pretty(&doc)? + "\n"))?;
+        super::write_atomic(path, &(serde_json::to_string_pretty(&doc)? + "\n"))?;
         println!("wrote {}", path.display());
     }
     if let Some(path) = &args.plot {
@@ -364,12 +364,6 @@ fn print_stages(stages: &[(&str, Vec<f64>)]) -> serde_json::Map<String, serde_js
         }
     }
     json_stages
-}
-
-fn write_atomic(path: &Path, text: &str) -> anyhow::Result<()> {
-    let tmp = flux2_runtime::images::tmp_path(path);
-    std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
 }
 
 /// Bars of the median (ms) per stage at x = 1, 2, …, with a min–p90 whisker; the stage names

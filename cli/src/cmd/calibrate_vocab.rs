@@ -91,11 +91,11 @@ pub fn judge(
     let quantized = run(out, "quantized")?;
     let a = Adherence { prompts, seed, float, quantized };
     let json = serde_json::to_string_pretty(&a)? + "\n";
-    write_atomic(&out.join("adherence.json"), json.as_bytes())?;
+    super::write_atomic(&out.join("adherence.json"), json.as_bytes())?;
     let md = out.join("report.md");
     let mut text = std::fs::read_to_string(&md).unwrap_or_default();
     text.push_str(&markdown(&a));
-    write_atomic(&md, text.as_bytes())?;
+    super::write_atomic(&md, text.as_bytes())?;
     Ok(a)
 }
 
@@ -119,10 +119,4 @@ fn markdown(a: &Adherence) -> String {
         row("quantised", &a.quantized),
         a.change_points()
     )
-}
-
-fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let tmp = flux2_runtime::images::tmp_path(path);
-    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
 }

@@ -32,3 +32,12 @@ pub mod timesteps;
 #[cfg(feature = "full")]
 pub mod triton;
 // MODULES-END
+
+/// Writes `bytes` to `path` through a temporary file beside it, renamed on success, so a
+/// failed write never leaves a half-written file under the final name.
+pub fn write_atomic(path: &std::path::Path, bytes: impl AsRef<[u8]>) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let tmp = flux2_runtime::images::tmp_path(path);
+    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
+}
