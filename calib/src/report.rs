@@ -139,7 +139,17 @@ impl Report {
                 "\n### {}\n\nData: {} ({} calibration, {} held-out samples).",
                 c.graph, c.data, c.calibration_samples, c.heldout_samples
             );
-            let _ = writeln!(s, "All layers quantised: NMSE {}.", sci(c.sensitivity.all_quantized_nmse));
+            let sel = &c.sensitivity;
+            let _ = writeln!(s, "All layers quantised: NMSE {}.", sci(sel.all_quantized_nmse));
+            if !sel.per_layer.is_empty() || !sel.per_group.is_empty() {
+                let _ = writeln!(
+                    s,
+                    "Sensitivity search: {} probe graphs ({} blocks ranked, {} layers ranked).",
+                    sel.measurements,
+                    sel.per_group.len(),
+                    sel.per_layer.len()
+                );
+            }
             if !c.kept_float.is_empty() {
                 let _ = writeln!(s, "\nKept in float:\n");
                 for k in &c.kept_float {

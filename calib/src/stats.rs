@@ -89,20 +89,32 @@ impl TensorStats {
             }
         }
         self.rows = self.rows.max(data.len() / channels.max(1));
-        let value = |i: usize, v: f32| match divide {
-            Some(d) => v / d[(i / inner) % channels],
-            None => v,
+        // channel-last (inner = 1): rows of `channels` values; otherwise contiguous runs of one
+        // channel (`inner` values, channels cycling); no channel axis: one run
+        let run = match channel_axis {
+            Some(_) if inner > 1 => inner,
+            Some(_) => channels.max(1),
+            None => data.len().max(1),
         };
+        let factor = |k: usize| divide.map(|d| d[k % d.len()]);
         let mut batch_max = 0f32;
-        for (i, &v) in data.iter().enumerate() {
-            let a = value(i, v).abs();
-            if a.is_finite() {
-                batch_max = batch_max.max(a);
+        if channel_axis.is_some() && inner <= 1 {
+            for row in data.chunks(run) {
+                batch_max = batch_max.max(self.row_pass(row, divide));
+            }
+        } else {
+            for (k, chunk) in data.chunks(run).enumerate() {
+                let m = self.first_pass(chunk, factor(k));
+                batch_max = batch_max.max(m);
                 if channel_axis.is_some() {
-                    let c = (i / inner) % channels;
-                    self.channel_amax[c] = self.channel_amax[c].max(a);
+                    let c = k % channels;
+                    self.channel_amax[c] = self.channel_amax[c].max(m);
                 }
             }
+        }
+        if self.hist.is_empty() {
+            self.amax = self.amax.max(batch_max);
+            return Ok(());
         }
         if self.range == 0.0 && batch_max > 0.0 {
             self.range = batch_max;
@@ -112,21 +124,66 @@ impl TensorStats {
         }
         self.amax = self.amax.max(batch_max);
         let per_bin = if self.range > 0.0 { BINS as f32 / self.range } else { 0.0 };
-        for (i, &v) in data.iter().enumerate() {
-            let x = value(i, v);
-            if !x.is_finite() {
-                self.nonfinite += 1;
-                continue;
+        let channel_last = channel_axis.is_some() && inner <= 1;
+        for (k, chunk) in data.chunks(run).enumerate() {
+            for (c, &v) in chunk.iter().enumerate() {
+                let d = if channel_last { divide.map(|d| d[c]) } else { factor(k) };
+                let x = d.map_or(v, |d| v / d);
+                if x.is_finite() {
+                    let b = ((x.abs() * per_bin) as usize).min(BINS - 1);
+                    self.hist[b] += 1;
+                }
             }
-            self.count += 1;
-            self.sum_sq += (x as f64) * (x as f64);
-            let b = ((x.abs() * per_bin) as usize).min(BINS - 1);
-            self.hist[b] += 1;
         }
         Ok(())
     }
 
+    /// Max |x| of one run of values (divided by `d`), adding to the counts and Σ x² in data
+    /// order; non-finite values are only counted.
+    fn first_pass(&mut self, chunk: &[f32], d: Option<f32>) -> f32 {
+        let mut m = 0f32;
+        for &v in chunk {
+            let x = d.map_or(v, |d| v / d);
+            if x.is_finite() {
+                m = m.max(x.abs());
+                self.count += 1;
+                self.sum_sq += (x as f64) * (x as f64);
+            } else {
+                self.nonfinite += 1;
+            }
+        }
+        m
+    }
+
+    /// [`Self::first_pass`] over one row of a channel-last tensor: value c is channel c.
+    fn row_pass(&mut self, row: &[f32], divide: Option<&[f32]>) -> f32 {
+        let mut m = 0f32;
+        for (c, &v) in row.iter().enumerate() {
+            let x = divide.map_or(v, |d| v / d[c]);
+            if x.is_finite() {
+                let a = x.abs();
+                m = m.max(a);
+                self.channel_amax[c] = self.channel_amax[c].max(a);
+                self.count += 1;
+                self.sum_sq += (x as f64) * (x as f64);
+            } else {
+                self.nonfinite += 1;
+            }
+        }
+        m
+    }
+
+    /// Statistics without the histogram (max, counts and Σ x² only): all the `max` calibrator
+    /// needs, at a fraction of the cost on large activations.
+    pub fn without_histogram() -> TensorStats {
+        TensorStats { hist: Vec::new(), ..TensorStats::default() }
+    }
+
     fn double_range(&mut self) {
+        if self.hist.is_empty() {
+            self.range *= 2.0;
+            return;
+        }
         for i in 0..BINS / 2 {
             self.hist[i] = self.hist[2 * i] + self.hist[2 * i + 1];
         }
@@ -151,6 +208,9 @@ impl TensorStats {
             }
         }
         let per_bin = if self.range > 0.0 { BINS as f32 / self.range } else { 0.0 };
+        if self.hist.is_empty() && !other.hist.is_empty() {
+            self.hist = vec![0; BINS];
+        }
         for (b, &c) in other.hist.iter().enumerate() {
             if c > 0 {
                 let centre = (b as f32 + 0.5) * other.bin_width();
@@ -198,6 +258,62 @@ mod tests {
         assert_eq!(s.hist[BINS / 4 - 1], 1);
         assert_eq!(s.hist[(3.0 / 4.0 * BINS as f32) as usize], 1);
         assert_eq!(s.sum_sq, 0.25 + 1.0 + 0.0625 + 9.0);
+    }
+
+    /// The element-by-element definition the fast passes must reproduce.
+    fn naive(data: &[f32], shape: &[usize], axis: Option<usize>, divide: Option<&[f32]>) -> TensorStats {
+        let (channels, inner) = match axis {
+            Some(a) => (shape[a], shape[a + 1..].iter().product::<usize>()),
+            None => (1, 1),
+        };
+        let mut s = TensorStats { channel_amax: if axis.is_some() { vec![0.0; channels] } else { vec![] }, ..Default::default() };
+        let x = |i: usize| divide.map_or(data[i], |d| data[i] / d[(i / inner) % channels]);
+        let mut m = 0f32;
+        for i in 0..data.len() {
+            let v = x(i);
+            if v.is_finite() {
+                m = m.max(v.abs());
+                if axis.is_some() {
+                    let c = (i / inner) % channels;
+                    s.channel_amax[c] = s.channel_amax[c].max(v.abs());
+                }
+                s.count += 1;
+                s.sum_sq += (v as f64) * (v as f64);
+            } else {
+                s.nonfinite += 1;
+            }
+        }
+        (s.amax, s.range, s.rows) = (m, m, data.len() / channels);
+        for i in 0..data.len() {
+            let v = x(i);
+            if v.is_finite() {
+                s.hist[((v.abs() * BINS as f32 / m) as usize).min(BINS - 1)] += 1;
+            }
+        }
+        s
+    }
+
+    #[test]
+    fn fast_passes_match_the_naive_definition() {
+        let shape = [2usize, 3, 4, 5];
+        let n: usize = shape.iter().product();
+        let mut data: Vec<f32> = (0..n).map(|i| (((i * 7919) % 211) as f32 - 105.0) / 17.0).collect();
+        data[17] = f32::NAN;
+        data[40] = f32::INFINITY;
+        for axis in [None, Some(1usize), Some(2), Some(3)] {
+            let channels = axis.map_or(1, |a| shape[a]);
+            let d: Vec<f32> = (0..channels).map(|c| 0.5 + c as f32).collect();
+            for divide in [None, Some(d.as_slice())] {
+                let mut got = TensorStats::default();
+                let ax = axis.map(|a| a as i64 - 4); // negative axes count from the end
+                got.observe("x", &data, &shape, ax, divide).unwrap_or_else(|e| panic!("{e}"));
+                assert_eq!(got, naive(&data, &shape, axis, divide), "axis {axis:?} divide {}", divide.is_some());
+                let mut lean = TensorStats::without_histogram();
+                lean.observe("x", &data, &shape, ax, divide).unwrap_or_else(|e| panic!("{e}"));
+                assert_eq!((lean.amax, &lean.channel_amax, lean.count), (got.amax, &got.channel_amax, got.count));
+                assert!(lean.hist.is_empty());
+            }
+        }
     }
 
     #[test]

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use crate::artifacts::{ActivationScale, GraphScales, KeptLayer, WeightEntry};
 use crate::attention::{expand, find_sites, probs_amax_name, with_probs_amax, AttentionSite, Point};
+use crate::calibrators::Calibrator;
 use crate::consts::Consts;
 use crate::formats::Format;
 use crate::layers::{find_layers, Layer, LayerOp};
@@ -141,7 +142,9 @@ fn ranges(
     let stats_file = with_probs_amax(&expand(file, sites, None), sites);
     let mut stats = |label: String, divide: &BTreeMap<String, Vec<f32>>| {
         on_event(Event::Stage { label: &label, total: data.calibration.len() });
-        let mut st = collect_stats(&stats_file, work, &observed, &data.calibration, divide, sess, on_event)?;
+        let histogram = opts.calibrator != Calibrator::Max;
+        let mut st =
+            collect_stats(&stats_file, work, &observed, &data.calibration, divide, histogram, sess, on_event)?;
         rename_probs_stats(&mut st, sites);
         Ok::<_, CalibrateError>(st)
     };
@@ -309,7 +312,14 @@ pub(super) fn calibrate_graph(
     for (name, e) in selection.per_layer.iter().filter(|(n, _)| selection.kept_float.contains(n)) {
         kept.push(KeptLayer {
             layer: name.clone(),
-            reason: format!("sensitivity: needed to meet --budget-nmse {}", opts.budget_nmse),
+            reason: if selection.per_group.is_empty() {
+                format!("sensitivity: needed to meet --budget-nmse {}", opts.budget_nmse)
+            } else {
+                format!(
+                    "sensitivity: needed to meet --budget-nmse {} (NMSE given quantised on top of the rest)",
+                    opts.budget_nmse
+                )
+            },
             nmse_alone: Some(*e),
         });
     }

@@ -170,7 +170,7 @@ impl CalibrateOptions {
             dist: Kind::Ln,
             dist_mu: 0.0,
             dist_sigma: 1.0,
-            samples: 64,
+            samples: 32,
             heldout: 8,
             seed: 0,
             calibrator: Calibrator::Max,

@@ -1,6 +1,7 @@
 //! Running graphs for calibration: activation statistics through extra graph outputs,
 //! outputs over held-out samples, their fidelity against float, and latency.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Instant;
@@ -22,12 +23,15 @@ pub(super) type Observed = (String, Option<i64>);
 /// Fills one [`TensorStats`] per observed tensor from the float graph over `samples`, in
 /// sample order. `divide` gives SmoothQuant factors per tensor (the stats then describe the
 /// smoothed activation). `work` must hold the model's external files (see `link_external_files`).
+/// Without `histogram` only maxima and counts are kept (all the `max` calibrator reads).
+#[allow(clippy::too_many_arguments)]
 pub(super) fn collect_stats(
     file: &OnnxFile,
     work: &Path,
     observed: &[Observed],
     samples: &[Sample],
     divide: &BTreeMap<String, Vec<f32>>,
+    histogram: bool,
     sess: &SessionOptions,
     on_event: &mut dyn FnMut(Event),
 ) -> Result<BTreeMap<String, TensorStats>, CalibrateError> {
@@ -39,9 +43,11 @@ pub(super) fn collect_stats(
     for (i, sample) in samples.iter().enumerate() {
         let outputs = run(&mut session, sample.feed())?;
         for (name, axis) in observed {
-            let (data, shape): (Vec<f32>, Vec<usize>) = match (outputs.get(name), sample.get(name)) {
-                (Some(a), _) => (a.iter().copied().collect(), a.shape().to_vec()),
-                (None, Some(Input::F32(a))) => (a.iter().copied().collect(), a.shape().to_vec()),
+            let (data, shape): (Cow<[f32]>, Vec<usize>) = match (outputs.get(name), sample.get(name)) {
+                (Some(a), _) => (contiguous(a.as_slice(), || a.iter().copied().collect()), a.shape().to_vec()),
+                (None, Some(Input::F32(a))) => {
+                    (contiguous(a.as_slice(), || a.iter().copied().collect()), a.shape().to_vec())
+                }
                 _ => {
                     return Err(CalibrateError::Graph {
                         graph: file.path.display().to_string(),
@@ -49,12 +55,18 @@ pub(super) fn collect_stats(
                     })
                 }
             };
-            let st = stats.entry(name.clone()).or_default();
+            let fresh = || if histogram { TensorStats::default() } else { TensorStats::without_histogram() };
+            let st = stats.entry(name.clone()).or_insert_with(fresh);
             st.observe(name, &data, &shape, *axis, divide.get(name).map(|v| v.as_slice()))?;
         }
         on_event(Event::Advance { done: i + 1, total: samples.len() });
     }
     Ok(stats)
+}
+
+/// The values without a copy when they are contiguous in standard order.
+fn contiguous<'a>(slice: Option<&'a [f32]>, copy: impl FnOnce() -> Vec<f32>) -> Cow<'a, [f32]> {
+    slice.map_or_else(|| Cow::Owned(copy()), Cow::Borrowed)
 }
 
 /// Runs the graph at `path` over `samples`; per sample, the named outputs concatenated.
