@@ -24,7 +24,7 @@ def main():
     a = ap.parse_args()
     common.setup_threads()
     vae = AutoencoderKLFlux2.from_pretrained(a.model / "vae").eval()
-    dit = Flux2Transformer2DModel.from_pretrained(a.model / "transformer").eval()
+    dit = Flux2Transformer2DModel.from_pretrained(a.model / "transformer").eval().float()  # bf16 on disk
     tok, enc = train_dit.load_text(a.text)
     feats, triples, real = train_dit.text_features(tok, enc, a.text)
     index = {t: i for i, t in enumerate(triples)}

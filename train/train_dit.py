@@ -220,6 +220,9 @@ def main():
     ap.add_argument("--eval-prompts", type=int, default=48)
     ap.add_argument("--init", type=Path, help="start from this saved model's transformer (continue a run)")
     ap.add_argument("--max-minutes", type=float, default=0, help="stop the DiT early after this many minutes (0: no cap)")
+    ap.add_argument("--heads", type=int, default=common.DIT_CONFIG["num_attention_heads"], help="attention heads of 64 dims (hidden = 64 x heads)")
+    ap.add_argument("--cosine", action="store_true", help="cosine learning-rate decay to 5 %% over --steps, or over --max-minutes of wall time when set")
+    ap.add_argument("--save-dtype", choices=["f32", "bf16"], default="f32", help="dtype of the saved transformer weights (bf16 halves its size)")
     a = ap.parse_args()
     common.setup_threads()
     timer = common.Timer()
@@ -238,7 +241,7 @@ def main():
     if a.init:
         dit = Flux2Transformer2DModel.from_pretrained(a.init / "transformer")
     else:
-        dit = Flux2Transformer2DModel(**common.DIT_CONFIG)
+        dit = Flux2Transformer2DModel(**{**common.DIT_CONFIG, "num_attention_heads": a.heads})
     blind_to_text_positions(dit)
     ema = copy.deepcopy(dit).eval()
     for p in ema.parameters():
@@ -246,7 +249,15 @@ def main():
     n_params = sum(p.numel() for p in dit.parameters())
     opt = torch.optim.AdamW(dit.parameters(), lr=a.lr, weight_decay=0.01, betas=(0.9, 0.99))
     warm = min(100, a.steps // 10)
-    lr_at = lambda s: min(1.0, (s + 1) / warm)  # noqa: E731  (constant after warm-up; EMA averages)
+    clock = common.Timer()
+
+    def lr_at(s: int) -> float:
+        """Linear warm-up, then constant (EMA averages) or a cosine decay to 5 % of --lr."""
+        if not a.cosine:
+            return min(1.0, (s + 1) / warm)
+        done = clock() / (60 * a.max_minutes) if a.max_minutes > 0 else s / a.steps
+        return min(1.0, (s + 1) / warm) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, done))))
+
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
     g = torch.Generator().manual_seed(a.seed)
     h = w = a.size // 16
@@ -297,8 +308,11 @@ def main():
         "batch": a.batch, "lr": a.lr, "images": a.images, "size": a.size, "dit_parameters": n_params,
         "dit_train_seconds": round(train_s), "python_checks": log,
         "text_encoder": "frozen random Qwen3 (see train/textenc.py)", "init": str(a.init) if a.init else None,
+        "heads": a.heads, "cosine": a.cosine, "save_dtype": a.save_dtype,
     }
     check_uncompressed(ema, feats, real)
+    if a.save_dtype == "bf16":
+        ema = ema.to(torch.bfloat16)
     save_pipeline(a.out, ema, vae, enc, tok, a.size, a.sample_steps, meta)
     print(f"saved {a.out} (DiT trained in {train_s:.0f}s, total {timer():.0f}s)", flush=True)
 

@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use flux2_runtime::images::{write_png, Chw};
 use flux2_runtime::pipeline::{Pipeline, PromptSource, Request};
+use flux2_runtime::schedule::Shift;
 use serde::{Deserialize, Serialize};
 
 use crate::classify::{classify, Prediction, Rgb};
@@ -20,6 +21,8 @@ pub struct Options {
     pub seed: u64,
     pub size: Option<(usize, usize)>,
     pub steps: Option<usize>,
+    /// Sampler shift; `None` takes the export's default.
+    pub shift: Option<Shift>,
 }
 
 /// One generation and its verdict.
@@ -112,6 +115,9 @@ pub fn evaluate(
         let seed = opts.seed.wrapping_add(i as u64);
         let mut req = Request::new(PromptSource::Text(prompt.clone()));
         (req.width, req.height, req.steps, req.seed) = (Some(width), Some(height), Some(steps), seed);
+        if let Some(shift) = opts.shift {
+            req.shift = shift;
+        }
         let out = pipe.generate(&req, &mut |_| {})?;
         let img = Rgb::from_chw(&out.image);
         let item = Item::score(prompt, seed, caption, classify(&img, vocab));

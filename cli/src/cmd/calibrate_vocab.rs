@@ -75,7 +75,7 @@ pub fn judge(
     prompts: usize,
     seed: u64,
 ) -> anyhow::Result<Adherence> {
-    let opts = Options { prompts, seed, size: None, steps: None };
+    let opts = Options { prompts, seed, size: None, steps: None, shift: None };
     let run = |dir: &Path, name: &str| -> anyhow::Result<Accuracy> {
         let mut pipe = Pipeline::new(dir, super::generate::factory("cpu")?)
             .with_context(|| format!("adherence run on {}", dir.display()))?;

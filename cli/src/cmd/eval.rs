@@ -48,6 +48,9 @@ pub struct Args {
     /// Sampling steps [default: the vocabulary's].
     #[arg(long)]
     pub steps: Option<usize>,
+    /// Sampler shift: empirical, resolution[:BASE_TOKENS] or fixed:ALPHA [default: the export's].
+    #[arg(long)]
+    pub shift: Option<String>,
     /// Folder for report.json and contact_sheet.png [default: MODEL/eval].
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -59,7 +62,8 @@ pub struct Args {
 pub fn run(args: Args) -> anyhow::Result<()> {
     let (vocab, vocab_path) = Vocabulary::locate(&args.model, args.vocabulary.as_deref())?;
     let size = args.size.as_deref().map(super::demo::parse_size).transpose()?;
-    let opts = Options { prompts: args.prompts, seed: args.seed, size, steps: args.steps };
+    let shift = args.shift.as_deref().map(str::parse).transpose().context("--shift")?;
+    let opts = Options { prompts: args.prompts, seed: args.seed, size, steps: args.steps, shift };
     if opts.prompts == 0 {
         anyhow::bail!("--prompts must be at least 1");
     }
