@@ -209,7 +209,8 @@ pub fn choose<E>(
     for c in candidates {
         groups.entry(group_of(c).to_string()).or_default().push(c.clone());
     }
-    let singles: BTreeMap<String, Vec<String>> = candidates.iter().map(|c| (c.clone(), vec![c.clone()])).collect();
+    let singles: BTreeMap<String, Vec<String>> =
+        candidates.iter().map(|c| (c.clone(), vec![c.clone()])).collect();
     let empty = BTreeSet::new();
 
     // step 2: blocks (or single layers when grouping would not shrink the search)

@@ -99,7 +99,12 @@ fn the_chosen_configuration_was_measured_and_meets_the_budget() {
         seen.borrow_mut().push((s.clone(), e));
         Ok(e)
     };
-    let s = ok(choose(&costs.iter().map(|c| c.0.clone()).collect::<Vec<_>>(), 2e-3, &mut measure, &mut |_, _| {}));
+    let s = ok(choose(
+        &costs.iter().map(|c| c.0.clone()).collect::<Vec<_>>(),
+        2e-3,
+        &mut measure,
+        &mut |_, _| {},
+    ));
     let q: BTreeSet<String> = s.quantized.iter().cloned().collect();
     assert!(s.nmse <= 2e-3);
     if !q.is_empty() {

@@ -266,7 +266,10 @@ mod tests {
             Some(a) => (shape[a], shape[a + 1..].iter().product::<usize>()),
             None => (1, 1),
         };
-        let mut s = TensorStats { channel_amax: if axis.is_some() { vec![0.0; channels] } else { vec![] }, ..Default::default() };
+        let mut s = TensorStats {
+            channel_amax: if axis.is_some() { vec![0.0; channels] } else { vec![] },
+            ..Default::default()
+        };
         let x = |i: usize| divide.map_or(data[i], |d| data[i] / d[(i / inner) % channels]);
         let mut m = 0f32;
         for i in 0..data.len() {
@@ -307,10 +310,18 @@ mod tests {
                 let mut got = TensorStats::default();
                 let ax = axis.map(|a| a as i64 - 4); // negative axes count from the end
                 got.observe("x", &data, &shape, ax, divide).unwrap_or_else(|e| panic!("{e}"));
-                assert_eq!(got, naive(&data, &shape, axis, divide), "axis {axis:?} divide {}", divide.is_some());
+                assert_eq!(
+                    got,
+                    naive(&data, &shape, axis, divide),
+                    "axis {axis:?} divide {}",
+                    divide.is_some()
+                );
                 let mut lean = TensorStats::without_histogram();
                 lean.observe("x", &data, &shape, ax, divide).unwrap_or_else(|e| panic!("{e}"));
-                assert_eq!((lean.amax, &lean.channel_amax, lean.count), (got.amax, &got.channel_amax, got.count));
+                assert_eq!(
+                    (lean.amax, &lean.channel_amax, lean.count),
+                    (got.amax, &got.channel_amax, got.count)
+                );
                 assert!(lean.hist.is_empty());
             }
         }

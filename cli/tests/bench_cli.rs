@@ -123,3 +123,41 @@ fn bench_without_text_encoder_uses_random_embeddings() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--width"));
 }
+
+#[test]
+fn bench_against_reports_both_adherences_on_the_shapes_model() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = demo_export(tmp.path(), "vae,transformer,text-encoder");
+    let json = tmp.path().join("a.json");
+    let args = [
+        "bench",
+        "--model",
+        &model,
+        "--against",
+        &model,
+        "--adherence",
+        "3",
+        "--width",
+        "32",
+        "--height",
+        "32",
+        "--runs",
+        "1",
+        "--warmup",
+        "0",
+        "--threads",
+        "1",
+        "--json",
+        json.to_str().unwrap(),
+    ];
+    let stdout = ok(&flux2(&args), "flux2 bench --against");
+    assert!(stdout.contains("prompt adherence (3 captions"), "{stdout}");
+    let doc: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let a = &doc["against"]["adherence"];
+    assert_eq!(a["prompts"].as_u64(), Some(3));
+    // the same folder twice: same captions, same noise, same verdicts
+    assert_eq!(a["model"], a["against"]);
+    assert_eq!(a["change_points"].as_f64(), Some(0.0));
+    let all = a["model"]["all"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&all), "{all}");
+}

@@ -143,8 +143,16 @@ fn ranges(
     let mut stats = |label: String, divide: &BTreeMap<String, Vec<f32>>| {
         on_event(Event::Stage { label: &label, total: data.calibration.len() });
         let histogram = opts.calibrator != Calibrator::Max;
-        let mut st =
-            collect_stats(&stats_file, work, &observed, &data.calibration, divide, histogram, sess, on_event)?;
+        let mut st = collect_stats(
+            &stats_file,
+            work,
+            &observed,
+            &data.calibration,
+            divide,
+            histogram,
+            sess,
+            on_event,
+        )?;
         rename_probs_stats(&mut st, sites);
         Ok::<_, CalibrateError>(st)
     };

@@ -44,7 +44,9 @@ pub(super) fn collect_stats(
         let outputs = run(&mut session, sample.feed())?;
         for (name, axis) in observed {
             let (data, shape): (Cow<[f32]>, Vec<usize>) = match (outputs.get(name), sample.get(name)) {
-                (Some(a), _) => (contiguous(a.as_slice(), || a.iter().copied().collect()), a.shape().to_vec()),
+                (Some(a), _) => {
+                    (contiguous(a.as_slice(), || a.iter().copied().collect()), a.shape().to_vec())
+                }
                 (None, Some(Input::F32(a))) => {
                     (contiguous(a.as_slice(), || a.iter().copied().collect()), a.shape().to_vec())
                 }

@@ -37,7 +37,8 @@ Examples:
   flux2 bench --model klein-onnx --refs 2 --steps 4
   for n in 1 2 4; do flux2 bench --model klein-onnx --batch $n --json bench-b$n.json; done
   flux2 calibrate --model klein-onnx --precision int8 --out klein-int8
-  flux2 bench --model klein-onnx --against klein-int8   # f32 and INT8 side by side, image PSNR";
+  flux2 bench --model klein-onnx --against klein-int8   # f32 and INT8 side by side, image PSNR
+  flux2 bench --model shapes-onnx --against shapes-int8 --adherence 96   # + prompt adherence of both";
 
 /// Measure per-stage latency of an exported model (sessions created once, then reused).
 #[derive(clap::Args)]
@@ -98,6 +99,11 @@ pub struct Args {
     /// the same request and printed side by side, with the PSNR of its image against --model's.
     #[arg(long)]
     pub against: Option<PathBuf>,
+    /// With --against on a model that ships a vocabulary.json (the shapes model): also judge this
+    /// many seeded captions with both folders and print their prompt adherence (0: skip).
+    #[cfg(feature = "full")]
+    #[arg(long, default_value_t = 48)]
+    pub adherence: usize,
 }
 
 /// min / median / p90 of a sample set (nearest-rank percentiles), seconds.
@@ -230,7 +236,18 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let against = match &args.against {
             Some(dir) => {
                 let counts = (args.warmup, args.runs);
-                Some(super::bench_against::compare(dir, make_factory(&args)?, &req, counts, (&runs, &image))?)
+                #[allow(unused_mut)]
+                let mut entry =
+                    super::bench_against::compare(dir, make_factory(&args)?, &req, counts, (&runs, &image))?;
+                #[cfg(feature = "full")]
+                if args.adherence > 0 {
+                    let make = || make_factory(&args);
+                    if let Some(a) = super::bench_against::adherence(&args.model, dir, args.adherence, &make)?
+                    {
+                        entry["adherence"] = a;
+                    }
+                }
+                Some(entry)
             }
             None => None,
         };

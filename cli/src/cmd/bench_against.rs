@@ -71,3 +71,31 @@ pub fn compare(
     println!("image PSNR of --against vs --model (same seed): {psnr:.2} dB");
     Ok(json!({"model": dir.display().to_string(), "median_seconds": rows, "image_psnr_db": psnr}))
 }
+
+/// When `model` ships a vocabulary.json: judges `prompts` seeded captions (seed 0) with both
+/// folders, prints the accuracies side by side and returns them as JSON; `None` otherwise.
+#[cfg(feature = "full")]
+pub fn adherence(
+    model: &Path,
+    against: &Path,
+    prompts: usize,
+    factory: &dyn Fn() -> anyhow::Result<SessionFactory>,
+) -> anyhow::Result<Option<serde_json::Value>> {
+    let Some((vocab, _)) = super::calibrate_vocab::find(model)? else {
+        return Ok(None);
+    };
+    let judge = |dir: &Path, name: &str| {
+        super::calibrate_vocab::adherence_of(dir, factory()?, &vocab, (prompts, 0), name, None)
+    };
+    let (a, b) = (judge(model, "--model")?, judge(against, "--against")?);
+    println!("prompt adherence ({prompts} captions, seed 0; `flux2 eval`'s classifier), all three right:");
+    println!(
+        "  --model {:.1} %   --against {:.1} %   ({:+.1} points)",
+        100.0 * a.all,
+        100.0 * b.all,
+        100.0 * (b.all - a.all)
+    );
+    Ok(Some(
+        json!({"prompts": prompts, "seed": 0, "model": a, "against": b, "change_points": 100.0 * (b.all - a.all)}),
+    ))
+}

@@ -75,17 +75,9 @@ pub fn judge(
     prompts: usize,
     seed: u64,
 ) -> anyhow::Result<Adherence> {
-    let opts = Options { prompts, seed, size: None, steps: None, shift: None };
     let run = |dir: &Path, name: &str| -> anyhow::Result<Accuracy> {
-        let mut pipe = Pipeline::new(dir, super::generate::factory("cpu")?)
-            .with_context(|| format!("adherence run on {}", dir.display()))?;
-        let pb = crate::progress::bar(prompts as u64, &format!("adherence ({name})"));
-        let (mut report, images) =
-            evaluate(&mut pipe, vocab, &opts, &mut |i, _| pb.set_position(i as u64 + 1))?;
-        pb.finish_and_clear();
-        report.model = dir.display().to_string();
-        write_outputs(&out.join("adherence").join(name), &report, &images)?;
-        Ok(report.accuracy)
+        let sheet = out.join("adherence").join(name);
+        adherence_of(dir, super::generate::factory("cpu")?, vocab, (prompts, seed), name, Some(&sheet))
     };
     let float = run(float_dir, "float")?;
     let quantized = run(out, "quantized")?;
@@ -97,6 +89,29 @@ pub fn judge(
     text.push_str(&markdown(&a));
     super::write_atomic(&md, text.as_bytes())?;
     Ok(a)
+}
+
+/// Accuracy of the export folder `dir` on `prompts` seeded captions (noise seed = seed + index),
+/// with a progress bar labelled `name`; the report and contact sheet go to `sheet` if given.
+pub fn adherence_of(
+    dir: &Path,
+    factory: flux2_runtime::pipeline::SessionFactory,
+    vocab: &Vocabulary,
+    (prompts, seed): (usize, u64),
+    name: &str,
+    sheet: Option<&Path>,
+) -> anyhow::Result<Accuracy> {
+    let opts = Options { prompts, seed, size: None, steps: None, shift: None };
+    let mut pipe =
+        Pipeline::new(dir, factory).with_context(|| format!("adherence run on {}", dir.display()))?;
+    let pb = crate::progress::bar(prompts as u64, &format!("adherence ({name})"));
+    let (mut report, images) = evaluate(&mut pipe, vocab, &opts, &mut |i, _| pb.set_position(i as u64 + 1))?;
+    pb.finish_and_clear();
+    report.model = dir.display().to_string();
+    if let Some(sheet) = sheet {
+        write_outputs(sheet, &report, &images)?;
+    }
+    Ok(report.accuracy)
 }
 
 fn markdown(a: &Adherence) -> String {
