@@ -144,7 +144,8 @@ impl Report {
             if !sel.per_layer.is_empty() || !sel.per_group.is_empty() {
                 let _ = writeln!(
                     s,
-                    "Sensitivity search: {} probe graphs ({} blocks ranked, {} layers ranked).",
+                    "Sensitivity search: {} probe graphs ({} blocks ranked, {} layers ranked; a layer's NMSE is \
+                     with it quantised alone, or on top of every layer outside the kept blocks when blocks were ranked).",
                     sel.measurements,
                     sel.per_group.len(),
                     sel.per_layer.len()
@@ -153,7 +154,10 @@ impl Report {
             if !c.kept_float.is_empty() {
                 let _ = writeln!(s, "\nKept in float:\n");
                 for k in &c.kept_float {
-                    let alone = k.nmse_alone.map(|v| format!(" (NMSE alone {})", sci(v))).unwrap_or_default();
+                    let alone = k
+                        .nmse_alone
+                        .map(|v| format!(" (NMSE with it quantised: {})", sci(v)))
+                        .unwrap_or_default();
                     let _ = writeln!(s, "- `{}`: {}{alone}", k.layer, k.reason);
                 }
             }

@@ -320,26 +320,40 @@ pub(super) fn calibrate_graph(
     for (name, e) in selection.per_layer.iter().filter(|(n, _)| selection.kept_float.contains(n)) {
         kept.push(KeptLayer {
             layer: name.clone(),
-            reason: if selection.per_group.is_empty() {
-                format!("sensitivity: needed to meet --budget-nmse {}", opts.budget_nmse)
-            } else {
-                format!(
-                    "sensitivity: needed to meet --budget-nmse {} (NMSE given quantised on top of the rest)",
-                    opts.budget_nmse
-                )
-            },
+            reason: format!("sensitivity: needed to meet --budget-nmse {}", opts.budget_nmse),
             nmse_alone: Some(*e),
         });
     }
 
-    let chosen: BTreeSet<String> = selection.quantized.iter().cloned().collect();
-    let mut q = insert_qdq(
-        &file,
-        &layers,
-        &QdqPlan { format: opts.format, layers: &chosen, sites: &sites, activations: &activations },
-    )?;
-    let staged = write_model(&q.proto, &file, staging, stem, DataMode::SelfContained)?;
-    let fid = fidelity(&reference, &outputs(&staged, &data.heldout, &output_names, sess)?);
+    let mut chosen: BTreeSet<String> = selection.quantized.iter().cloned().collect();
+    let stage = |chosen: &BTreeSet<String>| -> Result<_, CalibrateError> {
+        let plan = QdqPlan { format: opts.format, layers: chosen, sites: &sites, activations: &activations };
+        let q = insert_qdq(&file, &layers, &plan)?;
+        let staged = write_model(&q.proto, &file, staging, stem, DataMode::SelfContained)?;
+        let fid = fidelity(&reference, &outputs(&staged, &data.heldout, &output_names, sess)?);
+        Ok((q, staged, fid))
+    };
+    let (mut q, mut staged, mut fid) = stage(&chosen)?;
+    // the search measured on the first `n_sens` held-out samples; on all of them, keep the next
+    // most sensitive ranked layers in float until the budget holds there too
+    let ranked: Vec<(String, f64)> =
+        selection.per_layer.iter().filter(|(l, _)| chosen.contains(l)).cloned().collect();
+    let mut next = ranked.iter();
+    while n_sens < data.heldout.len() && fid.nmse_mean > opts.budget_nmse {
+        let Some((layer, e)) = next.next() else { break };
+        chosen.remove(layer.as_str());
+        kept.push(KeptLayer {
+            layer: layer.clone(),
+            reason: format!(
+                "held-out check: NMSE {:.3e} on all {} held-out samples exceeded --budget-nmse {}",
+                fid.nmse_mean,
+                data.heldout.len(),
+                opts.budget_nmse
+            ),
+            nmse_alone: Some(*e),
+        });
+        (q, staged, fid) = stage(&chosen)?;
+    }
     let lat = if opts.latency_runs > 0 {
         on_event(Event::Stage { label: &format!("latency {stem}"), total: 0 });
         let sample = &data.heldout[0];
