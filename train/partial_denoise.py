@@ -48,10 +48,7 @@ def main():
         eps = torch.randn(lat.shape, generator=torch.Generator().manual_seed(0))
         x = (1 - t0) * lat + t0 * eps
         sig = [t0] + [s for s in T.sigmas(16, a.steps) if s < t0]
-        for i in range(len(sig) - 1):
-            v = T.dit_call(dit, torch.cat([x, x]), torch.cat([ctx, unc.expand(b, -1, -1)]), torch.full((2 * b,), sig[i]), real)
-            vc, vu = v[:b], v[b:]
-            x = x + (sig[i + 1] - sig[i]) * (vu + a.guidance * (vc - vu))
+        x = T.euler_cfg(dit, x, ctx, unc, sig, real, a.guidance)
         kept = sum(classify.classify(img)[1] == want[1] for img, want in zip(common.decode_tokens(vae, x, 4, 4), labels))
         print(f"t0 {t0:.2f}: shape kept {kept}/{b}", flush=True)
 

@@ -90,19 +90,21 @@ def dit_call(dit, x, ctx, t, real, total=textenc.MAX_LENGTH):
 
 
 @torch.no_grad()
-def sample(dit, ctx, uncond, h, w, steps, seed, real):
-    """The klein-base sampler: Euler on the shifted schedule with true CFG."""
-    g = torch.Generator().manual_seed(seed)
+def euler_cfg(dit, x, ctx, uncond, sig, real, guidance=GUIDANCE):
+    """Euler steps from sig[0] down the noise levels `sig` with true CFG (empty negative prompt)."""
     b = ctx.shape[0]
-    x = torch.randn(b, h * w, 128, generator=g)
-    sig = sigmas(h * w, steps)
     both = torch.cat([ctx, uncond.expand(b, -1, -1)])
-    for i in range(steps):
-        t = torch.full((2 * b,), sig[i])
-        v = dit_call(dit, torch.cat([x, x]), both, t, real)
+    for i in range(len(sig) - 1):
+        v = dit_call(dit, torch.cat([x, x]), both, torch.full((2 * b,), sig[i]), real)
         vc, vu = v[:b], v[b:]
-        x = x + (sig[i + 1] - sig[i]) * (vu + GUIDANCE * (vc - vu))
+        x = x + (sig[i + 1] - sig[i]) * (vu + guidance * (vc - vu))
     return x
+
+
+def sample(dit, ctx, uncond, h, w, steps, seed, real):
+    """The klein-base sampler: pure noise, Euler on the shifted schedule with true CFG."""
+    x = torch.randn(ctx.shape[0], h * w, 128, generator=torch.Generator().manual_seed(seed))
+    return euler_cfg(dit, x, ctx, uncond, sigmas(h * w, steps), real)
 
 
 def adherence(dit, vae, feats, uncond, triples, size, steps, seed, real):

@@ -126,8 +126,9 @@ impl TensorStats {
         let per_bin = if self.range > 0.0 { BINS as f32 / self.range } else { 0.0 };
         let channel_last = channel_axis.is_some() && inner <= 1;
         for (k, chunk) in data.chunks(run).enumerate() {
+            let dk = factor(k);
             for (c, &v) in chunk.iter().enumerate() {
-                let d = if channel_last { divide.map(|d| d[c]) } else { factor(k) };
+                let d = if channel_last { divide.map(|d| d[c]) } else { dk };
                 let x = d.map_or(v, |d| v / d);
                 if x.is_finite() {
                     let b = ((x.abs() * per_bin) as usize).min(BINS - 1);
