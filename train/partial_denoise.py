@@ -29,6 +29,7 @@ def main():
     ap.add_argument("--steps", type=int, default=24)
     ap.add_argument("--guidance", type=float, default=T.GUIDANCE)
     ap.add_argument("--t0", default="0.3,0.5,0.7,0.9,1.0")
+    ap.add_argument("--shape", help="only pictures of this shape (e.g. square)")
     a = ap.parse_args()
     common.setup_threads()
     torch.set_grad_enabled(False)
@@ -40,7 +41,10 @@ def main():
     if not cached:
         raise SystemExit(f"no cached 64x64 latents in {a.vae}: run train_dit.py with this VAE first")
     data = torch.load(cached[0])
-    lat, labels = data["latents"][: a.n], data["labels"][: a.n]
+    keep = [i for i, l in enumerate(data["labels"]) if a.shape is None or l[1] == a.shape][: a.n]
+    if not keep:
+        raise SystemExit(f"no cached picture of shape {a.shape!r}")
+    lat, labels = data["latents"][keep], [data["labels"][i] for i in keep]
     index = {t: i for i, t in enumerate(triples)}
     ctx, unc = feats[[index[tuple(l)] for l in labels]], feats[-1:]
     b = len(lat)

@@ -99,9 +99,13 @@ class TimestepDist:
         above = (self.mode + (v - self.mass_before) / self.peak).clamp(self.mode, 1.0)
         return torch.where(v <= self.mass_before, below, above)
 
-    def sample(self, n: int, generator: torch.Generator) -> torch.Tensor:
+    def sample(self, n: int, generator: torch.Generator, stratified: bool = False) -> torch.Tensor:
+        """n draws; `stratified` puts one draw in each of the n equal-probability strata (a
+        lower-variance batch with the same distribution per element, in shuffled order)."""
         # open interval (0, 1), like the Rust sampler's open01
         u = (torch.randint(0, 1 << 52, (n,), generator=generator, dtype=torch.int64).double() + 0.5) / float(1 << 52)
+        if stratified:
+            u = (torch.randperm(n, generator=generator).double() + u) / n
         return self.quantile(u).float()
 
     def describe(self) -> str:

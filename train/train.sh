@@ -10,7 +10,8 @@
 # Logs and per-stage times go to train/runs/shipped/. Needs the pinned torch stack:
 #   PY=/path/to/python VAE_STEPS=3000 DIT_MINUTES=42 train/train.sh
 # The schedule follows wall time, so the step count depends on the machine: the shipped DiT got
-# 8,119 steps in 42 minutes (~13,000 on an idle 2-core machine at 0.19 s/step).
+# 8,119 steps in 42 minutes on a shared machine; an idle 2-core AVX2 EPYC measured 0.25 s/step, ~9,300
+# steps in 42 minutes (the zero-init run of train/README.md).
 set -euo pipefail
 cd "$(dirname "$0")"
 PY=${PY:-../.pyref/bin/python}

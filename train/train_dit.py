@@ -67,6 +67,15 @@ def text_blind_dims(dit) -> list[torch.nn.Parameter]:
 
 
 @torch.no_grad()
+def zero_init(dit) -> None:
+    """adaLN-Zero (the DiT paper's initialisation): every modulation starts at shift = scale =
+    gate = 0, so each block starts as the identity, and the output projection starts at 0."""
+    for m in (dit.double_stream_modulation_img, dit.double_stream_modulation_txt, dit.single_stream_modulation):
+        m.linear.weight.zero_()
+    dit.proj_out.weight.zero_()
+
+
+@torch.no_grad()
 def blind_to_text_positions(dit) -> None:
     """Zeroes the head dims RoPE rotates by the text axis l (see the module docs)."""
     n_l = dit.config.axes_dims_rope[3]
@@ -137,6 +146,11 @@ def check_uncompressed(dit, feats, real):
 def load_text(text_dir: Path):
     tok = transformers.AutoTokenizer.from_pretrained(text_dir / "tokenizer")
     enc = transformers.Qwen3ForCausalLM.from_pretrained(text_dir / "text_encoder").eval()
+    saved = next(enc.parameters()).dtype
+    # f32 compute whatever the saved dtype, as `flux2 export` runs it (bf16 weights upcast exactly);
+    # save_pipeline writes the encoder back in the dtype it was saved in
+    enc = enc.float()
+    enc.saved_dtype = saved
     return tok, enc
 
 
@@ -190,6 +204,7 @@ def save_pipeline(out: Path, dit, vae, enc, tok, size: int, steps: int, meta: di
         max_image_seq_len=4096,
         time_shift_type="exponential",
     )
+    enc = copy.deepcopy(enc).to(getattr(enc, "saved_dtype", torch.float32))
     pipe = Flux2KleinPipeline(scheduler=sched, vae=vae, text_encoder=enc, tokenizer=tok, transformer=dit, is_distilled=False)
     tmp = out.with_name(out.name + ".tmp")
     if tmp.exists():
@@ -223,7 +238,12 @@ def main():
     ap.add_argument("--init", type=Path, help="start from this saved model's transformer (continue a run)")
     ap.add_argument("--max-minutes", type=float, default=0, help="stop the DiT early after this many minutes (0: no cap)")
     ap.add_argument("--heads", type=int, default=common.DIT_CONFIG["num_attention_heads"], help="attention heads of 64 dims (hidden = 64 x heads)")
+    ap.add_argument("--double-blocks", type=int, default=common.DIT_CONFIG["num_layers"], help="double-stream (MM-DiT) blocks")
+    ap.add_argument("--single-blocks", type=int, default=common.DIT_CONFIG["num_single_layers"], help="single-stream blocks")
     ap.add_argument("--cosine", action="store_true", help="cosine learning-rate decay to 5 %% over --steps, or over --max-minutes of wall time when set")
+    ap.add_argument("--zero-init", action="store_true", help="adaLN-Zero start: modulations (shift, scale, gate) and the output projection at 0")
+    ap.add_argument("--stratified", action="store_true", help="one timestep per equal-probability stratum of the distribution in each batch")
+    ap.add_argument("--compile", action="store_true", help="torch.compile the training forward (faster steps after a one-off compile)")
     ap.add_argument("--save-dtype", choices=["f32", "bf16"], default="f32", help="dtype of the saved transformer weights (bf16 halves its size)")
     a = ap.parse_args()
     common.setup_threads()
@@ -243,12 +263,17 @@ def main():
     if a.init:
         dit = Flux2Transformer2DModel.from_pretrained(a.init / "transformer")
     else:
-        dit = Flux2Transformer2DModel(**{**common.DIT_CONFIG, "num_attention_heads": a.heads})
+        shape = {"num_attention_heads": a.heads, "num_layers": a.double_blocks, "num_single_layers": a.single_blocks}
+        dit = Flux2Transformer2DModel(**{**common.DIT_CONFIG, **shape})
+        if a.zero_init:
+            zero_init(dit)
     blind_to_text_positions(dit)
     ema = copy.deepcopy(dit).eval()
     for p in ema.parameters():
         p.requires_grad_(False)
     n_params = sum(p.numel() for p in dit.parameters())
+    ema_params, dit_params = list(ema.parameters()), list(dit.parameters())
+    fwd = torch.compile(dit) if a.compile else dit
     opt = torch.optim.AdamW(dit.parameters(), lr=a.lr, weight_decay=0.01, betas=(0.9, 0.99))
     warm = min(100, a.steps // 10)
     clock = common.Timer()
@@ -275,11 +300,11 @@ def main():
         drop = torch.rand(a.batch, generator=g) < CAPTION_DROPOUT
         ci[drop] = len(feats) - 1
         ctx = feats[ci]
-        t = dist.sample(a.batch, g)
+        t = dist.sample(a.batch, g, a.stratified)
         eps = torch.randn(x0.shape, generator=g)
         tt = t.view(-1, 1, 1)
         xt = (1 - tt) * x0 + tt * eps
-        v = dit_call(dit, xt, ctx, t, real)
+        v = dit_call(fwd, xt, ctx, t, real)
         loss = ((v - (eps - x0)) ** 2).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -289,8 +314,7 @@ def main():
         blind_to_text_positions(dit)
         decay = min(0.999, (1 + step) / (10 + step))
         with torch.no_grad():
-            for pe, pm in zip(ema.parameters(), dit.parameters()):
-                pe.lerp_(pm, 1 - decay)
+            torch._foreach_lerp_(ema_params, dit_params, 1 - decay)
         if step % 50 == 0 or step == a.steps - 1:
             print(f"step {step:5d} loss {loss.item():.4f} lr {sched.get_last_lr()[0]:.2e} ({timer() - train_start:.0f}s)", flush=True)
         over = a.max_minutes > 0 and (timer() - train_start) > 60 * a.max_minutes
@@ -310,7 +334,7 @@ def main():
         "batch": a.batch, "lr": a.lr, "images": a.images, "size": a.size, "dit_parameters": n_params,
         "dit_train_seconds": round(train_s), "python_checks": log,
         "text_encoder": "frozen random Qwen3 (see train/textenc.py)", "init": str(a.init) if a.init else None,
-        "heads": a.heads, "cosine": a.cosine, "save_dtype": a.save_dtype,
+        "heads": a.heads, "double_blocks": dit.config.num_layers, "single_blocks": dit.config.num_single_layers, "cosine": a.cosine, "stratified": a.stratified, "zero_init": a.zero_init, "compile": a.compile, "save_dtype": a.save_dtype,
     }
     check_uncompressed(ema, feats, real)
     if a.save_dtype == "bf16":

@@ -23,6 +23,8 @@ pub struct Options {
     pub steps: Option<usize>,
     /// Sampler shift; `None` takes the export's default.
     pub shift: Option<Shift>,
+    /// Guidance scale (true CFG for klein base); `None` takes the export's default.
+    pub guidance: Option<f32>,
 }
 
 /// One generation and its verdict.
@@ -89,6 +91,9 @@ pub struct Report {
     pub width: usize,
     pub height: usize,
     pub steps: usize,
+    /// The guidance asked for (`None`: the export's default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guidance: Option<f32>,
     pub accuracy: Accuracy,
     pub seconds: f64,
     pub items: Vec<Item>,
@@ -115,6 +120,7 @@ pub fn evaluate(
         let seed = opts.seed.wrapping_add(i as u64);
         let mut req = Request::new(PromptSource::Text(prompt.clone()));
         (req.width, req.height, req.steps, req.seed) = (Some(width), Some(height), Some(steps), seed);
+        req.guidance = opts.guidance;
         if let Some(shift) = opts.shift {
             req.shift = shift;
         }
@@ -133,6 +139,7 @@ pub fn evaluate(
         width,
         height,
         steps,
+        guidance: opts.guidance,
         accuracy: Accuracy::of(&items),
         seconds: started.elapsed().as_secs_f64(),
         items,

@@ -51,6 +51,10 @@ pub struct Args {
     /// Sampler shift: empirical, resolution[:BASE_TOKENS] or fixed:ALPHA [default: the export's].
     #[arg(long)]
     pub shift: Option<String>,
+    /// Guidance scale (true CFG with the empty negative prompt for this klein-base model)
+    /// [default: the export's, 4.0].
+    #[arg(long)]
+    pub guidance: Option<f32>,
     /// Folder for report.json and contact_sheet.png [default: MODEL/eval].
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -63,7 +67,17 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let (vocab, vocab_path) = Vocabulary::locate(&args.model, args.vocabulary.as_deref())?;
     let size = args.size.as_deref().map(super::demo::parse_size).transpose()?;
     let shift = args.shift.as_deref().map(str::parse).transpose().context("--shift")?;
-    let opts = Options { prompts: args.prompts, seed: args.seed, size, steps: args.steps, shift };
+    if let Some(g) = args.guidance.filter(|g| !g.is_finite() || *g < 0.0) {
+        anyhow::bail!("--guidance must be a finite number >= 0, got {g}");
+    }
+    let opts = Options {
+        prompts: args.prompts,
+        seed: args.seed,
+        size,
+        steps: args.steps,
+        shift,
+        guidance: args.guidance,
+    };
     if opts.prompts == 0 {
         anyhow::bail!("--prompts must be at least 1");
     }
@@ -81,8 +95,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     report.vocabulary = vocab_path.display().to_string();
     let (json, png) = write_outputs(&out_dir, &report, &images)?;
     let a = &report.accuracy;
+    let guidance = report.guidance.map(|g| format!(", guidance {g}")).unwrap_or_default();
     println!(
-        "{} prompts (seed {}), {}x{}, {} steps, {:.1}s",
+        "{} prompts (seed {}), {}x{}, {} steps{guidance}, {:.1}s",
         report.prompts, report.seed, report.width, report.height, report.steps, report.seconds
     );
     println!(
