@@ -10,28 +10,15 @@ A quick look before the Rust `flux2 eval` (which runs the exported graphs) confi
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import numpy as np
 import torch
 from diffusers import AutoencoderKLFlux2, Flux2Transformer2DModel
 
-import classify
 import common
 import train_dit as T
-
-
-def adherence(dit, vae, feats, unc, triples, steps, guidance, seed, real):
-    ok = np.zeros(4)
-    for i in range(0, len(triples), 16):
-        ctx = feats[i : i + 16]
-        x = torch.randn(ctx.shape[0], 16, 128, generator=torch.Generator().manual_seed(seed + i))
-        x = T.euler_cfg(dit, x, ctx, unc, T.sigmas(16, steps), real, guidance)
-        for img, want in zip(common.decode_tokens(vae, x, 4, 4), triples[i : i + 16]):
-            got = classify.classify(img)
-            hits = [got[k] == want[k] for k in range(3)]
-            ok += np.array(hits + [all(hits)], dtype=float)
-    return ok / len(triples)
 
 
 def main():
@@ -50,13 +37,14 @@ def main():
     text = a.text or a.model
     tok, enc = T.load_text(text)
     feats, triples, real = T.text_features(tok, enc, text)
+    size = json.loads((a.model / "vocabulary.json").read_text())["size"][0]
     rng = np.random.default_rng(a.seed)
     pick = rng.integers(0, len(triples), a.n)
     want = [triples[i] for i in pick]
     ctx, unc = feats[torch.from_numpy(pick)], feats[-1:]
     for steps in (int(s) for s in a.steps.split(",")):
         for g in (float(v) for v in a.guidance.split(",")):
-            acc = adherence(dit, vae, ctx, unc, want, steps, g, a.seed, real)
+            acc = T.adherence(dit, vae, ctx, unc, want, size, steps, a.seed, real, g)
             print(f"steps {steps:3d} guidance {g:4.1f}: colour {acc[0]:.3f} shape {acc[1]:.3f} bg {acc[2]:.3f} all {acc[3]:.3f}", flush=True)
 
 

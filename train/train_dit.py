@@ -110,18 +110,20 @@ def euler_cfg(dit, x, ctx, uncond, sig, real, guidance=GUIDANCE):
     return x
 
 
-def sample(dit, ctx, uncond, h, w, steps, seed, real):
+def sample(dit, ctx, uncond, h, w, steps, seed, real, guidance=GUIDANCE):
     """The klein-base sampler: pure noise, Euler on the shifted schedule with true CFG."""
     x = torch.randn(ctx.shape[0], h * w, 128, generator=torch.Generator().manual_seed(seed))
-    return euler_cfg(dit, x, ctx, uncond, sigmas(h * w, steps), real)
+    return euler_cfg(dit, x, ctx, uncond, sigmas(h * w, steps), real, guidance)
 
 
-def adherence(dit, vae, feats, uncond, triples, size, steps, seed, real):
+def adherence(dit, vae, feats, uncond, triples, size, steps, seed, real, guidance=GUIDANCE):
+    """Fractions right (colour, shape, background, all three) of the Python classifier on the
+    captions `triples` (contexts `feats`), 16 per batch, batch i with noise seed `seed + i`."""
     h = w = size // 16
     ok = np.zeros(4)
     for i in range(0, len(triples), 16):
         idx = list(range(i, min(i + 16, len(triples))))
-        x = sample(dit, feats[idx], uncond, h, w, steps, seed + i, real)
+        x = sample(dit, feats[idx], uncond, h, w, steps, seed + i, real, guidance)
         for img, want in zip(common.decode_tokens(vae, x, h, w), [triples[j] for j in idx]):
             got = classify.classify(img)
             hits = [got[k] == want[k] for k in range(3)]
