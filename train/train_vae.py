@@ -20,16 +20,17 @@ keeps the shape mask), so the decoder's last norm erased the colours and trainin
 ~60/255 mean error with every picture purple-ish. One group keeps the pattern across channels.
 Training uses random 32x32 crops (the VAE is convolutional; 4x cheaper than full pictures).
 
-`--target pool4` (tried, not shipped: train/README.md) gives the latent a prescribed meaning instead of leaving it
-free: the encoder is trained to output the picture's 4x4-pixel box averages (a 16x16 RGB image at
-64x64; each 8x8 latent pixel holds its 2x2 cells, 12 numbers, spread over the 32 channels by a
-fixed seeded orthonormal 32x12 matrix so every channel has variance), and the decoder to rebuild the
-full picture from that target with noise added. A free latent put the shape's outline in
-low-variance directions (the top 64 principal components carry 96 % of the variance but only
-81 % of the shapes; colour fills the rest), which isotropic diffusion noise drowns first and an
-MSE-trained DiT fits last. In a box-average latent the outline has variance in proportion to its
-area, as in pixel space, while the decoder still draws sharp edges (the coverage of each cell
-fixes the edge inside it): a 99 % reconstruction ceiling, but the DiT did not learn faster on it.
+`--target pool4` (tried, not shipped: train/README.md) gives the latent a prescribed meaning
+instead of leaving it free: the encoder is trained to output the picture's 4x4-pixel box averages
+(a 16x16 RGB image at 64x64; each 8x8 latent pixel holds its 2x2 cells, 12 numbers, spread over
+the 32 channels by a fixed seeded orthonormal 32x12 matrix so every channel has variance), and
+the decoder to rebuild the full picture from that target with noise added. The idea: a free
+latent puts the shape's outline in small principal components (the top 64 carry 97 % of the
+variance but decode to the right shape only 84 % of the time; colour fills the rest,
+latent_pca.py), which isotropic diffusion noise drowns first and an MSE-trained DiT fits last; a
+box-average latent is a small picture whose cell coverages still fix each edge for the decoder.
+Result: a 99 % reconstruction ceiling, but the spectrum was no more concentrated and the DiT
+did not learn faster on it.
 
     python train/train_vae.py --out train/cache/vae --steps 200 --seed 0
 """
