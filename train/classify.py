@@ -62,3 +62,14 @@ def classify(img: np.ndarray):
     mid2 = ys.min() + ys.max()
     top = np.where(2 * ys < mid2, 2, np.where(2 * ys == mid2, 1, 0)).sum() / (2.0 * len(region))
     return color, ("triangle" if top <= 0.4 else None), names[bg]
+
+
+def hit_counts(imgs, wants) -> np.ndarray:
+    """How many of the pictures `imgs` are right on colour, shape, background and all three, against
+    their (color, shape, background) triples `wants`."""
+    ok = np.zeros(4)
+    for img, want in zip(imgs, wants):
+        got = classify(img)
+        hits = [got[k] == want[k] for k in range(3)]
+        ok += np.array(hits + [all(hits)], dtype=float)
+    return ok

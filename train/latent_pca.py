@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import numpy as np
 import torch
 from diffusers import AutoencoderKLFlux2
 
@@ -50,12 +49,7 @@ def main():
     for k in ks:
         p = v[:k]
         zk = ((z - mean) @ p.T @ p + mean).float().reshape(a.held_out, tokens * tokens, -1)
-        ok = np.zeros(4)
-        for img, want in zip(common.decode_tokens(vae, zk, tokens, tokens), labels):
-            got = classify.classify(img)
-            hits = [got[i] == want[i] for i in range(3)]
-            ok += np.array(hits + [all(hits)], dtype=float)
-        c, sh, bg, al = ok / a.held_out
+        c, sh, bg, al = classify.hit_counts(common.decode_tokens(vae, zk, tokens, tokens), labels) / a.held_out
         print(f"decoded from top {k:4d}: colour {c:.3f} shape {sh:.3f} background {bg:.3f} all {al:.3f}", flush=True)
 
 

@@ -38,6 +38,7 @@ did not learn faster on it.
 from __future__ import annotations
 
 import argparse
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -57,14 +58,11 @@ def reconstruction_adherence(vae, size: int, seed: int, n: int = 200) -> dict:
     samples = [shapes.sample(rng, size) for _ in range(n)]
     x = common.to_pixels(np.stack([s[0] for s in samples]))
     rec = common.decode_tokens(vae, common.encode_latents(vae, x), size // 16, size // 16)
-    ok = np.zeros(4)
-    for img, (_, _, want) in zip(rec, samples):
-        got = classify.classify(img)
-        hits = [got[k] == want[k] for k in range(3)]
-        ok += np.array(hits + [all(hits)], dtype=float)
+    ok = classify.hit_counts(rec, [want for _, _, want in samples])
     return dict(zip(["color", "shape", "background", "all"], (ok / n).round(3).tolist()))
 
 
+@functools.cache
 def mixing(seed: int = 0) -> torch.Tensor:
     """Fixed orthonormal 32x12 matrix: the 12 box averages of a latent pixel -> 32 channels."""
     q, _ = torch.linalg.qr(torch.randn(32, 12, generator=torch.Generator().manual_seed(seed)))
