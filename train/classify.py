@@ -36,16 +36,23 @@ def _largest_region(mask: np.ndarray) -> np.ndarray:
     return np.array(best).reshape(-1, 2)
 
 
-def classify(img: np.ndarray):
+def shape_region(img: np.ndarray):
+    """Steps 1-3 of the rules: (palette labels per pixel, background label, the shape's pixels as
+    (y, x) rows or None below 1 % of the image), labels indexing sorted(shapes.PALETTE)."""
     names = sorted(shapes.PALETTE)
     pal = np.array([shapes.PALETTE[n] for n in names], dtype=np.int64)
-    d = ((img[..., None, :].astype(np.int64) - pal) ** 2).sum(-1)
-    idx = d.argmin(-1)
+    idx = ((img[..., None, :].astype(np.int64) - pal) ** 2).sum(-1).argmin(-1)
     h, w = idx.shape
     border = np.concatenate([idx[0], idx[-1], idx[:, 0], idx[:, -1]])
     bg = int(np.bincount(border, minlength=len(names)).argmax())
     region = _largest_region(idx != bg)
-    if len(region) < 0.01 * h * w:
+    return idx, bg, (region if len(region) >= 0.01 * h * w else None)
+
+
+def classify(img: np.ndarray):
+    names = sorted(shapes.PALETTE)
+    idx, bg, region = shape_region(img)
+    if region is None:
         return None, None, names[bg]
     color = names[int(np.bincount(idx[region[:, 0], region[:, 1]], minlength=len(names)).argmax())]
     ys, xs = region[:, 0], region[:, 1]

@@ -49,10 +49,7 @@ def main():
     ctx, unc = feats[[index[tuple(l)] for l in labels]], feats[-1:]
     b = len(lat)
     for t0 in (float(v) for v in a.t0.split(",")):
-        eps = torch.randn(lat.shape, generator=torch.Generator().manual_seed(0))
-        x = (1 - t0) * lat + t0 * eps
-        sig = [t0] + [s for s in T.sigmas(16, a.steps) if s < t0]
-        x = T.euler_cfg(dit, x, ctx, unc, sig, real, a.guidance)
+        x = T.denoise_from(dit, lat, t0, ctx, unc, a.steps, 0, real, a.guidance)
         kept = sum(classify.classify(img)[1] == want[1] for img, want in zip(common.decode_tokens(vae, x, 4, 4), labels))
         print(f"t0 {t0:.2f}: shape kept {kept}/{b}", flush=True)
 

@@ -110,6 +110,13 @@ def euler_cfg(dit, x, ctx, uncond, sig, real, guidance=GUIDANCE):
     return x
 
 
+def denoise_from(dit, z0, t0, ctx, uncond, steps, seed, real, guidance=GUIDANCE):
+    """Clean tokens z0 noised to t0 (noise seed `seed`), then the sampler's remaining steps below t0."""
+    eps = torch.randn(z0.shape, generator=torch.Generator().manual_seed(seed))
+    sig = [t0] + [s for s in sigmas(z0.shape[1], steps) if s < t0]
+    return euler_cfg(dit, (1 - t0) * z0 + t0 * eps, ctx, uncond, sig, real, guidance)
+
+
 def sample(dit, ctx, uncond, h, w, steps, seed, real, guidance=GUIDANCE):
     """The klein-base sampler: pure noise, Euler on the shifted schedule with true CFG."""
     x = torch.randn(ctx.shape[0], h * w, 128, generator=torch.Generator().manual_seed(seed))

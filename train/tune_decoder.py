@@ -47,15 +47,10 @@ import train_vae
 def clean_target(img: np.ndarray, want: tuple[str, str, str]) -> np.ndarray | None:
     """The caption's shape drawn clean on the bounding box of the sample's shape region (as the
     classifier finds it), or None when there is no region."""
-    names = sorted(shapes.PALETTE)
-    pal = np.array([shapes.PALETTE[n] for n in names], dtype=np.int64)
-    idx = ((img[..., None, :].astype(np.int64) - pal) ** 2).sum(-1).argmin(-1)
-    border = np.concatenate([idx[0], idx[-1], idx[:, 0], idx[:, -1]])
-    bg = int(np.bincount(border, minlength=len(names)).argmax())
-    region = classify._largest_region(idx != bg)
-    size = img.shape[0]
-    if len(region) < 0.01 * size * size:
+    _, _, region = classify.shape_region(img)
+    if region is None:
         return None
+    size = img.shape[0]
     ys, xs = region[:, 0], region[:, 1]
     bw, bh = xs.max() - xs.min() + 1, ys.max() - ys.min() + 1
     side = float(np.clip((bw + bh) / 2, shapes.SIDE_RANGE[0] * size, shapes.SIDE_RANGE[1] * size))
@@ -67,8 +62,8 @@ def clean_target(img: np.ndarray, want: tuple[str, str, str]) -> np.ndarray | No
 
 
 @torch.no_grad()
-def generate(dit, feats, uncond, triples, picks, size, steps, seed, real, batch=64):
-    """Sampled tokens (N, S, 128) for the captions triples[picks], batch i with noise seed seed + i."""
+def generate(dit, feats, uncond, picks, size, steps, seed, real, batch=64):
+    """Sampled tokens (N, S, 128) for the contexts feats[picks], batch i with noise seed seed + i."""
     h = size // 16
     out = []
     for i in range(0, len(picks), batch):
@@ -91,10 +86,8 @@ def denoise_pairs(dit, vae, feats, uncond, triples, n, size, steps, t0s, seed, r
         x = common.to_pixels(np.stack([s[0] for s in samples]))
         z0 = common.encode_latents(vae, x)
         t0 = t0s[b % len(t0s)]
-        eps = torch.randn(z0.shape, generator=torch.Generator().manual_seed(seed + b))
-        sig = [t0] + [s for s in T.sigmas(h * h, steps) if s < t0]
         ctx = feats[[index[tuple(s[2])] for s in samples]]
-        toks.append(T.euler_cfg(dit, (1 - t0) * z0 + t0 * eps, ctx, uncond, sig, real))
+        toks.append(T.denoise_from(dit, z0, t0, ctx, uncond, steps, seed + b, real))
         xs.append(x)
     return torch.cat(toks), torch.cat(xs)
 
@@ -145,7 +138,7 @@ def main():
         saved = torch.load(a.cache)
         tokens, wants = saved["tokens"], [tuple(w) for w in saved["wants"]]
     else:
-        tokens = generate(dit, feats, uncond, triples, picks, size, sample_steps, a.seed + 7000, real)
+        tokens = generate(dit, feats, uncond, picks, size, sample_steps, a.seed + 7000, real)
         wants = [triples[i] for i in picks]
         if a.cache:
             torch.save({"tokens": tokens, "wants": wants}, a.cache)
