@@ -69,13 +69,14 @@ def render(color: str, shape: str, background: str, size: int, side: float, x0: 
     return np.round(a * fg + (1 - a) * bg).astype(np.uint8)
 
 
-def sample(rng: np.random.Generator, size: int):
-    """One random example: (image uint8 HxWx3, caption, (color, shape, background))."""
+def sample(rng: np.random.Generator, size: int, shape_p: list[float] | None = None):
+    """One random example: (image uint8 HxWx3, caption, (color, shape, background)); the shape
+    is uniform, or drawn with probabilities `shape_p` (in SHAPES order)."""
     names = list(PALETTE)
     color = names[rng.integers(len(names))]
     others = [n for n in names if n != color]
     background = others[rng.integers(len(others))]
-    shape = SHAPES[rng.integers(len(SHAPES))]
+    shape = SHAPES[rng.integers(len(SHAPES)) if shape_p is None else rng.choice(len(SHAPES), p=shape_p)]
     side = rng.uniform(*SIDE_RANGE) * size
     x0 = rng.uniform(0, size - side)
     y0 = rng.uniform(0, size - side)

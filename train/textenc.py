@@ -8,24 +8,32 @@ each vocabulary word is one token and a caption always puts its colour, shape an
 words at the same positions.
 
 The text encoder is **frozen at random weights** (seeded, transformers' init, token embeddings
-drawn with std 0.1) with every `q_norm` weight set to 0. Why that is enough here: the prompts come
-from a closed vocabulary of ~20 words; the stacked hidden states are a fixed function of the token
-sequence that keeps each token's identity (its own embedding row and MLP path) and its role (the
-causal prefix it sees, through attention), which is all the DiT needs to learn to read. Training
-the encoder too would spend CPU time without adding information the DiT can use.
+drawn with std 0.1). Why that is enough here: the prompts come from a closed vocabulary of ~20
+words; the stacked hidden states are a fixed function of the token sequence that keeps each
+token's identity (its own embedding row and MLP path) and its role (the causal prefix it sees,
+through attention), which is all the DiT needs to learn to read. Training the encoder too would
+spend CPU time without adding information the DiT can use.
 
-Why q = 0: attention then weighs every visible key equally (a causal prefix mean). With klein's
-right padding, pad queries see exactly the real tokens, so **every pad position gets the same
-hidden states**. Together with the DiT's position-free text attention (train_dit.py), that lets
-training replace the ~490 identical pad tokens by one token of multiplicity n (log n added to
-its attention logit) exactly, 14x less compute, while the shipped model still runs the standard
-512-token klein pipeline. Layers 9/18/27 of a 28-layer model keep klein's choice (the final norm
-is not part of any output), so the checkpoint exports with flux2's klein defaults.
+Two attention set-ups, both exactly compressible for training (train_dit.compress; the DiT is
+blind to text positions), while the shipped model runs the standard 512-token klein pipeline:
+
+* q = 0 (`q_norm` weights 0; the previous model): attention weighs every visible key equally
+  (a causal prefix mean). With klein's right padding, pad queries see exactly the real tokens,
+  so every pad position gets the same hidden states and ~490 pads train as one token of
+  multiplicity n (log n added to its logit): 21 real tokens + 1.
+* routed (`route_attention`, the shipped model): every token except the colour and shape words
+  is one shared *filler*, and attention lets fillers see only fillers and content words only
+  content words. All 509 fillers then share one hidden state, and a caption trains as its 3
+  content words + 1 filler: a DiT step on 20 tokens instead of 38 (0.17 s against 0.28 s).
+
+Layers 9/18/27 of a 28-layer model keep klein's choice (the final norm is not part of any
+output), so the checkpoint exports with flux2's klein defaults.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import torch
@@ -113,7 +121,13 @@ def build_tokenizer(out: Path):
     return tok
 
 
-def build_text_encoder(vocab_size: int, seed: int) -> transformers.Qwen3ForCausalLM:
+def content_token_ids(tok) -> list[int]:
+    """The tokens that carry a caption's content: every colour and shape word (with its space)."""
+    return [tok(" " + w, add_special_tokens=False)["input_ids"][0] for w in [*shapes.PALETTE, *shapes.SHAPES]]
+
+
+def build_text_encoder(vocab_size: int, seed: int, content_ids: list[int] | None = None) -> transformers.Qwen3ForCausalLM:
+    """Frozen random encoder; q = 0 (prefix means) or, given `content_ids`, routed attention."""
     cfg = transformers.Qwen3Config(vocab_size=vocab_size, **TEXT_CONFIG)
     torch.manual_seed(seed)
     model = transformers.Qwen3ForCausalLM(cfg).eval()
@@ -123,9 +137,51 @@ def build_text_encoder(vocab_size: int, seed: int) -> transformers.Qwen3ForCausa
         emb.copy_(0.1 * torch.randn(emb.shape, generator=g))
         for layer in model.model.layers:
             layer.self_attn.q_norm.weight.zero_()
+        if content_ids is not None:
+            route_attention(model, content_ids)
     for p in model.parameters():
         p.requires_grad_(False)
     return model
+
+
+ROUTE_DIM = 0  # the residual-stream dimension holding the content (-1) / filler (+1) flag
+ROUTE_LOGIT = 40.0  # |attention logit| between two tokens: + same kind, - different kind
+
+
+@torch.no_grad()
+def route_attention(model, content_ids: list[int]) -> None:
+    """Every token that is not a colour or shape word (chat scaffolding, "a", "on",
+    "background", the pad) becomes one and the same *filler* token, and every attention head
+    lets fillers see only fillers and content words only content words (logits +-40 apart by
+    kind, so the other kind's softmax weight is ~e^-80: exactly 0 in f32). Then every filler
+    position has the same hidden states whatever the caption and wherever it sits, and a
+    caption's context reduces to its three content words (the shape's colour; the shape, which
+    also sees that colour; the background colour, which sees all three) plus one filler of
+    multiplicity 509, which the DiT trains on as 4 text tokens instead of 22.
+
+    How: residual dim ROUTE_DIM holds +1 (filler) / -1 (content) and no layer writes to it
+    (o_proj and down_proj rows 0); in each head q and k read only that dim into head dim 7, the
+    pair RoPE rotates slowest (5.6e-6 rad per position at theta 1e6, so the logit varies by
+    < 2e-4 over 512 positions), and q_norm / k_norm weights are 0 except there."""
+    emb = model.model.embed_tokens.weight
+    content = torch.zeros(emb.shape[0], dtype=torch.bool)
+    content[content_ids] = True
+    filler = emb[~content][0].clone()
+    emb[~content] = filler
+    emb[:, ROUTE_DIM] = torch.where(content, -1.0, 1.0)
+    cfg = model.config
+    d = cfg.head_dim
+    slow = d // 2 - 1  # rotate_half pairs (i, i + d/2) at frequency theta^(-2i/d)
+    w = (ROUTE_LOGIT * math.sqrt(d)) ** 0.5 / math.sqrt(d)  # q_n = k_n = sqrt(d) * w on dim `slow`
+    for layer in model.model.layers:
+        at = layer.self_attn
+        for proj, norm in ((at.q_proj, at.q_norm), (at.k_proj, at.k_norm)):
+            proj.weight.zero_()
+            proj.weight[slow::d, ROUTE_DIM] = 1.0
+            norm.weight.zero_()
+            norm.weight[slow] = w
+        at.o_proj.weight[ROUTE_DIM].zero_()
+        layer.mlp.down_proj.weight[ROUTE_DIM].zero_()
 
 
 @torch.no_grad()

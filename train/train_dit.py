@@ -8,14 +8,16 @@ formulas and parameters as calib/src/timesteps.rs) with the training alpha-shift
 10 % of captions are replaced by the empty prompt, so the model also runs klein-base style with
 true classifier-free guidance (negative prompt "").
 
-Exact padding compression. The frozen text encoder gives every pad position the same hidden
-states (textenc.py), and the DiT is made blind to text positions: the RMSNorm weights of q and k
-(image and text, double and single blocks) are 0 on the head dims that RoPE rotates by the text
-axis l (the last `axes_dims_rope[3]` dims), so RoPE on l acts on zeros. Then the ~490 pad tokens
-stay identical through every block and attention over them equals attention over one of them with
-log(n) added to its logit. Training feeds [real tokens, one pad token] with that bias (an additive
-attention mask) instead of 512 tokens: the same function, 14x cheaper. The shipped weights run
-unchanged in the standard 512-token pipeline (checked at the end against the uncompressed forward).
+Exact text compression. The frozen text encoder gives many positions the same hidden states
+(every pad; with the routed encoder every token but the colour and shape words, textenc.py), and
+the DiT is made blind to text positions: the RMSNorm weights of q and k (image and text, double
+and single blocks) are 0 on the head dims that RoPE rotates by the text axis l (the last
+`axes_dims_rope[3]` dims), so RoPE on l acts on zeros. Then identical text tokens stay identical
+through every block, and attention over n of them equals attention over one with log(n) added
+to its logit. Training feeds [distinct tokens, one filler] with that bias (an additive attention
+mask) instead of 512 tokens: the same function, 14x (q = 0 encoder) or 25x (routed) cheaper. The
+shipped weights run unchanged in the standard 512-token pipeline (checked at the end against the
+uncompressed forward on the real 512-token features).
 
     python train/train_dit.py --vae train/cache/vae --text train/cache/text \
         --dist ln --alpha 3 --seed 0 --steps 2000 --out models/flux2-shapes
@@ -136,17 +138,17 @@ def adherence(dit, vae, feats, uncond, triples, size, steps, seed, real, guidanc
 
 
 @torch.no_grad()
-def check_uncompressed(dit, feats, real):
-    """The compressed forward equals the standard 512-token one (what flux2 runs)."""
-    ctx = feats[:2]
-    full = torch.cat([ctx[:, :real], ctx[:, real:].expand(-1, textenc.MAX_LENGTH - real, -1)], dim=1)
+def check_uncompressed(dit, full, feats, real):
+    """The compressed forward equals the standard 512-token one (what flux2 runs), on the first
+    caption and the empty prompt with their real, uncompressed text features."""
+    rows = [0, len(full) - 1]
     x, t = torch.randn(2, 16, 128, generator=torch.Generator().manual_seed(1)), torch.tensor([0.3, 0.8])
-    a = dit(hidden_states=x, encoder_hidden_states=full, timestep=t, img_ids=common.img_ids(4, 4), txt_ids=common.txt_ids(textenc.MAX_LENGTH)).sample
-    b = dit_call(dit, x, ctx, t, real)
+    a = dit(hidden_states=x, encoder_hidden_states=full[rows], timestep=t, img_ids=common.img_ids(4, 4), txt_ids=common.txt_ids(full.shape[1])).sample
+    b = dit_call(dit, x, feats[rows], t, real, full.shape[1])
     err = (a - b).abs().max().item()
-    print(f"compressed vs 512-token forward: max abs diff {err:.2e}", flush=True)
+    print(f"compressed vs {full.shape[1]}-token forward: max abs diff {err:.2e}", flush=True)
     if err > 1e-4 * (1 + a.abs().max().item()):
-        raise RuntimeError(f"compressed training forward differs from the 512-token one by {err}")
+        raise RuntimeError(f"compressed training forward differs from the {full.shape[1]}-token one by {err}")
 
 
 def load_text(text_dir: Path):
@@ -160,43 +162,67 @@ def load_text(text_dir: Path):
     return tok, enc
 
 
-def text_features(tok, enc, text_dir: Path):
-    """Context of every caption and of "" (last row), compressed to [real tokens, one pad]:
-    (features [N, R+1, ctx], R). Checks that the pad positions really are identical."""
+def full_text_features(tok, enc, text_dir: Path):
+    """Context [N, 512, ctx] of every caption and of "" (last row), as the klein pipeline
+    computes it (cached in text_dir/features.pt), and the caption triples."""
     path = text_dir / "features.pt"
     triples = shapes.all_captions()
-    prompts = [shapes.caption(*t) for t in triples] + [""]
     if path.exists():
-        feats = torch.load(path)
-    else:
-        feats = textenc.encode(enc, tok, prompts)
-        torch.save(feats, path)
-    real = []
-    for p in prompts:
-        text = tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True, enable_thinking=False)
-        real.append(len(tok(text)["input_ids"]))
-    r = max(real)
-    for i, n in enumerate(real):
-        spread = (feats[i, n:] - feats[i, -1:]).abs().max().item()
-        if spread > 1e-5 * (1 + feats[i, -1].abs().max().item()):
-            raise RuntimeError(f"pad positions of prompt {prompts[i]!r} differ by {spread}: padding is not compressible")
-    return feats[:, : r + 1].contiguous(), triples, r
+        return torch.load(path), triples
+    feats = textenc.encode(enc, tok, [shapes.caption(*t) for t in triples] + [""])
+    torch.save(feats, path)
+    return feats, triples
 
 
-def latents(vae, vae_dir: Path, n: int, size: int, seed: int):
-    path = vae_dir / f"latents-{n}-{size}-{seed}.pt"
+def compress(full: torch.Tensor, tol: float = 1e-5):
+    """Exact text compression: the positions whose hidden states equal the last position's (a
+    pad, so a filler) form one group; each row keeps its other tokens in order, then filler
+    copies up to the longest row's R, then one filler that stands for all the rest (dit_call
+    adds log(512 - R) to its logit). Returns ([N, R+1, ctx], R)."""
+    filler = full[:, -1:]
+    scale = 1 + filler.abs().amax(dim=(1, 2), keepdim=True)[..., 0]
+    distinct = (full - filler).abs().amax(-1) > tol * scale  # [N, L]
+    r = int(distinct.sum(1).max())
+    out = filler.expand(-1, r + 1, -1).clone()
+    for i in range(len(full)):
+        idx = distinct[i].nonzero()[:, 0]
+        out[i, : len(idx)] = full[i, idx]
+    return out.contiguous(), r
+
+
+def text_features(tok, enc, text_dir: Path):
+    """Compressed contexts of every caption and of "" (last row): (features [N, R+1, ctx],
+    triples, R); R is 21 with the q = 0 encoder, 3 with the routed one (textenc.py)."""
+    full, triples = full_text_features(tok, enc, text_dir)
+    feats, r = compress(full)
+    return feats, triples, r
+
+
+def latents(vae, vae_dir: Path, n: int, size: int, seed: int, shape_p: list[float] | None = None):
+    mix = "" if shape_p is None else "-mix" + "-".join(f"{v:g}" for v in shape_p)
+    path = vae_dir / f"latents-{n}-{size}-{seed}{mix}.pt"
     if path.exists():
         return torch.load(path)
     rng = np.random.default_rng(seed)
     imgs, labels = [], []
     for _ in range(n):
-        img, _, lab = shapes.sample(rng, size)
+        img, _, lab = shapes.sample(rng, size, shape_p)
         imgs.append(img)
         labels.append(lab)
     lat = common.encode_latents(vae, common.to_pixels(np.stack(imgs)))
     data = {"latents": lat, "labels": labels}
     torch.save(data, path)
     return data
+
+
+def shape_mix(text: str | None) -> list[float] | None:
+    """--shape-mix "0.25,0.45,0.3" (circle, square, triangle) -> probabilities; None: uniform."""
+    if not text:
+        return None
+    p = [float(v) for v in text.split(",")]
+    if len(p) != len(shapes.SHAPES) or min(p) < 0 or sum(p) <= 0:
+        raise SystemExit(f"--shape-mix {text!r}: give {len(shapes.SHAPES)} non-negative weights for {', '.join(shapes.SHAPES)}")
+    return [v / sum(p) for v in p]
 
 
 def save_pipeline(out: Path, dit, vae, enc, tok, size: int, steps: int, meta: dict):
@@ -238,6 +264,7 @@ def main():
     ap.add_argument("--lr", type=float, default=6e-4)
     ap.add_argument("--images", type=int, default=3000)
     ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--shape-mix", help="training share of circle,square,triangle pictures, e.g. 0.25,0.45,0.3 (default: uniform); a caption's shape is always the picture's")
     ap.add_argument("--sample-steps", type=int, default=28)
     ap.add_argument("--eval-every", type=int, default=0, help="python adherence check every N steps (0: end only)")
     ap.add_argument("--eval-prompts", type=int, default=48)
@@ -259,11 +286,11 @@ def main():
     tok, enc = load_text(a.text)
     feats, triples, real = text_features(tok, enc, a.text)
     uncond = feats[-1:]
-    data = latents(vae, a.vae, a.images, a.size, 12345)
+    data = latents(vae, a.vae, a.images, a.size, 12345, shape_mix(a.shape_mix))
     lat, labels = data["latents"], data["labels"]
     index = {t: i for i, t in enumerate(triples)}
     cap_idx = torch.tensor([index[tuple(l)] for l in labels])
-    print(f"data ready in {timer():.0f}s: {len(lat)} latents {tuple(lat.shape[1:])}, {len(triples)} captions", flush=True)
+    print(f"data ready in {timer():.0f}s: {len(lat)} latents {tuple(lat.shape[1:])}, {len(triples)} captions, {real} + 1 text tokens", flush=True)
 
     torch.manual_seed(a.seed)
     if a.init:
@@ -337,12 +364,12 @@ def main():
     train_s = timer() - train_start
     meta = {
         "dist": a.dist, "alpha": a.alpha, "mu": a.mu, "sigma": a.sigma, "seed": a.seed, "steps": steps_done, "steps_requested": a.steps,
-        "batch": a.batch, "lr": a.lr, "images": a.images, "size": a.size, "dit_parameters": n_params,
+        "batch": a.batch, "lr": a.lr, "images": a.images, "shape_mix": a.shape_mix, "size": a.size, "dit_parameters": n_params,
         "dit_train_seconds": round(train_s), "python_checks": log,
         "text_encoder": "frozen random Qwen3 (see train/textenc.py)", "init": str(a.init) if a.init else None,
         "heads": a.heads, "double_blocks": dit.config.num_layers, "single_blocks": dit.config.num_single_layers, "cosine": a.cosine, "stratified": a.stratified, "zero_init": a.zero_init, "compile": a.compile, "save_dtype": a.save_dtype,
     }
-    check_uncompressed(ema, feats, real)
+    check_uncompressed(ema, full_text_features(tok, enc, a.text)[0], feats, real)
     if a.save_dtype == "bf16":
         ema = ema.to(torch.bfloat16)
     save_pipeline(a.out, ema, vae, enc, tok, a.size, a.sample_steps, meta)
