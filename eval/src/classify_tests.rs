@@ -222,6 +222,12 @@ fn vocabulary_errors_name_the_problem() {
     assert!(with("shapes", serde_json::json!(["hexagon"])).contains("hexagon"));
     assert!(with("size", serde_json::json!([60, 64])).contains("multiples of 16"));
     assert!(with("steps", 0.into()).contains("steps"));
+    assert!(with("guidance", serde_json::json!(-1.0)).contains("guidance -1"));
+    let mut b = base.clone();
+    b["guidance"] = serde_json::json!(2.5);
+    assert_eq!(Vocabulary::from_json(&b.to_string(), p).unwrap().guidance, Some(2.5));
+    b.as_object_mut().unwrap().remove("guidance");
+    assert_eq!(Vocabulary::from_json(&b.to_string(), p).unwrap().guidance, None, "guidance is optional");
 }
 
 #[test]

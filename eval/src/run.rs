@@ -14,7 +14,7 @@ use crate::prompts::captions;
 use crate::vocabulary::{Caption, Vocabulary};
 use crate::{EvalError, Result};
 
-/// What to run; `None` size/steps take the vocabulary's.
+/// What to run; `None` size/steps/guidance take the vocabulary's.
 #[derive(Clone, Debug)]
 pub struct Options {
     pub prompts: usize,
@@ -23,7 +23,8 @@ pub struct Options {
     pub steps: Option<usize>,
     /// Sampler shift; `None` takes the export's default.
     pub shift: Option<Shift>,
-    /// Guidance scale (true CFG for klein base); `None` takes the export's default.
+    /// Guidance scale (true CFG for klein base); `None` takes the vocabulary's, else the
+    /// export's default.
     pub guidance: Option<f32>,
 }
 
@@ -91,7 +92,7 @@ pub struct Report {
     pub width: usize,
     pub height: usize,
     pub steps: usize,
-    /// The guidance asked for (`None`: the export's default).
+    /// The guidance used (`None`: the export's default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub guidance: Option<f32>,
     pub accuracy: Accuracy,
@@ -113,6 +114,7 @@ pub fn evaluate(
     let started = Instant::now();
     let (width, height) = opts.size.unwrap_or((vocab.size[0], vocab.size[1]));
     let steps = opts.steps.unwrap_or(vocab.steps);
+    let guidance = opts.guidance.or(vocab.guidance);
     let mut items = Vec::with_capacity(opts.prompts);
     let mut images = Vec::with_capacity(opts.prompts);
     for (i, caption) in captions(vocab, opts.prompts, opts.seed).into_iter().enumerate() {
@@ -120,7 +122,7 @@ pub fn evaluate(
         let seed = opts.seed.wrapping_add(i as u64);
         let mut req = Request::new(PromptSource::Text(prompt.clone()));
         (req.width, req.height, req.steps, req.seed) = (Some(width), Some(height), Some(steps), seed);
-        req.guidance = opts.guidance;
+        req.guidance = guidance;
         if let Some(shift) = opts.shift {
             req.shift = shift;
         }
@@ -139,7 +141,7 @@ pub fn evaluate(
         width,
         height,
         steps,
-        guidance: opts.guidance,
+        guidance,
         accuracy: Accuracy::of(&items),
         seconds: started.elapsed().as_secs_f64(),
         items,

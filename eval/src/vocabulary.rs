@@ -1,10 +1,10 @@
 //! `vocabulary.json`, shipped beside a flux2-shapes checkpoint: the caption template, the named
-//! palette, the shapes, and the size and step count the model is meant to run at.
+//! palette, the shapes, and the size, step count and guidance the model is meant to run at.
 //!
 //! ```json
 //! {"template": "a {color} {shape} on a {background} background",
 //!  "colors": {"red": [220, 40, 40], ...}, "shapes": ["circle", "square", "triangle"],
-//!  "size": [64, 64], "steps": 28, "text_layers": [9, 18, 27]}
+//!  "size": [64, 64], "steps": 28, "guidance": 2.0, "text_layers": [9, 18, 27]}
 //! ```
 //!
 //! An export folder has no vocabulary of its own; [`Vocabulary::locate`] finds the one of the
@@ -35,6 +35,10 @@ pub struct Vocabulary {
     pub size: [usize; 2],
     /// Sampling steps the model is meant to run at.
     pub steps: usize,
+    /// Guidance scale the model is meant to run at (true CFG for a klein-base model); absent:
+    /// the runtime's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guidance: Option<f32>,
     /// Text-encoder hidden-state layers the model was trained with.
     #[serde(default)]
     pub text_layers: Vec<usize>,
@@ -75,6 +79,9 @@ impl Vocabulary {
         }
         if v.steps == 0 {
             return Err(bad("steps must be at least 1".into()));
+        }
+        if let Some(g) = v.guidance.filter(|g| !g.is_finite() || *g < 0.0) {
+            return Err(bad(format!("guidance {g} must be a finite number >= 0")));
         }
         Ok(v)
     }

@@ -12,6 +12,10 @@ use crate::names::{resolve_weights, ResolvedWeight};
 use crate::writer::{write_model, WeightMerge, WeightMode, WriteOptions};
 use crate::{io_err, ExportError, Result};
 
+/// Optional file beside `model_index.json` saying what size, steps and guidance the model is
+/// meant to run at (with the caption vocabulary of a shapes model).
+const VOCABULARY_FILE: &str = "vocabulary.json";
+
 /// What to export.
 #[derive(Clone, Debug)]
 pub struct ExportRequest {
@@ -219,7 +223,7 @@ fn write_all(
     if manifest.variant.is_empty() {
         manifest.variant = "custom".into();
     }
-    pipeline_defaults(source, &mut manifest);
+    pipeline_defaults(source, &mut manifest)?;
     if let Some(tok) = &source.tokenizer_dir {
         if planned.iter().any(|(ci, _, _)| source.components[*ci].kind == Kind::TextEncoder) {
             copy_dir(tok, &staging.join("tokenizer"))?;
@@ -240,8 +244,11 @@ fn write_all(
     Ok(manifest)
 }
 
-/// Defaults from diffusers' `model_index.json` (`is_distilled`) and the variant.
-fn pipeline_defaults(source: &ModelSource, m: &mut Manifest) {
+/// Defaults from diffusers' `model_index.json` (`is_distilled`) and, when the checkpoint ships
+/// a `vocabulary.json` (the shapes model of train/ does), the size, steps and guidance it says
+/// the model is meant to run at: `default_width`, `default_height`, `default_steps`,
+/// `default_guidance`, which `flux2 generate` takes when not told otherwise.
+fn pipeline_defaults(source: &ModelSource, m: &mut Manifest) -> Result<()> {
     if let Some(idx) = &source.model_index {
         if let Some(d) = idx.get("is_distilled").and_then(|v| v.as_bool()) {
             m.pipeline.insert("is_distilled".into(), d.into());
@@ -250,6 +257,43 @@ fn pipeline_defaults(source: &ModelSource, m: &mut Manifest) {
             m.pipeline.insert("pipeline_class".into(), c.into());
         }
     }
+    let path = source.root.join(VOCABULARY_FILE);
+    if !path.is_file() {
+        return Ok(());
+    }
+    let text = std::fs::read_to_string(&path).map_err(io_err(&path))?;
+    let bad = |msg: String| ExportError::Config { path: path.clone(), msg };
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(format!("not JSON: {e}")))?;
+    if let Some(size) = v.get("size") {
+        let wh = size
+            .as_array()
+            .filter(|a| a.len() == 2)
+            .map(|a| a.iter().map(|d| d.as_u64()).collect::<Vec<_>>());
+        match wh.as_deref() {
+            Some([Some(w), Some(h)]) if w % 16 == 0 && h % 16 == 0 && *w > 0 && *h > 0 => {
+                m.pipeline.insert("default_width".into(), (*w).into());
+                m.pipeline.insert("default_height".into(), (*h).into());
+            }
+            _ => {
+                return Err(bad(format!(
+                    "\"size\": {size} is not [width, height] in positive multiples of 16"
+                )))
+            }
+        }
+    }
+    if let Some(steps) = v.get("steps") {
+        match steps.as_u64().filter(|&n| n > 0) {
+            Some(n) => m.pipeline.insert("default_steps".into(), n.into()),
+            None => return Err(bad(format!("\"steps\": {steps} is not a positive integer"))),
+        };
+    }
+    if let Some(g) = v.get("guidance") {
+        match g.as_f64().filter(|g| g.is_finite() && *g >= 0.0) {
+            Some(x) => m.pipeline.insert("default_guidance".into(), x.into()),
+            None => return Err(bad(format!("\"guidance\": {g} is not a finite number >= 0"))),
+        };
+    }
+    Ok(())
 }
 
 fn copy_dir(src: &Path, dst: &Path) -> Result<()> {

@@ -100,12 +100,32 @@ impl ModelDir {
         }
     }
 
-    /// Default step count: 4 for distilled klein, 50 otherwise (flux2-arch.md §1.1).
+    /// Default step count: the export's `default_steps` (a checkpoint's vocabulary.json), else
+    /// 4 for distilled klein and 50 otherwise (flux2-arch.md §1.1).
     pub fn default_steps(&self) -> usize {
+        if let Some(n) = self.pipeline_u64("default_steps").filter(|&n| n > 0) {
+            return n as usize;
+        }
         match self.guidance_mode() {
             Guidance::None => 4,
             _ => 50,
         }
+    }
+
+    /// Default guidance: the export's `default_guidance`, else 4.0.
+    pub fn default_guidance(&self) -> f32 {
+        let g = self.manifest.pipeline.get("default_guidance").and_then(|v| v.as_f64());
+        g.filter(|g| g.is_finite() && *g >= 0.0).map_or(4.0, |g| g as f32)
+    }
+
+    /// Default (width, height): the export's `default_width`/`default_height`, else 1024².
+    pub fn default_size(&self) -> (usize, usize) {
+        let side = |k: &str| self.pipeline_u64(k).filter(|&n| n > 0 && n % 16 == 0).map(|n| n as usize);
+        (side("default_width").unwrap_or(1024), side("default_height").unwrap_or(1024))
+    }
+
+    fn pipeline_u64(&self, key: &str) -> Option<u64> {
+        self.manifest.pipeline.get(key).and_then(|v| v.as_u64())
     }
 
     /// Tokenizer folder, when the text encoder was exported with one.

@@ -100,7 +100,7 @@ pub(super) fn plan(model: &ModelDir, req: &Request) -> Result<Plan, RuntimeError
         check_embeds("--negative-prompt-embeds", t, ctx)?;
     }
     let mode = model.guidance_mode();
-    let guidance = req.guidance.unwrap_or(4.0);
+    let guidance = req.guidance.unwrap_or_else(|| model.default_guidance());
     if !guidance.is_finite() {
         return Err(input_err("--guidance", format!("{guidance} is not a finite number")));
     }
@@ -125,8 +125,9 @@ pub(super) fn plan(model: &ModelDir, req: &Request) -> Result<Plan, RuntimeError
     if !references.is_empty() {
         model.graph("vae_encoder")?;
     }
-    let width = req.width.or(references.first().map(|r| r.width)).unwrap_or(1024);
-    let height = req.height.or(references.first().map(|r| r.height)).unwrap_or(1024);
+    let (dw, dh) = model.default_size();
+    let width = req.width.or(references.first().map(|r| r.width)).unwrap_or(dw);
+    let height = req.height.or(references.first().map(|r| r.height)).unwrap_or(dh);
     for (name, v) in [("--width", width), ("--height", height)] {
         if v == 0 || v % 16 != 0 {
             return Err(input_err(

@@ -161,3 +161,48 @@ fn demo_checkpoint_exports_and_generates() {
     let diff = img.data.iter().zip(&other.data).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
     assert!(diff > 1e-3, "the prompt did not change the image");
 }
+
+#[test]
+fn vocabulary_json_sets_the_exports_sampling_defaults() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (ck, out) = (tmp.path().join("ck"), tmp.path().join("onnx"));
+    write_checkpoint(&SynthSpec::demo(4), &ck).unwrap();
+    let vocab = ck.join("vocabulary.json");
+    std::fs::write(&vocab, r#"{"size": [32, 48], "steps": 3, "guidance": 1.5, "shapes": ["circle"]}"#)
+        .unwrap();
+    let m = export_to(&ck, &out, None, options(Target::Ort, None), WeightMode::Copy).unwrap();
+    assert_eq!(m.pipeline["default_width"], serde_json::json!(32));
+    assert_eq!(m.pipeline["default_height"], serde_json::json!(48));
+    assert_eq!(m.pipeline["default_steps"], serde_json::json!(3));
+    assert_eq!(m.pipeline["default_guidance"], serde_json::json!(1.5));
+
+    let opts = SessionOptions::default();
+    let pipe = Pipeline::new(
+        &out,
+        Box::new(move |p: &std::path::Path, o: &[flux2_runtime::Override]| {
+            flux2_runtime::cpu_session_with(p, &opts, o)
+        }),
+    )
+    .unwrap();
+    let req = Request::new(PromptSource::Text("a lighthouse".into()));
+    let plan = pipe.plan(&req).unwrap();
+    assert_eq!((plan.width, plan.height, plan.schedule.steps(), plan.guidance), (32, 48, 3, 1.5));
+    // what the request says wins over the export's defaults
+    let mut req = req;
+    (req.width, req.height, req.steps, req.guidance) = (Some(64), Some(16), Some(2), Some(3.0));
+    let plan = pipe.plan(&req).unwrap();
+    assert_eq!((plan.width, plan.height, plan.schedule.steps(), plan.guidance), (64, 16, 2, 3.0));
+
+    // a bad value is refused, naming the file and the key, and nothing is written
+    for (bad, key) in
+        [(r#"{"size": [30, 48]}"#, "size"), (r#"{"steps": 0}"#, "steps"), (r#"{"guidance": -1}"#, "guidance")]
+    {
+        std::fs::write(&vocab, bad).unwrap();
+        let out2 = tmp.path().join(format!("onnx-{key}"));
+        let err = export_to(&ck, &out2, None, options(Target::Ort, None), WeightMode::Copy)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("vocabulary.json") && err.contains(key), "{err}");
+        assert!(!out2.join("manifest.json").exists(), "{key}: a manifest was written");
+    }
+}

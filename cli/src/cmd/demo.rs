@@ -36,9 +36,9 @@ background. It draws captions of its vocabulary (models/flux2-shapes/vocabulary.
   color, background: two different of black, blue, green, orange, purple, red, white, yellow
   shape: circle, square, triangle
 
---prompt accepts any such caption (and says which words it allows otherwise). Size and steps
-default to what the model was trained for. After generating, the demo's classifier (the one of
-`flux2 eval`) says what the picture shows.
+--prompt accepts any such caption (and says which words it allows otherwise). Size, steps and
+guidance default to what the model is meant to run at (its vocabulary.json). After generating,
+the demo's classifier (the one of `flux2 eval`) says what the picture shows.
 
 Output (under --out): onnx/ (the export, reused when current) and demo.png.
 
@@ -66,6 +66,9 @@ pub struct Args {
     /// Sampling steps [default: the vocabulary's].
     #[arg(long)]
     pub steps: Option<usize>,
+    /// Guidance scale (true CFG with the empty negative prompt) [default: the vocabulary's, else 4.0].
+    #[arg(long)]
+    pub guidance: Option<f32>,
     /// The checkpoint [default: models/flux2-shapes in the current folder or in this repository].
     #[arg(long)]
     pub checkpoint: Option<PathBuf>,
@@ -131,10 +134,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let mut req = Request::new(PromptSource::Text(prompt.clone()));
     (req.width, req.height, req.seed) = (Some(width), Some(height), args.seed);
     req.steps = Some(args.steps.unwrap_or(vocab.steps));
+    req.guidance = args.guidance.or(vocab.guidance);
     let mut pipe = Pipeline::new(&onnx, super::generate::factory(&args.provider)?)?;
     let plan = pipe.plan(&req)?;
     let steps = plan.schedule.steps();
-    println!("[3/3] generate: {width}×{height}, {steps} steps, seed {}, prompt \"{prompt}\"", args.seed);
+    println!(
+        "[3/3] generate: {width}×{height}, {steps} steps, guidance {}, seed {}, prompt \"{prompt}\"",
+        plan.guidance, args.seed
+    );
     let pb = crate::progress::bar(steps as u64, "denoise");
     let out = pipe.generate(&req, &mut |e| match e {
         Event::Stage(s) => pb.set_message(s.to_string()),
@@ -146,6 +153,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         ("flux2:prompt".into(), prompt.clone()),
         ("flux2:seed".into(), args.seed.to_string()),
         ("flux2:steps".into(), steps.to_string()),
+        ("flux2:guidance".into(), plan.guidance.to_string()),
         ("flux2:size".into(), format!("{width}x{height}")),
         ("flux2:model".into(), ckpt.display().to_string()),
     ];

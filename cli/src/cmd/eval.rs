@@ -12,7 +12,7 @@ use flux2_runtime::pipeline::Pipeline;
 
 const LONG_HELP: &str = "\
 MODEL is any export folder of a model trained on the shapes domain (train/), calibrated ones
-included. Its vocabulary.json (colours, shapes, caption template, size and steps) is found in
+included. Its vocabulary.json (colours, shapes, caption template, size, steps and guidance) is found in
 MODEL, else beside the checkpoint MODEL was exported from (via manifest.json), else give
 --vocabulary. Captions and noise seeds follow from --seed, so two runs with the same seed judge
 the same prompts and noise: compare a float export with its INT8/FP8 calibration that way.
@@ -52,7 +52,7 @@ pub struct Args {
     #[arg(long)]
     pub shift: Option<String>,
     /// Guidance scale (true CFG with the empty negative prompt for this klein-base model)
-    /// [default: the export's, 4.0].
+    /// [default: the vocabulary's, else the export's].
     #[arg(long)]
     pub guidance: Option<f32>,
     /// Folder for report.json and contact_sheet.png [default: MODEL/eval].

@@ -14,7 +14,9 @@ use flux2_runtime::tensor_file::{write_tensors, Tensor};
 /// Sampling follows the model: dev (guidance-distilled) makes one DiT call per step with
 /// --guidance as an input (default 4.0, 50 steps); distilled klein makes one call per step
 /// without guidance (4 steps); klein base uses true classifier-free guidance with the empty
-/// negative prompt (guidance 4.0, 50 steps). Each --ref image is centre-cropped to a
+/// negative prompt (guidance 4.0, 50 steps). An export of a checkpoint that ships a
+/// vocabulary.json (models/flux2-shapes) defaults to the size, steps and guidance it names
+/// (manifest.json's pipeline default_*). Each --ref image is centre-cropped to a
 /// multiple of 16 (resized first if above 1024² pixels), encoded, and appended to the
 /// sequence at time offsets 10, 20, ...; the output size defaults to the first reference's.
 ///
@@ -58,16 +60,16 @@ pub struct Args {
     /// Reference image for editing (repeatable; PNG or JPEG, at least 64 px a side).
     #[arg(long = "ref")]
     pub references: Vec<PathBuf>,
-    /// Width in pixels, a multiple of 16, at most 4096 [default: first reference's, else 1024].
+    /// Width in pixels, a multiple of 16, at most 4096 [default: first reference's, else the export's, else 1024].
     #[arg(long, allow_negative_numbers = true)]
     pub width: Option<usize>,
-    /// Height in pixels, a multiple of 16, at most 4096 [default: first reference's, else 1024].
+    /// Height in pixels, a multiple of 16, at most 4096 [default: first reference's, else the export's, else 1024].
     #[arg(long, allow_negative_numbers = true)]
     pub height: Option<usize>,
-    /// Sampling steps [default: 4 for distilled klein, 50 otherwise].
+    /// Sampling steps [default: the export's, else 4 for distilled klein, 50 otherwise].
     #[arg(long, allow_negative_numbers = true)]
     pub steps: Option<usize>,
-    /// Guidance: embedded (dev) or CFG scale (klein base); ignored by distilled klein [default: 4.0].
+    /// Guidance: embedded (dev) or CFG scale (klein base); ignored by distilled klein [default: the export's, else 4.0].
     #[arg(long, allow_negative_numbers = true)]
     pub guidance: Option<f32>,
     /// Schedule shift: empirical (FLUX.2's μ), resolution[:BASE_TOKENS] (α = √(tokens/base)), fixed:ALPHA.
