@@ -95,13 +95,16 @@ def dataset(n: int, size: int, seed: int):
     return imgs, labels
 
 
-def vocabulary(size: int, steps: int, text_layers: list[int]) -> dict:
-    """The `vocabulary.json` shipped with the model."""
+def vocabulary(size: int, steps: int, guidance: float, text_layers: list[int]) -> dict:
+    """The `vocabulary.json` shipped with the model: captions, and the size, steps and
+    guidance it is meant to run at (flux2 export records the last three as the export's
+    defaults)."""
     return {
         "template": TEMPLATE,
         "colors": {k: list(v) for k, v in PALETTE.items()},
         "shapes": list(SHAPES),
         "size": [size, size],
         "steps": steps,
+        "guidance": guidance,
         "text_layers": list(text_layers),
     }

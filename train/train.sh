@@ -28,7 +28,7 @@ stage() { local name=$1; shift; local t0=$SECONDS; "$PY" "$@" 2>&1 | grep --line
 TRAIN_THREADS=${DIT_THREADS:-2} OMP_NUM_THREADS=${DIT_THREADS:-2} \
   stage dit train_dit.py --vae cache/vae2 --text cache/text-routed --out "$LOG/checkpoint" --dist ln --alpha 3 --seed 0 \
   --size 64 --images 12000 --shape-mix 0.25,0.45,0.3 --steps 1000000 --max-minutes "${DIT_MINUTES:-42}" --batch 64 --lr 1.2e-3 \
-  --sample-steps 12 --eval-every 1500 --heads 3 --cosine --save-dtype bf16
+  --sample-steps 12 --run-steps 24 --guidance 2 --eval-every 1500 --heads 3 --cosine --save-dtype bf16
 [ "${SHIP:-1}" = 1 ] || { cat "$LOG/times.txt"; exit 0; }
 rm -rf ../models/flux2-shapes.tmp && cp -r "$LOG/checkpoint" ../models/flux2-shapes.tmp
 rm -f ../models/flux2-shapes.tmp/training.json.tmp

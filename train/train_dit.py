@@ -43,7 +43,11 @@ import shapes
 import textenc
 from timesteps import TimestepDist
 
-GUIDANCE = 4.0
+# The CFG scale the model is meant to run at (written to vocabulary.json; the python checks use
+# it too). `flux2 eval` of the shipped run: guidance 1.5 / 2 / 2.5 / 3 / 4 gave 77 / 81 / 74 / 75 /
+# 65 % all three on 96 captions (train/results/guidance-sweep.txt); that run's own python checks
+# were logged at 4.0, before this was measured.
+GUIDANCE = 2.0
 CAPTION_DROPOUT = 0.1
 
 
@@ -225,7 +229,7 @@ def shape_mix(text: str | None) -> list[float] | None:
     return [v / sum(p) for v in p]
 
 
-def save_pipeline(out: Path, dit, vae, enc, tok, size: int, steps: int, meta: dict):
+def save_pipeline(out: Path, dit, vae, enc, tok, size: int, steps: int, meta: dict, guidance: float = GUIDANCE):
     sched = FlowMatchEulerDiscreteScheduler(
         num_train_timesteps=1000,
         shift=3.0,
@@ -242,7 +246,7 @@ def save_pipeline(out: Path, dit, vae, enc, tok, size: int, steps: int, meta: di
     if tmp.exists():
         shutil.rmtree(tmp)
     pipe.save_pretrained(tmp, safe_serialization=True)
-    common.write_json(tmp / "vocabulary.json", shapes.vocabulary(size, steps, textenc.TEXT_LAYERS))
+    common.write_json(tmp / "vocabulary.json", shapes.vocabulary(size, steps, guidance, textenc.TEXT_LAYERS))
     common.write_json(tmp / "training.json", meta)
     if out.exists():
         shutil.rmtree(out)
@@ -265,7 +269,9 @@ def main():
     ap.add_argument("--images", type=int, default=3000)
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--shape-mix", help="training share of circle,square,triangle pictures, e.g. 0.25,0.45,0.3 (default: uniform); a caption's shape is always the picture's")
-    ap.add_argument("--sample-steps", type=int, default=28)
+    ap.add_argument("--sample-steps", type=int, default=28, help="sampling steps of the python checks")
+    ap.add_argument("--run-steps", type=int, help="steps vocabulary.json says the model runs at (default: --sample-steps)")
+    ap.add_argument("--guidance", type=float, default=GUIDANCE, help="CFG scale of the python checks and of vocabulary.json")
     ap.add_argument("--eval-every", type=int, default=0, help="python adherence check every N steps (0: end only)")
     ap.add_argument("--eval-prompts", type=int, default=48)
     ap.add_argument("--init", type=Path, help="start from this saved model's transformer (continue a run)")
@@ -279,6 +285,7 @@ def main():
     ap.add_argument("--compile", action="store_true", help="torch.compile the training forward (faster steps after a one-off compile)")
     ap.add_argument("--save-dtype", choices=["f32", "bf16"], default="f32", help="dtype of the saved transformer weights (bf16 halves its size)")
     a = ap.parse_args()
+    run_steps = a.run_steps or a.sample_steps
     common.setup_threads()
     timer = common.Timer()
     dist = TimestepDist(a.dist, a.alpha, a.mu, a.sigma)
@@ -353,11 +360,11 @@ def main():
         over = a.max_minutes > 0 and (timer() - train_start) > 60 * a.max_minutes
         last = step == a.steps - 1 or over
         if (a.eval_every and step > 0 and step % a.eval_every == 0) or last:
-            acc = adherence(ema, vae, eval_feats, uncond, eval_prompts, a.size, a.sample_steps, 7, real)
+            acc = adherence(ema, vae, eval_feats, uncond, eval_prompts, a.size, a.sample_steps, 7, real, a.guidance)
             log.append({"step": step, "seconds": round(timer() - train_start), "color": acc[0], "shape": acc[1], "background": acc[2], "all": acc[3]})
             print(f"  adherence (python check, {len(eval_prompts)} prompts) color {acc[0]:.2f} shape {acc[1]:.2f} bg {acc[2]:.2f} all {acc[3]:.2f}", flush=True)
             if not last:  # an intermediate model to look at (or continue with --init) while training goes on
-                save_pipeline(a.out.with_name(a.out.name + "-latest"), ema, vae, enc, tok, a.size, a.sample_steps, {"step": step, "python_checks": log})
+                save_pipeline(a.out.with_name(a.out.name + "-latest"), ema, vae, enc, tok, a.size, run_steps, {"step": step, "python_checks": log}, a.guidance)
         if last:
             break
     steps_done = step + 1
@@ -366,13 +373,13 @@ def main():
         "dist": a.dist, "alpha": a.alpha, "mu": a.mu, "sigma": a.sigma, "seed": a.seed, "steps": steps_done, "steps_requested": a.steps,
         "batch": a.batch, "lr": a.lr, "images": a.images, "shape_mix": a.shape_mix, "size": a.size, "dit_parameters": n_params,
         "dit_train_seconds": round(train_s), "python_checks": log,
-        "text_encoder": "frozen random Qwen3 (see train/textenc.py)", "init": str(a.init) if a.init else None,
+        "text_encoder": "frozen Qwen3 from build_text.py (see train/textenc.py)", "init": str(a.init) if a.init else None,
         "heads": a.heads, "double_blocks": dit.config.num_layers, "single_blocks": dit.config.num_single_layers, "cosine": a.cosine, "stratified": a.stratified, "zero_init": a.zero_init, "compile": a.compile, "save_dtype": a.save_dtype,
     }
     check_uncompressed(ema, full_text_features(tok, enc, a.text)[0], feats, real)
     if a.save_dtype == "bf16":
         ema = ema.to(torch.bfloat16)
-    save_pipeline(a.out, ema, vae, enc, tok, a.size, a.sample_steps, meta)
+    save_pipeline(a.out, ema, vae, enc, tok, a.size, run_steps, meta, a.guidance)
     print(f"saved {a.out} (DiT trained in {train_s:.0f}s, total {timer():.0f}s)", flush=True)
 
 
