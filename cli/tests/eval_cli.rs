@@ -1,6 +1,7 @@
 //! `flux2 eval` end to end on the shipped shapes model: it exports the model (through
 //! `flux2 demo`, as a new user would), judges a few seeded captions, writes report.json and the
-//! contact sheet, honours the sampling overrides (--steps, --guidance) and records them, gives
+//! contact sheet, honours the sampling overrides (--steps, --guidance) and records them (the
+//! vocabulary's guidance without --guidance), gives
 //! the same verdicts for the same seed, and refuses a bad --guidance before writing anything.
 
 use std::path::Path;
@@ -40,7 +41,10 @@ fn eval_writes_a_report_and_records_its_sampling_options() {
     let (ra, rb, rc) = (report(&a), report(&b), report(&c));
     assert_eq!(ra["prompts"], 3);
     assert_eq!(ra["items"].as_array().unwrap().len(), 3);
-    assert!(ra.get("guidance").is_none(), "no --guidance: the export's default, not recorded");
+    // no --guidance: the vocabulary's, when it names one (else the export's default, not recorded)
+    let vocab = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/flux2-shapes/vocabulary.json");
+    let vocab: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(vocab).unwrap()).unwrap();
+    assert_eq!(ra.get("guidance").and_then(|g| g.as_f64()), vocab.get("guidance").and_then(|g| g.as_f64()));
     for key in ["color", "shape", "background", "all"] {
         let v = ra["accuracy"][key].as_f64().unwrap();
         assert!((0.0..=1.0).contains(&v), "{key} = {v}");
