@@ -45,7 +45,7 @@ from timesteps import TimestepDist
 
 # The CFG scale the model is meant to run at (written to vocabulary.json; the python checks use
 # it too). `flux2 eval` of the shipped run: guidance 1.5 / 2 / 2.5 / 3 / 4 gave 77 / 81 / 74 / 75 /
-# 65 % all three on 96 captions (train/results/guidance-sweep.txt); that run's own python checks
+# 65 % all three on 96 captions (train/results/sampling-sweep.txt); that run's own python checks
 # were logged at 4.0, before this was measured.
 GUIDANCE = 2.0
 CAPTION_DROPOUT = 0.1
