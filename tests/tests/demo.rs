@@ -33,6 +33,16 @@ fn tree(dir: &Path) -> BTreeMap<String, Vec<u8>> {
     out
 }
 
+/// A CPU pipeline over the export folder `out`.
+fn cpu_pipeline(out: &Path) -> Pipeline {
+    let opts = SessionOptions::default();
+    Pipeline::new(
+        out,
+        Box::new(move |p: &Path, o: &[flux2_runtime::Override]| flux2_runtime::cpu_session_with(p, &opts, o)),
+    )
+    .unwrap()
+}
+
 #[test]
 fn same_seed_same_bytes_other_seed_other_weights() {
     let tmp = tempfile::tempdir().unwrap();
@@ -136,14 +146,7 @@ fn demo_checkpoint_exports_and_generates() {
     assert_eq!(m.pipeline["text_layers"], serde_json::json!([9, 18, 27]));
     assert_eq!(m.pipeline["is_distilled"], serde_json::json!(true));
 
-    let opts = SessionOptions::default();
-    let mut pipe = Pipeline::new(
-        &out,
-        Box::new(move |p: &std::path::Path, o: &[flux2_runtime::Override]| {
-            flux2_runtime::cpu_session_with(p, &opts, o)
-        }),
-    )
-    .unwrap();
+    let mut pipe = cpu_pipeline(&out);
     assert_eq!(pipe.model.guidance_mode(), Guidance::None);
     assert_eq!(pipe.model.default_steps(), 4);
     let mut req = Request::new(PromptSource::Text("a lighthouse at dusk".into()));
@@ -176,14 +179,7 @@ fn vocabulary_json_sets_the_exports_sampling_defaults() {
     assert_eq!(m.pipeline["default_steps"], serde_json::json!(3));
     assert_eq!(m.pipeline["default_guidance"], serde_json::json!(1.5));
 
-    let opts = SessionOptions::default();
-    let pipe = Pipeline::new(
-        &out,
-        Box::new(move |p: &std::path::Path, o: &[flux2_runtime::Override]| {
-            flux2_runtime::cpu_session_with(p, &opts, o)
-        }),
-    )
-    .unwrap();
+    let pipe = cpu_pipeline(&out);
     let req = Request::new(PromptSource::Text("a lighthouse".into()));
     let plan = pipe.plan(&req).unwrap();
     assert_eq!((plan.width, plan.height, plan.schedule.steps(), plan.guidance), (32, 48, 3, 1.5));
