@@ -291,7 +291,8 @@ def main():
     dist = TimestepDist(a.dist, a.alpha, a.mu, a.sigma)
     vae = AutoencoderKLFlux2.from_pretrained(a.vae).eval()
     tok, enc = load_text(a.text)
-    feats, triples, real = text_features(tok, enc, a.text)
+    full, triples = full_text_features(tok, enc, a.text)
+    feats, real = compress(full)
     uncond = feats[-1:]
     data = latents(vae, a.vae, a.images, a.size, 12345, shape_mix(a.shape_mix))
     lat, labels = data["latents"], data["labels"]
@@ -315,7 +316,7 @@ def main():
     ema_params, dit_params = list(ema.parameters()), list(dit.parameters())
     fwd = torch.compile(dit) if a.compile else dit
     opt = torch.optim.AdamW(dit.parameters(), lr=a.lr, weight_decay=0.01, betas=(0.9, 0.99))
-    warm = min(100, a.steps // 10)
+    warm = max(1, min(100, a.steps // 10))
     clock = common.Timer()
 
     def lr_at(s: int) -> float:
@@ -376,7 +377,7 @@ def main():
         "text_encoder": "frozen Qwen3 from build_text.py (see train/textenc.py)", "init": str(a.init) if a.init else None,
         "heads": a.heads, "double_blocks": dit.config.num_layers, "single_blocks": dit.config.num_single_layers, "cosine": a.cosine, "stratified": a.stratified, "zero_init": a.zero_init, "compile": a.compile, "save_dtype": a.save_dtype,
     }
-    check_uncompressed(ema, full_text_features(tok, enc, a.text)[0], feats, real)
+    check_uncompressed(ema, full, feats, real)
     if a.save_dtype == "bf16":
         ema = ema.to(torch.bfloat16)
     save_pipeline(a.out, ema, vae, enc, tok, a.size, run_steps, meta, a.guidance)
