@@ -59,7 +59,11 @@ impl Default for ExportArgs {
 }
 
 /// `--weights-precision`, `--block-size` and `--quantize-all` as low-bit options (None: float).
-pub fn parse_lowbit(precision: &str, block_size: usize, all: bool) -> Result<Option<LowbitOptions>, ExportError> {
+pub fn parse_lowbit(
+    precision: &str,
+    block_size: usize,
+    all: bool,
+) -> Result<Option<LowbitOptions>, ExportError> {
     let bits = match precision.to_ascii_lowercase().as_str() {
         "float" | "f" | "none" => {
             if all {
@@ -69,7 +73,9 @@ pub fn parse_lowbit(precision: &str, block_size: usize, all: bool) -> Result<Opt
         }
         "int8" | "i8" | "w8" => Bits::Int8,
         "int4" | "i4" | "w4" => Bits::Int4,
-        other => return Err(opt("--weights-precision", format!("'{other}' is not one of float, int8, int4"))),
+        other => {
+            return Err(opt("--weights-precision", format!("'{other}' is not one of float, int8, int4")))
+        }
     };
     if !BLOCK_SIZES.contains(&block_size) {
         let list: Vec<String> = BLOCK_SIZES.iter().map(|b| b.to_string()).collect();

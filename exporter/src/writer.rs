@@ -133,7 +133,17 @@ pub fn write_model(
         let mut data = DataFile::append(dir, stem)?;
         for w in &quantised {
             if let Some(site) = site_of(w) {
-                write_quantised(w, site, ckpt, stem, opts.merge, (lo, *target), &mut data, &mut inits, progress)?;
+                write_quantised(
+                    w,
+                    site,
+                    ckpt,
+                    stem,
+                    opts.merge,
+                    (lo, *target),
+                    &mut data,
+                    &mut inits,
+                    progress,
+                )?;
             }
         }
         data.finish(&mut report)?;
@@ -343,7 +353,14 @@ fn write_quantised(
     let start = data.begin(scales.len())?;
     data.write(&scales)?;
     let scale_name = lowbit::scale_name(&site.weight);
-    inits.push(external(&scale_name, w.decl.dtype.onnx(), &scale_dims, &data.name, start, scales.len() as u64));
+    inits.push(external(
+        &scale_name,
+        w.decl.dtype.onnx(),
+        &scale_dims,
+        &data.name,
+        start,
+        scales.len() as u64,
+    ));
     Ok(())
 }
 

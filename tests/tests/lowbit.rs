@@ -53,7 +53,7 @@ fn structure(path: &Path, bits: Bits) -> (Vec<String>, Vec<String>) {
     let (mut dq, mut float) = (Vec::new(), Vec::new());
     for m in g.node.iter().filter(|n| n.op_type == "MatMul") {
         match producer.get(m.input[1].as_str()) {
-            Some(p) if p.op_type == "DequantizeLinear" => {
+            Some(p) if p.op_type == "DequantizeLinear" && p.input[0].ends_with(".weight.q") => {
                 let want = if bits == Bits::Int8 { dtype::INT8 } else { dtype::INT4 };
                 assert_eq!(inits.get(p.input[0].as_str()), Some(&want), "{}", p.name);
                 dq.push(p.input[0].trim_end_matches(".q").to_string());
@@ -86,12 +86,15 @@ fn optimised_ops(path: &Path, work: &Path) -> HashMap<String, usize> {
 fn step_budget(ckpt_tensors: &HashMap<String, Input>, quantised: &[String], bits: Bits, block: usize) -> f64 {
     let mut budget = 0.0;
     for name in quantised {
-        let key = ckpt_tensors.keys().find(|k| k.ends_with(name.as_str())).unwrap_or_else(|| panic!("{name}"));
+        let key =
+            ckpt_tensors.keys().find(|k| k.ends_with(name.as_str())).unwrap_or_else(|| panic!("{name}"));
         let Input::F32(w) = &ckpt_tensors[key] else { panic!("{name}: not float") };
         let (n, k) = (w.shape()[0], w.shape()[1]);
         let vals: Vec<f32> = w.iter().copied().collect();
         let q = quantise(&vals, n, k, bits, block, DType::F32);
-        let err: f64 = (0..k).map(|kk| (0..n).map(|nn| (q.scales[(kk / block) * n + nn] as f64 / 2.0).powi(2)).sum::<f64>()).sum();
+        let err: f64 = (0..k)
+            .map(|kk| (0..n).map(|nn| (q.scales[(kk / block) * n + nn] as f64 / 2.0).powi(2)).sum::<f64>())
+            .sum();
         let energy: f64 = vals.iter().map(|v| (*v as f64).powi(2)).sum();
         budget += err / energy.max(1e-30);
     }
@@ -115,7 +118,7 @@ fn text_inputs() -> Vec<(&'static str, Input)> {
 fn check(kind: Kind, bits: Bits, block: usize) {
     let (ckpt, stem, inputs, weights) = match kind {
         Kind::Transformer => (fixture("dit/klein"), "transformer", dit_inputs(), "dit/klein/transformer"),
-        _ => (fixture("text/qwen3"), "text_encoder", text_inputs(), "text/qwen3/text_encoder"),
+        _ => (fixture("text/qwen3/text_encoder"), "text_encoder", text_inputs(), "text/qwen3/text_encoder"),
     };
     let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let (f32_dir, q_dir) = (tmp.path().join("f32"), tmp.path().join("q"));
@@ -136,7 +139,9 @@ fn check(kind: Kind, bits: Bits, block: usize) {
         assert!(keeps_float(stem, n, false), "{what}: {n} left float");
     }
     if kind == Kind::Transformer {
-        assert!(float.iter().any(|n| n == "x_embedder.weight") && float.iter().any(|n| n == "proj_out.weight"));
+        assert!(
+            float.iter().any(|n| n == "x_embedder.weight") && float.iter().any(|n| n == "proj_out.weight")
+        );
     } else {
         assert!(float.is_empty(), "{what}: {float:?}");
     }
@@ -178,4 +183,86 @@ fn dit_int8_and_int4_weights_fuse_and_stay_within_the_step_budget() {
 fn text_encoder_int8_and_int4_weights_fuse_and_stay_within_the_step_budget() {
     check(Kind::TextEncoder, Bits::Int8, 32);
     check(Kind::TextEncoder, Bits::Int4, 16);
+}
+
+/// `flux2 calibrate --precision int8` on a weight-only INT4 DiT: the low-bit linears are left as
+/// they are (not constants it can fold), the float ones (embedders, modulation, final layer)
+/// get Q/DQ, and the result still fuses into `MatMulNBits` and runs.
+#[test]
+fn calibrate_on_a_weight_only_export_quantises_the_float_linears_and_keeps_the_low_bit_ones() {
+    use flux2_calib::formats::Format;
+    use flux2_calib::run::{calibrate, CalibrateOptions, Component};
+    use flux2_exporter::manifest::Manifest;
+    let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let model = tmp.path().join("model");
+    let lo = LowbitOptions { bits: Bits::Int4, block_size: 16, include_all: false };
+    export_lowbit(&fixture("dit/klein"), &model, Kind::Transformer, Target::Ort, Some(lo));
+    let vae = tmp.path().join("vae");
+    export_lowbit(&fixture("vae/diffusers"), &vae, Kind::Vae, Target::Ort, None);
+    let mut m = Manifest::read(&model).unwrap_or_else(|e| panic!("{e}"));
+    let mv = Manifest::read(&vae).unwrap_or_else(|e| panic!("{e}"));
+    for e in std::fs::read_dir(&vae).unwrap_or_else(|e| panic!("{e}")).flatten() {
+        if e.file_name() != "manifest.json" && e.path().is_file() {
+            std::fs::copy(e.path(), model.join(e.file_name())).unwrap_or_else(|e| panic!("{e}"));
+        }
+    }
+    m.graphs.extend(mv.graphs);
+    m.configs.extend(mv.configs);
+    m.write(&model).unwrap_or_else(|e| panic!("{e}"));
+    let (dq_before, float_before) = structure(&model.join("transformer.onnx"), Bits::Int4);
+
+    let out = tmp.path().join("q");
+    let mut o = CalibrateOptions::new(model.clone(), out.clone(), Format::Int8);
+    o.sizes = vec![(64, 64)];
+    (o.samples, o.heldout, o.latency_runs, o.eval_images) = (4, 1, 0, 0);
+    (o.threads, o.components) = (Some(2), Some(vec![Component::Transformer]));
+    let r = calibrate(&o, &mut |_| {}).unwrap_or_else(|e| panic!("calibrate on a weight-only export: {e}"));
+    let c = &r.report.components["transformer"];
+    eprintln!(
+        "calibrated: {} layers quantised, {} kept float, nmse {:.2e}",
+        c.layers_quantized,
+        c.kept_float.len(),
+        c.nmse
+    );
+    assert!(c.layers_quantized > 0, "{c:?}");
+    for k in &c.kept_float {
+        assert!(!dq_before.iter().any(|d| d.starts_with(&k.layer)), "{} is a low-bit linear", k.layer);
+    }
+    assert!(!float_before.is_empty());
+    let q = out.join("transformer.onnx");
+    let (dq_after, _) = structure(&q, Bits::Int4);
+    assert_eq!(dq_after, dq_before, "the low-bit linears survive calibration");
+    let ops = optimised_ops(&q, tmp.path());
+    assert_eq!(ops.get("MatMulNBits").copied().unwrap_or(0), dq_before.len(), "{ops:?}");
+    let y = run_with(&q, &dit_inputs(), &sess(true));
+    assert!(y.iter().all(|v| v.is_finite()));
+}
+
+/// `--target tensorrt`: the same standard form TensorRT 10 takes as weight-only quantisation,
+/// INT4 blocked along K, INT8 one scale per output channel; the graph passes onnx.checker.
+#[test]
+fn tensorrt_target_gets_standard_weight_only_dequantize() {
+    for (bits, want_attrs) in
+        [(Bits::Int4, vec![("axis", 0), ("block_size", 16)]), (Bits::Int8, vec![("axis", 1)])]
+    {
+        let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let lo = LowbitOptions { bits, block_size: 16, include_all: false };
+        export_lowbit(&fixture("dit/klein"), tmp.path(), Kind::Transformer, Target::TensorRt, Some(lo));
+        let onnx = tmp.path().join("transformer.onnx");
+        onnx_check(&onnx);
+        let (dq, _) = structure(&onnx, bits);
+        assert!(!dq.is_empty());
+        let f = OnnxFile::read(&onnx).unwrap_or_else(|e| panic!("{e}"));
+        let g = f.graph();
+        for n in g.node.iter().filter(|n| n.op_type == "DequantizeLinear") {
+            let a: Vec<(&str, i64)> = n.attribute.iter().map(|a| (a.name.as_str(), a.i)).collect();
+            assert_eq!(a, want_attrs, "{bits:?} {}", n.name);
+            let scale =
+                g.initializer.iter().find(|t| t.name == n.input[1]).unwrap_or_else(|| panic!("{}", n.name));
+            assert_eq!(scale.data_type, dtype::FLOAT);
+            assert_eq!(scale.dims.len(), if bits == Bits::Int8 { 1 } else { 2 });
+        }
+        // weight-only, and still float graph inputs and outputs: no activation quantisation
+        assert!(!g.node.iter().any(|n| n.op_type == "QuantizeLinear"));
+    }
 }

@@ -28,8 +28,14 @@ use flux2_graphs::{attr, Model, Target};
 pub use quant::{quantise, Bits, Quantised};
 
 /// Name prefixes / parts of DiT weights kept float unless `include_all`.
-const DIT_FLOAT_PREFIXES: &[&str] =
-    &["x_embedder.", "context_embedder.", "time_guidance_embed.", "time_text_embed.", "norm_out.", "proj_out."];
+const DIT_FLOAT_PREFIXES: &[&str] = &[
+    "x_embedder.",
+    "context_embedder.",
+    "time_guidance_embed.",
+    "time_text_embed.",
+    "norm_out.",
+    "proj_out.",
+];
 
 /// Block sizes accepted (powers of two that ONNX Runtime's `MatMulNBits` supports).
 pub const BLOCK_SIZES: &[usize] = &[16, 32, 64, 128, 256];
@@ -61,7 +67,9 @@ pub fn keeps_float(stem: &str, name: &str, include_all: bool) -> bool {
         return false;
     }
     match stem {
-        "transformer" => DIT_FLOAT_PREFIXES.iter().any(|p| name.starts_with(p)) || name.contains("modulation"),
+        "transformer" => {
+            DIT_FLOAT_PREFIXES.iter().any(|p| name.starts_with(p)) || name.contains("modulation")
+        }
         "text_encoder" => false,
         _ => true,
     }
@@ -163,7 +171,12 @@ pub fn rewrite(g: &mut GraphProto, sites: &[Site], target: Target, opts: &Lowbit
 }
 
 /// The `metadata_props` entry describing the weight storage.
-pub fn metadata(sites: &[Site], total_linears: usize, target: Target, opts: &LowbitOptions) -> StringStringEntryProto {
+pub fn metadata(
+    sites: &[Site],
+    total_linears: usize,
+    target: Target,
+    opts: &LowbitOptions,
+) -> StringStringEntryProto {
     let scales = if per_channel(target, opts.bits) {
         "per output channel".to_string()
     } else {

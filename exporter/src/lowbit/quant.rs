@@ -220,7 +220,8 @@ mod tests {
         assert_eq!(q.scales, vec![8.0 / 7.0, 1.0]);
         // codes (K, N): k0: [round(7·7/8)=6, -1], k1: [-7, 2], k2: [round(7/8)=1, -7]
         let elems = [6i32, -1, -7, 2, 1, -7];
-        let want: Vec<u8> = elems.chunks(2).map(|p| ((p[0] as u8) & 0xf) | (((p[1] as u8) & 0xf) << 4)).collect();
+        let want: Vec<u8> =
+            elems.chunks(2).map(|p| ((p[0] as u8) & 0xf) | (((p[1] as u8) & 0xf) << 4)).collect();
         assert_eq!(q.codes, want);
         assert_eq!(want[0], 0xf6); // first element in the low nibble
     }

@@ -20,12 +20,17 @@ fn dit_policy_keeps_embedders_modulation_and_final_layer_float() {
     let lo = LowbitOptions { bits: Bits::Int4, block_size: 32, include_all: false };
     let sites = plan(&m, "transformer", &lo);
     let names: Vec<&str> = sites.iter().map(|s| s.weight.as_str()).collect();
-    for kept in ["x_embedder.weight", "context_embedder.weight", "proj_out.weight", "norm_out.linear.weight"] {
+    for kept in ["x_embedder.weight", "context_embedder.weight", "proj_out.weight", "norm_out.linear.weight"]
+    {
         assert!(!names.contains(&kept), "{kept} quantised");
     }
     assert!(!names.iter().any(|n| n.contains("modulation") || n.starts_with("time_guidance_embed")));
-    for q in ["transformer_blocks.0.attn.to_q.weight", "transformer_blocks.0.ff.linear_in.weight",
-        "single_transformer_blocks.0.attn.to_qkv_mlp_proj.weight", "single_transformer_blocks.0.attn.to_out.weight"] {
+    for q in [
+        "transformer_blocks.0.attn.to_q.weight",
+        "transformer_blocks.0.ff.linear_in.weight",
+        "single_transformer_blocks.0.attn.to_qkv_mlp_proj.weight",
+        "single_transformer_blocks.0.attn.to_out.weight",
+    ] {
         assert!(names.contains(&q), "{q} not quantised: {names:?}");
     }
     let all = plan(&m, "transformer", &LowbitOptions { include_all: true, ..lo });
