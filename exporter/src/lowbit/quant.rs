@@ -85,7 +85,7 @@ impl Quantised {
             Bits::Int8 => self.codes[i] as i8 as i32,
             Bits::Int4 => {
                 let b = self.codes[i / 2];
-                let nib = if i % 2 == 0 { b & 0x0f } else { b >> 4 };
+                let nib = if i.is_multiple_of(2) { b & 0x0f } else { b >> 4 };
                 ((nib << 4) as i8 >> 4) as i32
             }
         }
