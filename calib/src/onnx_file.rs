@@ -92,9 +92,11 @@ impl OnnxFile {
 
     /// The little-endian bytes of `t`, wherever they are stored.
     pub fn tensor_bytes(&self, t: &TensorProto) -> Result<Vec<u8>> {
-        let size = elem_size(t.data_type)
+        // INT4 / UINT4 (weight-only low-bit exports) pack two elements per byte
+        let packed4 = matches!(t.data_type, 21 | 22);
+        let size = if packed4 { Some(1) } else { elem_size(t.data_type) }
             .ok_or_else(|| self.tensor_err(t, format!("unsupported data type {}", t.data_type)))?;
-        let want = Self::numel(t) * size;
+        let want = if packed4 { Self::numel(t).div_ceil(2) } else { Self::numel(t) * size };
         let bytes = if t.data_location == onnx::tensor_proto::DataLocation::External as i32 {
             self.read_external(t, want)?
         } else {

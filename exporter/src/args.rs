@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use flux2_graphs::{DType, Target};
 
 use crate::export::ExportRequest;
+use crate::lowbit::{Bits, LowbitOptions, BLOCK_SIZES};
 use crate::models::ExportOptions;
 use crate::{ExportError, Kind, WeightMode};
 
@@ -30,6 +31,12 @@ pub struct ExportArgs {
     pub verify: bool,
     /// Link mode: what to do where a hard link is impossible (`copy`).
     pub link_fallback: Option<String>,
+    /// float, int8 or int4: how the DiT's and text encoder's linear weights are stored.
+    pub weights_precision: String,
+    /// Input channels per weight scale for int8/int4 (16, 32, 64, 128 or 256).
+    pub block_size: usize,
+    /// int8/int4: also quantise the DiT's embedders, modulation and final layer.
+    pub quantize_all: bool,
 }
 
 impl Default for ExportArgs {
@@ -44,8 +51,37 @@ impl Default for ExportArgs {
             allow_nonfinite: false,
             verify: false,
             link_fallback: None,
+            weights_precision: "float".into(),
+            block_size: 32,
+            quantize_all: false,
         }
     }
+}
+
+/// `--weights-precision`, `--block-size` and `--quantize-all` as low-bit options (None: float).
+pub fn parse_lowbit(
+    precision: &str,
+    block_size: usize,
+    all: bool,
+) -> Result<Option<LowbitOptions>, ExportError> {
+    let bits = match precision.to_ascii_lowercase().as_str() {
+        "float" | "f" | "none" => {
+            if all {
+                return Err(opt("--quantize-all", "applies to --weights-precision int8 or int4 only"));
+            }
+            return Ok(None);
+        }
+        "int8" | "i8" | "w8" => Bits::Int8,
+        "int4" | "i4" | "w4" => Bits::Int4,
+        other => {
+            return Err(opt("--weights-precision", format!("'{other}' is not one of float, int8, int4")))
+        }
+    };
+    if !BLOCK_SIZES.contains(&block_size) {
+        let list: Vec<String> = BLOCK_SIZES.iter().map(|b| b.to_string()).collect();
+        return Err(opt("--block-size", format!("{block_size} is not one of {}", list.join(", "))));
+    }
+    Ok(Some(LowbitOptions { bits, block_size, include_all: all }))
 }
 
 fn opt(name: &str, msg: impl Into<String>) -> ExportError {
@@ -122,6 +158,7 @@ impl ExportArgs {
         req.allow_nonfinite = self.allow_nonfinite;
         req.verify = self.verify;
         req.link_fallback_copy = link_fallback_copy;
+        req.lowbit = parse_lowbit(&self.weights_precision, self.block_size, self.quantize_all)?;
         Ok(req)
     }
 }
@@ -136,6 +173,12 @@ mod tests {
             (ExportArgs { dtype: "f64".into(), ..Default::default() }, "--dtype"),
             (ExportArgs { weights: "move".into(), ..Default::default() }, "--weights"),
             (ExportArgs { target: "tflite".into(), ..Default::default() }, "--target"),
+            (ExportArgs { weights_precision: "int3".into(), ..Default::default() }, "--weights-precision"),
+            (
+                ExportArgs { weights_precision: "int4".into(), block_size: 48, ..Default::default() },
+                "--block-size",
+            ),
+            (ExportArgs { quantize_all: true, ..Default::default() }, "--quantize-all"),
             (ExportArgs { components: Some(vec!["unet".into()]), ..Default::default() }, "unet"),
             (
                 ExportArgs { config: Some("/nonexistent/config.json".into()), ..Default::default() },
@@ -149,5 +192,9 @@ mod tests {
         let ok = ExportArgs { components: Some(vec!["dit".into(), "te".into()]), ..Default::default() };
         let r = ok.into_request().expect("valid options");
         assert_eq!(r.components, Some(vec![Kind::Transformer, Kind::TextEncoder]));
+        assert_eq!(r.lowbit, None, "float weights by default");
+        let w4 = ExportArgs { weights_precision: "int4".into(), block_size: 64, ..Default::default() };
+        let lo = w4.into_request().expect("valid options").lowbit;
+        assert_eq!(lo, Some(LowbitOptions { bits: Bits::Int4, block_size: 64, include_all: false }));
     }
 }

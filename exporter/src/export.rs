@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::layout::{Kind, ModelSource};
+use crate::lowbit::LowbitOptions;
 use crate::manifest::{dim_ranges, fingerprint, io_specs, GraphEntry, Manifest};
 use crate::models::{build, BuiltGraph, ExportOptions};
 use crate::names::{resolve_weights, ResolvedWeight};
@@ -31,6 +32,9 @@ pub struct ExportRequest {
     pub link_fallback_copy: bool,
     /// Weights merged on the way out (LoRA adapters, planned by the caller against the graphs).
     pub merge: Option<Arc<dyn WeightMerge>>,
+    /// Weight-only low-bit linears of the DiT and text encoder (`--weights-precision`); the
+    /// merge above happens first.
+    pub lowbit: Option<LowbitOptions>,
 }
 
 impl ExportRequest {
@@ -45,6 +49,7 @@ impl ExportRequest {
             verify: false,
             link_fallback_copy: false,
             merge: None,
+            lowbit: None,
         }
     }
 }
@@ -172,6 +177,7 @@ fn write_all(
         allow_nonfinite: req.allow_nonfinite,
         link_fallback_copy: req.link_fallback_copy,
         merge: req.merge.as_deref(),
+        lowbit: req.lowbit.map(|lo| (lo, req.options.target)),
     };
     let mut seen_files: Vec<PathBuf> = Vec::new();
     for (ci, g, weights) in planned {

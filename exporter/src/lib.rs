@@ -10,6 +10,7 @@ pub mod copy;
 pub mod export;
 pub mod layout;
 pub mod lora;
+pub mod lowbit;
 pub mod manifest;
 pub mod models;
 pub mod names;

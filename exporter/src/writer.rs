@@ -15,10 +15,11 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use flux2_graphs::onnx::{self, NodeProto, StringStringEntryProto, TensorProto};
-use flux2_graphs::{attr, Model};
+use flux2_graphs::{attr, Model, Target};
 
 use crate::checkpoint::Checkpoint;
 use crate::convert::convert;
+use crate::lowbit::{self, LowbitOptions, Site};
 use crate::names::{Piece, ResolvedWeight};
 use crate::{io_err, ExportError, Result};
 
@@ -54,12 +55,15 @@ pub struct WriteOptions<'a> {
     /// Weights to merge before writing. In link mode only the touched weights are written
     /// (to `<stem>.onnx.data`, in the graph's dtype); the others stay linked.
     pub merge: Option<&'a dyn WeightMerge>,
+    /// Weight-only low-bit storage of the selected linears (`--weights-precision`), for graphs
+    /// of this target. Quantised weights are always written (after any merge), never linked.
+    pub lowbit: Option<(LowbitOptions, Target)>,
 }
 
 impl WriteOptions<'_> {
     /// The options of `mode` with every check on, no fallback and nothing merged.
     pub fn new(mode: WeightMode) -> WriteOptions<'static> {
-        WriteOptions { mode, allow_nonfinite: false, link_fallback_copy: false, merge: None }
+        WriteOptions { mode, allow_nonfinite: false, link_fallback_copy: false, merge: None, lowbit: None }
     }
 }
 
@@ -88,10 +92,17 @@ pub fn write_model(
     let mut report = WriteReport { onnx: dir.join(format!("{stem}.onnx")), ..Default::default() };
     let mut prelude: Vec<NodeProto> = Vec::new();
     let mut inits: Vec<TensorProto> = Vec::new();
-    // Weights an adapter touches are merged and written; the others are copied or linked.
+    // Linears stored low-bit are read, merged, quantised and written; weights an adapter
+    // touches are merged and written; the others are copied or linked.
+    let sites = match &opts.lowbit {
+        Some((lo, _)) => lowbit::plan(model, stem, lo),
+        None => Vec::new(),
+    };
+    let site_of = |w: &ResolvedWeight| sites.iter().find(|s| s.weight == w.decl.name);
+    let (quantised, weights): (Vec<ResolvedWeight>, Vec<ResolvedWeight>) =
+        weights.iter().cloned().partition(|w| site_of(w).is_some());
     let touched = |w: &ResolvedWeight| opts.merge.is_some_and(|m| m.touches(stem, &w.decl.name));
-    let (merged, rest): (Vec<ResolvedWeight>, Vec<ResolvedWeight>) =
-        weights.iter().cloned().partition(touched);
+    let (merged, rest): (Vec<ResolvedWeight>, Vec<ResolvedWeight>) = weights.into_iter().partition(touched);
     match opts.mode {
         WeightMode::Copy => inits = copy_weights(&rest, ckpt, dir, stem, opts, &mut report, progress)?,
         WeightMode::Link => {
@@ -117,6 +128,29 @@ pub fn write_model(
             write_merged(w, ckpt, stem, m, &mut data, &mut inits, progress)?;
         }
         data.finish(&mut report)?;
+    }
+    if let (Some((lo, target)), false) = (&opts.lowbit, quantised.is_empty()) {
+        let mut data = DataFile::append(dir, stem)?;
+        for w in &quantised {
+            if let Some(site) = site_of(w) {
+                write_quantised(
+                    w,
+                    site,
+                    ckpt,
+                    stem,
+                    opts.merge,
+                    (lo, *target),
+                    &mut data,
+                    &mut inits,
+                    progress,
+                )?;
+            }
+        }
+        data.finish(&mut report)?;
+        let total = lowbit::count_linears(model, stem);
+        let graph = proto.graph.get_or_insert_with(Default::default);
+        lowbit::rewrite(graph, &sites, *target, lo);
+        proto.metadata_props.push(lowbit::metadata(&sites, total, *target, lo));
     }
     let graph = proto.graph.get_or_insert_with(Default::default);
     graph.initializer.extend(inits);
@@ -230,16 +264,14 @@ fn cannot_convert(ckpt: &Checkpoint, p: &Piece, to: flux2_graphs::DType) -> Expo
     }
 }
 
-/// Reads a weight whole (its pieces in order) as f32, merges, and writes it in the graph's dtype.
-fn write_merged(
+/// Reads a weight whole (its pieces in order) as f32, merging an adapter where one touches it.
+fn read_merged(
     w: &ResolvedWeight,
     ckpt: &Checkpoint,
     stem: &str,
-    merge: &dyn WeightMerge,
-    data: &mut DataFile,
-    inits: &mut Vec<TensorProto>,
+    merge: Option<&dyn WeightMerge>,
     progress: &mut dyn FnMut(u64),
-) -> Result<()> {
+) -> Result<Vec<f32>> {
     let sources = open_sources(ckpt)?;
     let mut values = Vec::with_capacity(w.decl.shape.iter().product());
     for p in &w.pieces {
@@ -250,7 +282,23 @@ fn write_merged(
         }
         progress(p.len);
     }
-    merge.apply(stem, &w.decl.name, &mut values);
+    if let Some(m) = merge.filter(|m| m.touches(stem, &w.decl.name)) {
+        m.apply(stem, &w.decl.name, &mut values);
+    }
+    Ok(values)
+}
+
+/// Reads a weight whole as f32, merges, and writes it in the graph's dtype.
+fn write_merged(
+    w: &ResolvedWeight,
+    ckpt: &Checkpoint,
+    stem: &str,
+    merge: &dyn WeightMerge,
+    data: &mut DataFile,
+    inits: &mut Vec<TensorProto>,
+    progress: &mut dyn FnMut(u64),
+) -> Result<()> {
+    let values = read_merged(w, ckpt, stem, Some(merge), progress)?;
     let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
     let mut conv = Vec::with_capacity(bytes.len());
     if !convert(flux2_graphs::DType::F32, w.decl.dtype, &bytes, &mut conv) {
@@ -269,6 +317,49 @@ fn write_merged(
         &data.name,
         start,
         conv.len() as u64,
+    ));
+    Ok(())
+}
+
+/// Reads a linear weight as f32 (merged), quantises it and writes its codes and scales.
+#[allow(clippy::too_many_arguments)]
+fn write_quantised(
+    w: &ResolvedWeight,
+    site: &Site,
+    ckpt: &Checkpoint,
+    stem: &str,
+    merge: Option<&dyn WeightMerge>,
+    (lo, target): (&LowbitOptions, Target),
+    data: &mut DataFile,
+    inits: &mut Vec<TensorProto>,
+    progress: &mut dyn FnMut(u64),
+) -> Result<()> {
+    let values = read_merged(w, ckpt, stem, merge, progress)?;
+    if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+        return Err(ExportError::Tensor {
+            name: w.decl.name.clone(),
+            path: ckpt.origin.clone(),
+            msg: format!("element {i} is {}: a non-finite weight cannot be quantised", values[i]),
+        });
+    }
+    let block = lowbit::effective_block(site, target, lo);
+    let q = lowbit::quantise(&values, site.n, site.k, lo.bits, block, w.decl.dtype);
+    let (code_dims, scale_dims) = lowbit::dims(site, target, lo);
+    let start = data.begin(q.codes.len())?;
+    data.write(&q.codes)?;
+    let code_name = lowbit::code_name(&site.weight);
+    inits.push(external(&code_name, lo.bits.onnx(), &code_dims, &data.name, start, q.codes.len() as u64));
+    let scales = q.scale_bytes(w.decl.dtype);
+    let start = data.begin(scales.len())?;
+    data.write(&scales)?;
+    let scale_name = lowbit::scale_name(&site.weight);
+    inits.push(external(
+        &scale_name,
+        w.decl.dtype.onnx(),
+        &scale_dims,
+        &data.name,
+        start,
+        scales.len() as u64,
     ));
     Ok(())
 }

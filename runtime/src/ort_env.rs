@@ -188,6 +188,9 @@ pub fn cpu_session_with(
     if !opts.qdq_fusion || manifest_precision(path).as_deref() == Some("fp8") {
         builder = builder.with_config_entry("session.disable_quant_qdq", "1").map_err(|e| ctx(e.into()))?;
     }
+    builder = builder
+        .with_config_entry("session.qdq_matmulnbits_accuracy_level", nbits_accuracy_level())
+        .map_err(|e| ctx(e.into()))?;
     with_overrides(builder, overrides, path)?.commit_from_file(path).map_err(ctx)
 }
 
@@ -203,8 +206,26 @@ pub fn save_optimized(path: &Path, out: &Path, opts: &SessionOptions) -> Result<
     if !opts.qdq_fusion || manifest_precision(path).as_deref() == Some("fp8") {
         builder = builder.with_config_entry("session.disable_quant_qdq", "1").map_err(|e| ctx(e.into()))?;
     }
+    builder = builder
+        .with_config_entry("session.qdq_matmulnbits_accuracy_level", nbits_accuracy_level())
+        .map_err(|e| ctx(e.into()))?;
     builder = builder.with_optimized_model_path(out).map_err(|e| ctx(e.into()))?;
     builder.commit_from_file(path).map_err(ctx).map(drop)
+}
+
+/// `accuracy_level` of the `MatMulNBits` kernels ONNX Runtime fuses from weight-only blocked
+/// `DequantizeLinear → MatMul` (`flux2 export --weights-precision int8|int4`): `0` (default)
+/// computes in f32 exactly what the dequantised weights give; `4` quantises the activations to
+/// INT8 per block as well (ONNX Runtime's own default, faster on VNNI CPUs, less accurate).
+/// `FLUX2_NBITS_ACCURACY` overrides it (0, 1, 2, 3 or 4).
+pub fn nbits_accuracy_level() -> &'static str {
+    match std::env::var("FLUX2_NBITS_ACCURACY").as_deref() {
+        Ok("1") => "1",
+        Ok("2") => "2",
+        Ok("3") => "3",
+        Ok("4") => "4",
+        _ => "0",
+    }
 }
 
 /// The `precision` the `manifest.json` beside `path` gives its graph, if any.

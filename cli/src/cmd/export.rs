@@ -30,6 +30,18 @@ use flux2_exporter::{ModelSource, WeightMode};
 /// written. With --weights link only the touched tensors are written (merged, in --dtype) to
 /// transformer.onnx.data; the rest stay linked. The manifest records each adapter. To try
 /// adapters without re-exporting, use `flux2 generate --lora` instead.
+///
+/// --weights-precision int8|int4 stores the linear weights of the DiT and the text encoder
+/// block-wise quantised (symmetric, one scale per output channel and --block-size input
+/// channels, scales in --dtype) as standard ONNX: INT8/INT4 initializers + DequantizeLinear
+/// (block_size, opset 21+) feeding each MatMul; activations stay float. ONNX Runtime's CPU
+/// provider runs these as fused MatMulNBits kernels, TensorRT 10 as weight-only quantisation
+/// (--target tensorrt: INT8 with per-channel scales). The DiT's embedders, modulation and final
+/// layer stay float unless --quantize-all. LoRA adapters are merged before quantising. The
+/// result can still be calibrated (`flux2 calibrate` leaves the low-bit linears as they are).
+///   flux2 export --checkpoint ./FLUX.2-klein-4B --out ./klein-w4 --weights-precision int4
+///   flux2 export --checkpoint ./FLUX.2-klein-4B --out ./klein-w8 --weights-precision int8 \
+///       --block-size 128
 #[derive(clap::Args)]
 #[command(verbatim_doc_comment)]
 pub struct Args {
@@ -76,6 +88,15 @@ pub struct Args {
     /// LoRA adapter merged into the DiT, FILE[:SCALE] (repeatable; scale 1 by default).
     #[arg(long, value_name = "FILE[:SCALE]")]
     lora: Vec<String>,
+    /// float, int8 or int4: storage of the DiT's and text encoder's linear weights.
+    #[arg(long, default_value = "float")]
+    weights_precision: String,
+    /// int8/int4: input channels per scale (16, 32, 64, 128 or 256).
+    #[arg(long, default_value_t = 32)]
+    block_size: usize,
+    /// int8/int4: also quantise the DiT's embedders, modulation and final layer.
+    #[arg(long)]
+    quantize_all: bool,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -89,6 +110,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         allow_nonfinite: args.allow_nonfinite,
         verify: args.verify,
         link_fallback: args.link_fallback.clone(),
+        weights_precision: args.weights_precision.clone(),
+        block_size: args.block_size,
+        quantize_all: args.quantize_all,
     }
     .into_request()?;
     let source = ModelSource::open(&args.checkpoint)?;
