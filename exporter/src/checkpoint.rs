@@ -97,7 +97,8 @@ impl Checkpoint {
         let (src, raw) = GgufSource::open(path)?;
         let tensors = raw.into_iter().map(|(k, raw)| (k, TensorInfo { file: 0, raw })).collect();
         let gguf_config = src.config.clone();
-        let file = CkptFile { path: path.to_path_buf(), header_len: src.header_len(), kind: FileKind::Gguf(src) };
+        let file =
+            CkptFile { path: path.to_path_buf(), header_len: src.header_len(), kind: FileKind::Gguf(src) };
         Ok(Checkpoint { origin: path.to_path_buf(), files: vec![Arc::new(file)], tensors, gguf_config })
     }
 
@@ -246,7 +247,13 @@ impl Checkpoint {
     /// Reads `buf.len()` bytes of file `file` at `offset` (a tensor's offset plus a position in
     /// it), through `handle` (the file opened for reading) or, for GGUF tensors served
     /// dequantised, by dequantising. Use this instead of reading the file at the offset.
-    pub fn read_at(&self, file: usize, handle: &std::fs::File, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+    pub fn read_at(
+        &self,
+        file: usize,
+        handle: &std::fs::File,
+        buf: &mut [u8],
+        offset: u64,
+    ) -> std::io::Result<()> {
         match self.files[file].gguf() {
             Some(g) if GgufSource::is_virtual(offset) => {
                 g.read_virtual(buf, offset).map_err(|e| std::io::Error::other(e.to_string()))

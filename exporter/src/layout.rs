@@ -162,7 +162,9 @@ impl ModelSource {
     fn open_diffusers(root: &Path, replace: &[(Kind, PathBuf)]) -> Result<ModelSource> {
         let model_index = read_json(&root.join("model_index.json"))?;
         let mut components = Vec::new();
-        for (sub, kind) in [("vae", Kind::Vae), ("transformer", Kind::Transformer), ("text_encoder", Kind::TextEncoder)] {
+        for (sub, kind) in
+            [("vae", Kind::Vae), ("transformer", Kind::Transformer), ("text_encoder", Kind::TextEncoder)]
+        {
             let dir = root.join(sub);
             if let Some((_, file)) = replace.iter().find(|(k, _)| *k == kind) {
                 components.push(open_replacement(kind, file, Some(&dir))?);

@@ -243,7 +243,8 @@ fn write_merged(
     let mut values = Vec::with_capacity(w.decl.shape.iter().product());
     for p in &w.pieces {
         let mut raw = vec![0u8; p.len as usize];
-        ckpt.read_at(p.file, &sources[p.file], &mut raw, p.offset).map_err(io_err(&ckpt.files[p.file].path))?;
+        ckpt.read_at(p.file, &sources[p.file], &mut raw, p.offset)
+            .map_err(io_err(&ckpt.files[p.file].path))?;
         if !crate::convert::decode(p.dtype, &raw, &mut values) {
             return Err(cannot_convert(ckpt, p, flux2_graphs::DType::F32));
         }

@@ -386,7 +386,8 @@ fn gguf_mutated(valid: Vec<u8>) -> impl Strategy<Value = Vec<u8>> {
 fn gguf_reader() {
     let dir = tempfile::tempdir().expect("tempdir");
     let valid = valid_gguf();
-    flux2_exporter::gguf::GgufFile::open(&write(dir.path(), "ok.gguf", &valid)).expect("the valid file opens");
+    flux2_exporter::gguf::GgufFile::open(&write(dir.path(), "ok.gguf", &valid))
+        .expect("the valid file opens");
     runner()
         .run(&gguf_mutated(valid), |bytes| {
             let p = write(dir.path(), "x.gguf", &bytes);

@@ -27,7 +27,14 @@ fn every_type_matches_the_gguf_package_bit_for_bit() {
             g.bytes(r).chunks_exact(4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
         let got: Vec<u32> = g.dequantize(t).unwrap().iter().map(|v| v.to_bits()).collect();
         let diff = got.iter().zip(&want).filter(|(a, b)| a != b).count();
-        assert_eq!(diff, 0, "{} ({}): {diff} of {} values differ from gguf.quants.dequantize", t.name, t.ty, want.len());
+        assert_eq!(
+            diff,
+            0,
+            "{} ({}): {diff} of {} values differ from gguf.quants.dequantize",
+            t.name,
+            t.ty,
+            want.len()
+        );
         // a row-aligned slice decodes the same as the whole
         let mut row = vec![0f32; 512];
         g.dequantize_into(t, 512, &mut row).unwrap();
@@ -234,7 +241,8 @@ fn approximate_types_report_their_added_error() {
         for (bits, symmetric) in [(8, false), (8, true), (4, false), (4, true)] {
             let r = reexpress(&g, t, Form { bits, symmetric, block: 32 }).unwrap();
             // the reported error is the RMS of the reconstruction's difference
-            let e2: f64 = (0..values.len()).map(|i| (f64::from(r.value(i)) - f64::from(values[i])).powi(2)).sum();
+            let e2: f64 =
+                (0..values.len()).map(|i| (f64::from(r.value(i)) - f64::from(values[i])).powi(2)).sum();
             let rms = (e2 / values.len() as f64).sqrt();
             assert!((rms - r.added_rms).abs() <= 1e-12 * (1.0 + rms), "{name}: {rms} vs {}", r.added_rms);
             assert!(!r.exact && r.added_rms > 0.0, "{name} {bits} {symmetric}");
@@ -244,7 +252,10 @@ fn approximate_types_report_their_added_error() {
             assert!(r.codes.iter().all(|&c| (min..=max).contains(&c)), "{name}: codes in range");
             errs.push(r.added_rms);
         }
-        eprintln!("{name}: INT8 asym/sym {:.2e}/{:.2e}, INT4 asym/sym {:.2e}/{:.2e}", errs[0], errs[1], errs[2], errs[3]);
+        eprintln!(
+            "{name}: INT8 asym/sym {:.2e}/{:.2e}, INT4 asym/sym {:.2e}/{:.2e}",
+            errs[0], errs[1], errs[2], errs[3]
+        );
         assert!(errs[0] < errs[2] && errs[1] < errs[3], "{name}: 8 bits beat 4 bits");
     }
 }

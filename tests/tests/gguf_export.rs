@@ -35,7 +35,8 @@ fn read_f32(path: &Path) -> Vec<(String, Vec<usize>, Vec<f32>)> {
 }
 
 fn write_f32(path: &Path, tensors: &[(String, Vec<usize>, Vec<f32>)]) {
-    let bytes: Vec<Vec<u8>> = tensors.iter().map(|(_, _, v)| v.iter().flat_map(|x| x.to_le_bytes()).collect()).collect();
+    let bytes: Vec<Vec<u8>> =
+        tensors.iter().map(|(_, _, v)| v.iter().flat_map(|x| x.to_le_bytes()).collect()).collect();
     let views: Vec<(&str, safetensors::tensor::TensorView)> = tensors
         .iter()
         .zip(&bytes)
@@ -64,7 +65,13 @@ fn as_stored(ck: &Checkpoint, gguf_name: &str, values: &[f32]) -> Vec<f32> {
 
 /// A diffusers-style DIR holding `sub/config.json` and, as `sub/<weights>`, the original
 /// tensors of `src` made equal to what `gguf` stores (`rename`: original -> GGUF checkpoint name).
-fn same_weights_dir(src: &Path, cfg: &Path, gguf: &Path, sub: &str, rename: &dyn Fn(&str) -> String) -> tempfile::TempDir {
+fn same_weights_dir(
+    src: &Path,
+    cfg: &Path,
+    gguf: &Path,
+    sub: &str,
+    rename: &dyn Fn(&str) -> String,
+) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("model_index.json"), "{}").unwrap();
     std::fs::create_dir_all(dir.path().join(sub)).unwrap();
@@ -84,7 +91,8 @@ fn same_weights_dir(src: &Path, cfg: &Path, gguf: &Path, sub: &str, rename: &dyn
 
 fn export_dir(src: &ModelSource, kind: Kind, layers: Option<Vec<usize>>) -> (tempfile::TempDir, PathBuf) {
     let out = tempfile::tempdir().unwrap();
-    let opts = ExportOptions { dtype: DType::F32, target: Target::Ort, text_layers: layers, config_override: None };
+    let opts =
+        ExportOptions { dtype: DType::F32, target: Target::Ort, text_layers: layers, config_override: None };
     let req = ExportRequest::new(Some(vec![kind]), opts, WeightMode::Copy);
     let m = export(src, out.path(), &req, &mut |_| {}).unwrap_or_else(|e| panic!("export: {e}"));
     let stem = if kind == Kind::Transformer { "transformer" } else { "text_encoder" };
@@ -125,8 +133,13 @@ fn dit_inputs(io: &HashMap<String, Input>) -> Vec<(&'static str, Input)> {
 fn dit_case(config: &str, gguf: &str, src: &str) {
     let gguf = fixture(&format!("gguf/{gguf}"));
     let cfg = fixture(&format!("dit/{config}/transformer/config.json"));
-    let reference = same_weights_dir(&fixture(&format!("dit/{config}/{src}")), &cfg, &gguf, "transformer", &|n| n.to_string());
-    let from_gguf = ModelSource::open_with(&fixture(&format!("dit/{config}")), &[(Kind::Transformer, gguf.clone())]).unwrap();
+    let reference =
+        same_weights_dir(&fixture(&format!("dit/{config}/{src}")), &cfg, &gguf, "transformer", &|n| {
+            n.to_string()
+        });
+    let from_gguf =
+        ModelSource::open_with(&fixture(&format!("dit/{config}")), &[(Kind::Transformer, gguf.clone())])
+            .unwrap();
     let (_a, a) = export_dir(&ModelSource::open(reference.path()).unwrap(), Kind::Transformer, None);
     let (_b, b) = export_dir(&from_gguf, Kind::Transformer, None);
     let io = load_tensors(&fixture(&format!("dit/{config}/io.safetensors"))).unwrap();
@@ -165,8 +178,10 @@ fn text_case(model: &str, gguf: &str) {
     let reference = same_weights_dir(&src, &cfg, &gguf, "text_encoder", &text_name);
     let io = load_tensors(&fixture(&format!("text/{model}/io.safetensors"))).unwrap();
     let layers = Some(ints(&io, "layers"));
-    let inputs = vec![("input_ids", io["input_ids"].clone()), ("attention_mask", io["attention_mask"].clone())];
-    let (_a, a) = export_dir(&ModelSource::open(reference.path()).unwrap(), Kind::TextEncoder, layers.clone());
+    let inputs =
+        vec![("input_ids", io["input_ids"].clone()), ("attention_mask", io["attention_mask"].clone())];
+    let (_a, a) =
+        export_dir(&ModelSource::open(reference.path()).unwrap(), Kind::TextEncoder, layers.clone());
     // with DIR's config.json
     let from_dir = ModelSource::open_with(reference.path(), &[(Kind::TextEncoder, gguf.clone())]).unwrap();
     let (_b, b) = export_dir(&from_dir, Kind::TextEncoder, layers.clone());
@@ -197,7 +212,8 @@ fn mistral_rows_are_unpermuted_exactly() {
     let g = Checkpoint::open(&fixture("gguf/mistral_f16.gguf")).unwrap();
     let orig = read_f32(&fixture("text/mistral/text_encoder/model.safetensors"));
     let mut checked = 0;
-    let qk = |n: &str| n.starts_with("model.language_model.") && (n.contains("q_proj") || n.contains("k_proj"));
+    let qk =
+        |n: &str| n.starts_with("model.language_model.") && (n.contains("q_proj") || n.contains("k_proj"));
     for (n, _, v) in orig.iter().filter(|(n, _, _)| qk(n)) {
         let t = g.get(&text_name(n)).unwrap();
         let b = g.bytes(t).unwrap();
@@ -212,17 +228,51 @@ fn mistral_rows_are_unpermuted_exactly() {
 #[test]
 fn wrong_component_and_link_mode_are_named() {
     // a text encoder given as the transformer
-    let e = ModelSource::open_with(&fixture("dit/klein"), &[(Kind::Transformer, fixture("gguf/qwen3_q8_0.gguf"))])
+    let e = ModelSource::open_with(
+        &fixture("dit/klein"),
+        &[(Kind::Transformer, fixture("gguf/qwen3_q8_0.gguf"))],
+    )
+    .err()
+    .map(|e| e.to_string())
+    .unwrap_or_default();
+    assert!(e.contains("qwen3_q8_0.gguf") && e.contains("given as the transformer"), "{e}");
+    // quantised tensors cannot be linked
+    let src = ModelSource::open_with(
+        &fixture("dit/guided"),
+        &[(Kind::Transformer, fixture("gguf/dit_guided_q4_0.gguf"))],
+    )
+    .unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let opts =
+        ExportOptions { dtype: DType::F32, target: Target::Ort, text_layers: None, config_override: None };
+    let req = ExportRequest::new(Some(vec![Kind::Transformer]), opts, WeightMode::Link);
+    let e = export(&src, &out.path().join("o"), &req, &mut |_| {})
         .err()
         .map(|e| e.to_string())
         .unwrap_or_default();
-    assert!(e.contains("qwen3_q8_0.gguf") && e.contains("given as the transformer"), "{e}");
-    // quantised tensors cannot be linked
-    let src = ModelSource::open_with(&fixture("dit/guided"), &[(Kind::Transformer, fixture("gguf/dit_guided_q4_0.gguf"))]).unwrap();
-    let out = tempfile::tempdir().unwrap();
-    let opts = ExportOptions { dtype: DType::F32, target: Target::Ort, text_layers: None, config_override: None };
-    let req = ExportRequest::new(Some(vec![Kind::Transformer]), opts, WeightMode::Link);
-    let e = export(&src, &out.path().join("o"), &req, &mut |_| {}).err().map(|e| e.to_string()).unwrap_or_default();
     assert!(e.contains("Q4_0") && e.contains("--weights copy") && e.contains("dit_guided_q4_0.gguf"), "{e}");
     assert!(!out.path().join("o").exists(), "nothing written");
+}
+
+#[test]
+fn f16_gguf_links_like_safetensors() {
+    // F16/F32 tensors stored as they are: link mode points at the GGUF file's bytes
+    let gguf = fixture("gguf/dit_klein_f16.gguf");
+    let src = ModelSource::open_with(&fixture("dit/klein"), &[(Kind::Transformer, gguf)]).unwrap();
+    let (_a, copied) = export_dir(&src, Kind::Transformer, None);
+    let out = tempfile::tempdir().unwrap();
+    let opts =
+        ExportOptions { dtype: DType::F32, target: Target::Ort, text_layers: None, config_override: None };
+    let req = ExportRequest::new(Some(vec![Kind::Transformer]), opts, WeightMode::Link);
+    export(&src, out.path(), &req, &mut |_| {}).unwrap();
+    assert!(!out.path().join("transformer.onnx.data").exists(), "nothing copied");
+    let io = load_tensors(&fixture("dit/klein/io.safetensors")).unwrap();
+    let db = compare(
+        "F16 GGUF link vs copy",
+        &copied,
+        &out.path().join("transformer.onnx"),
+        dit_inputs(&io),
+        "velocity",
+    );
+    assert!(db.is_infinite(), "the same values either way");
 }

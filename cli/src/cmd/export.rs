@@ -108,10 +108,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         link_fallback: args.link_fallback.clone(),
     }
     .into_request()?;
-    let replace: Vec<(Kind, PathBuf)> = [(Kind::Transformer, &args.transformer), (Kind::TextEncoder, &args.text_encoder)]
-        .into_iter()
-        .filter_map(|(k, p)| p.clone().map(|p| (k, p)))
-        .collect();
+    let replace: Vec<(Kind, PathBuf)> =
+        [(Kind::Transformer, &args.transformer), (Kind::TextEncoder, &args.text_encoder)]
+            .into_iter()
+            .filter_map(|(k, p)| p.clone().map(|p| (k, p)))
+            .collect();
     let source = ModelSource::open_with(&args.checkpoint, &replace)?;
     if args.verify && req.weights == WeightMode::Copy {
         eprintln!("note: --verify is implied by --weights copy, which checks every value it converts");

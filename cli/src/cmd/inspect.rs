@@ -58,7 +58,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         (Err(e), Some(g)) => {
             // a GGUF that is no FLUX.2 component: its own report is the answer
             if args.json {
-                println!("{}", serde_json::to_string_pretty(&serde_json::json!({"gguf": g, "components": []}))?);
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({"gguf": g, "components": []}))?
+                );
             } else {
                 gguf::print(g);
                 println!("  component:    none ({e})");
@@ -101,7 +104,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     match (&gguf, args.json) {
         (Some(g), true) => {
-            println!("{}", serde_json::to_string_pretty(&serde_json::json!({"gguf": g, "components": report}))?)
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&serde_json::json!({"gguf": g, "components": report}))?
+            )
         }
         (None, true) => println!("{}", serde_json::to_string_pretty(&report)?),
         (g, false) => {

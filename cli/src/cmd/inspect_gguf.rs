@@ -46,7 +46,10 @@ pub fn print(r: &Report) {
         for (form, e) in &s.forms {
             match e.snr_db {
                 None => println!("          {form:<16} exact"),
-                Some(db) => println!("          {form:<16} added RMS {:.3e} ({db:.1} dB below the values)", e.added_rms),
+                Some(db) => println!(
+                    "          {form:<16} added RMS {:.3e} ({db:.1} dB below the values)",
+                    e.added_rms
+                ),
             }
             if e.skipped > 0 {
                 println!("          {form:<16} ({} tensors with rows not whole blocks)", e.skipped);

@@ -68,7 +68,9 @@ impl Parser<'_> {
 
     fn parse(&mut self, bytes: &[u8]) -> Result<(), GgufError> {
         let mut c = Cursor { bytes, pos: 0 };
-        let magic = c.take(4).map_err(|_| self.format(format!("file is {} bytes, too short for a GGUF header", bytes.len())))?;
+        let magic = c.take(4).map_err(|_| {
+            self.format(format!("file is {} bytes, too short for a GGUF header", bytes.len()))
+        })?;
         if magic != b"GGUF" {
             return Err(self.format(format!("does not start with the GGUF magic (found {magic:02x?})")));
         }
@@ -85,6 +87,26 @@ impl Parser<'_> {
         }
         let n_tensors = c.count("tensor", 24).map_err(|m| self.format(m))?;
         let n_kv = c.count("metadata", 13).map_err(|m| self.format(m))?;
+        self.metadata(&mut c, n_kv)?;
+        let mut infos = Vec::with_capacity(n_tensors);
+        for i in 0..n_tensors {
+            infos.push(self.tensor_info(&mut c, i)?);
+        }
+        let header_end = c.pos as u64;
+        self.h.data_start = header_end.div_ceil(self.h.alignment) * self.h.alignment;
+        let mut seen = std::collections::BTreeSet::new();
+        for (name, dims, ty, rel) in infos {
+            if !seen.insert(name.clone()) {
+                return Err(self.tensor_err(&name, "appears twice"));
+            }
+            let t = self.locate(name, dims, ty, rel)?;
+            self.h.tensors.push(t);
+        }
+        Ok(())
+    }
+
+    /// The key/values, and `general.alignment` from them.
+    fn metadata(&mut self, c: &mut Cursor, n_kv: usize) -> Result<(), GgufError> {
         for i in 0..n_kv {
             let key = c.string().map_err(|m| self.format(format!("metadata entry {i}: key: {m}")))?;
             let ty = c.u32().map_err(|m| self.format(format!("metadata '{key}': {m}")))?;
@@ -104,20 +126,6 @@ impl Parser<'_> {
                     )))
                 }
             }
-        }
-        let mut infos = Vec::with_capacity(n_tensors);
-        for i in 0..n_tensors {
-            infos.push(self.tensor_info(&mut c, i)?);
-        }
-        let header_end = c.pos as u64;
-        self.h.data_start = header_end.div_ceil(self.h.alignment) * self.h.alignment;
-        let mut seen = std::collections::BTreeSet::new();
-        for (name, dims, ty, rel) in infos {
-            if !seen.insert(name.clone()) {
-                return Err(self.tensor_err(&name, "appears twice"));
-            }
-            let t = self.locate(name, dims, ty, rel)?;
-            self.h.tensors.push(t);
         }
         Ok(())
     }
@@ -151,7 +159,10 @@ impl Parser<'_> {
         })?;
         let numel = dims.iter().try_fold(1u64, |n, &d| n.checked_mul(d));
         let numel = numel.filter(|&n| n <= self.size.saturating_mul(256)).ok_or_else(|| {
-            self.tensor_err(&name, format!("dims {dims:?} hold more elements than a file of {} bytes can", self.size))
+            self.tensor_err(
+                &name,
+                format!("dims {dims:?} hold more elements than a file of {} bytes can", self.size),
+            )
         })?;
         let row = dims.first().copied().unwrap_or(1);
         if row % ty.block_size() as u64 != 0 {
@@ -182,7 +193,6 @@ impl Parser<'_> {
         let shape = dims.iter().rev().map(|&d| d as usize).collect();
         Ok(GgufTensor { name, ty, shape, offset, len })
     }
-
 }
 
 /// What the header says (everything but the map).
@@ -207,7 +217,10 @@ impl GgufFile {
     pub fn open(path: &Path) -> Result<GgufFile, GgufError> {
         let io = |e: std::io::Error| GgufError::Io { path: path.to_path_buf(), err: e };
         if path.is_dir() {
-            return Err(GgufError::Format { path: path.to_path_buf(), msg: "is a folder, not a .gguf file".into() });
+            return Err(GgufError::Format {
+                path: path.to_path_buf(),
+                msg: "is a folder, not a .gguf file".into(),
+            });
         }
         let file = std::fs::File::open(path).map_err(io)?;
         // SAFETY: read-only map; a concurrent truncation by another process is outside our contract.
@@ -278,7 +291,9 @@ impl GgufFile {
         let b = (t.offset + start / bs * ts) as usize;
         let bytes = &self.mmap[b..b + (n / bs * ts) as usize];
         if !super::dequant::dequantize(t.ty, bytes, out) {
-            return Err(self.tensor_err(&t.name, format!("{} bytes are not whole {} blocks", bytes.len(), t.ty)));
+            return Err(
+                self.tensor_err(&t.name, format!("{} bytes are not whole {} blocks", bytes.len(), t.ty))
+            );
         }
         Ok(())
     }

@@ -181,7 +181,10 @@ mod tests {
 
     #[test]
     fn names_map_to_transformers() {
-        assert_eq!(hf_name("blk.3.attn_k_norm.weight").as_deref(), Some("model.layers.3.self_attn.k_norm.weight"));
+        assert_eq!(
+            hf_name("blk.3.attn_k_norm.weight").as_deref(),
+            Some("model.layers.3.self_attn.k_norm.weight")
+        );
         assert_eq!(hf_name("blk.0.ffn_down.weight").as_deref(), Some("model.layers.0.mlp.down_proj.weight"));
         assert_eq!(hf_name("token_embd.weight").as_deref(), Some("model.embed_tokens.weight"));
         assert_eq!(hf_name("rope_freqs.weight"), None);

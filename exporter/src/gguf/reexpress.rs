@@ -134,13 +134,25 @@ pub fn quantize(values: &[f32], form: Form) -> Reexpressed {
         if form.symmetric {
             let s = lo.abs().max(hi) / qmax as f32;
             scales.push(s);
-            codes.extend(blk.iter().map(|&v| if s == 0.0 { 0 } else { (v / s).round().clamp(-(qmax as f32) - 1.0, qmax as f32) as i16 }));
+            codes.extend(blk.iter().map(|&v| {
+                if s == 0.0 {
+                    0
+                } else {
+                    (v / s).round().clamp(-(qmax as f32) - 1.0, qmax as f32) as i16
+                }
+            }));
         } else {
             let s = (hi - lo) / qmax as f32;
             let z = if s == 0.0 { 0.0 } else { (-lo / s).round().clamp(0.0, qmax as f32) };
             scales.push(s);
             zps.push(z as u8);
-            codes.extend(blk.iter().map(|&v| if s == 0.0 { z as i16 } else { ((v / s).round() + z).clamp(0.0, qmax as f32) as i16 }));
+            codes.extend(blk.iter().map(|&v| {
+                if s == 0.0 {
+                    z as i16
+                } else {
+                    ((v / s).round() + z).clamp(0.0, qmax as f32) as i16
+                }
+            }));
         }
     }
     let scales_f16 = scales.iter().all(|&s| half::f16::from_f32(s).to_f32() == s);

@@ -116,7 +116,8 @@ pub fn measure(g: &GgufFile, report: &mut Report, progress: &mut dyn FnMut(u64))
                 e.3 += 1;
                 continue;
             }
-            let r = if exact_form(t.ty) == Some(form) { reexpress(g, t, form)? } else { quantize(&values, form) };
+            let r =
+                if exact_form(t.ty) == Some(form) { reexpress(g, t, form)? } else { quantize(&values, form) };
             let n = t.numel() as f64;
             e.0 += r.added_rms * r.added_rms * n;
             e.1 += r.rms * r.rms * n;

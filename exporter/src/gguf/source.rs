@@ -80,7 +80,11 @@ impl GgufSource {
         let mut out = BTreeMap::new();
         let mut next = VIRTUAL_BASE;
         for (i, t) in self.file.tensors.iter().enumerate() {
-            let name = if rename { llama::hf_name(&t.name).unwrap_or_else(|| t.name.clone()) } else { t.name.clone() };
+            let name = if rename {
+                llama::hf_name(&t.name).unwrap_or_else(|| t.name.clone())
+            } else {
+                t.name.clone()
+            };
             let permuted_heads = heads.and_then(|(q, kv)| {
                 if t.name.ends_with(".attn_q.weight") {
                     Some(q)
@@ -101,7 +105,9 @@ impl GgufSource {
                 }
             }
             let raw = match (t.ty.plain_dtype(), permuted_heads) {
-                (Some(dtype), None) => RawTensor { dtype, shape: t.shape.clone(), offset: t.offset, len: t.len },
+                (Some(dtype), None) => {
+                    RawTensor { dtype, shape: t.shape.clone(), offset: t.offset, len: t.len }
+                }
                 _ => {
                     let len = t.numel() * 4;
                     self.views.insert(next, View { tensor: i, len, permuted_heads });

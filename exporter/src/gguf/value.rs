@@ -101,7 +101,11 @@ impl Value {
             Value::Bool(b) => b.to_string(),
             Value::F32(v) => v.to_string(),
             Value::F64(v) => v.to_string(),
-            other => other.as_f64().map(|v| v.to_string()).unwrap_or_default(),
+            Value::I8(v) => v.to_string(),
+            Value::I16(v) => v.to_string(),
+            Value::I32(v) => v.to_string(),
+            Value::I64(v) => v.to_string(),
+            other => other.as_u64().map(|v| v.to_string()).unwrap_or_default(),
         }
     }
 }
