@@ -346,13 +346,13 @@ fn valid_gguf() -> Vec<u8> {
         b.extend(off.to_le_bytes());
         off += (*len as u64).div_ceil(32) * 32;
     }
-    while b.len() % 32 != 0 {
+    while !b.len().is_multiple_of(32) {
         b.push(0);
     }
     for (i, (_, _, _, len)) in tensors.iter().enumerate() {
         let start = b.len();
         b.extend((0..*len).map(|k| ((k * 7 + i * 13) % 251) as u8 & 0x3f));
-        while (b.len() - start) % 32 != 0 {
+        while !(b.len() - start).is_multiple_of(32) {
             b.push(0);
         }
     }

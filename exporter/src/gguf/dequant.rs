@@ -16,7 +16,7 @@ fn h(b: &[u8], at: usize) -> f32 {
 /// Returns false when the lengths do not match whole blocks.
 pub fn dequantize(ty: GgmlType, bytes: &[u8], out: &mut [f32]) -> bool {
     let (bs, ts) = (ty.block_size(), ty.type_size());
-    if bytes.len() % ts != 0 || out.len() != bytes.len() / ts * bs {
+    if !bytes.len().is_multiple_of(ts) || out.len() != bytes.len() / ts * bs {
         return false;
     }
     let block: fn(&[u8], &mut [f32]) = match ty {

@@ -172,7 +172,7 @@ impl Parser<'_> {
             ));
         }
         let len = ty.bytes_for(numel).ok_or_else(|| self.tensor_err(&name, "size overflows"))?;
-        if rel % self.h.alignment != 0 {
+        if !rel.is_multiple_of(self.h.alignment) {
             return Err(self.tensor_err(
                 &name,
                 format!("{ty} data offset {rel} is not a multiple of the alignment {}", self.h.alignment),
@@ -281,7 +281,7 @@ impl GgufFile {
     pub fn dequantize_into(&self, t: &GgufTensor, start: u64, out: &mut [f32]) -> Result<(), GgufError> {
         let bs = t.ty.block_size() as u64;
         let n = out.len() as u64;
-        if start % bs != 0 || n % bs != 0 || start + n > t.numel() {
+        if !start.is_multiple_of(bs) || !n.is_multiple_of(bs) || start + n > t.numel() {
             return Err(self.tensor_err(
                 &t.name,
                 format!("elements {start}..{} are not whole {} blocks of the tensor", start + n, t.ty),

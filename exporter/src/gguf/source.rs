@@ -162,7 +162,7 @@ impl GgufSource {
             .ok_or_else(|| bad(format!("no tensor at virtual offset {offset}")))?;
         let t = &self.file.tensors[view.tensor];
         let within = offset - start;
-        if within % 4 != 0 || buf.len() % 4 != 0 || within + buf.len() as u64 > view.len {
+        if !within.is_multiple_of(4) || !buf.len().is_multiple_of(4) || within + buf.len() as u64 > view.len {
             return Err(bad(format!(
                 "read of {} bytes at {within} is not whole f32 values of '{}' ({} bytes)",
                 buf.len(),
