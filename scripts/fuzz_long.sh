@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Long fuzzing run of the input readers (tests/tests/fuzz_inputs.rs: safetensors headers,
-# sharded indexes, manifests, --prompt-embeds/--noise tensor files, reference images).
+# sharded indexes, manifests, --prompt-embeds/--noise tensor files, reference images, GGUF).
 #
 #   scripts/fuzz_long.sh [CASES_PER_READER]     (default 20000)
 #

@@ -1,5 +1,10 @@
 //! A checkpoint: the union of tensors over one or more safetensors files (a single file,
-//! a sharded set described by `*.safetensors.index.json`, or every shard in a folder).
+//! a sharded set described by `*.safetensors.index.json`, or every shard in a folder), or
+//! one GGUF file (a `.gguf` file, or a folder holding one and no safetensors).
+//!
+//! GGUF tensors that are not plain F32/F16/BF16 values (quantised, or permuted Q/K rows)
+//! are presented as f32 at virtual offsets ([`crate::gguf::source`]); read tensor data
+//! through [`Checkpoint::read_at`] or [`Checkpoint::bytes`], never by offset from the file.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -7,6 +12,7 @@ use std::sync::Arc;
 
 use flux2_graphs::DType;
 
+use crate::gguf::source::GgufSource;
 use crate::safetensors::{RawTensor, SafeFile};
 use crate::{io_err, ExportError, Result};
 
@@ -29,12 +35,39 @@ impl TensorInfo {
     }
 }
 
+/// One opened checkpoint file.
+pub struct CkptFile {
+    pub path: PathBuf,
+    /// Bytes before the data, less 8 (what [`crate::manifest::fingerprint`] reads past).
+    pub header_len: u64,
+    pub kind: FileKind,
+}
+
+/// The format of a checkpoint file.
+pub enum FileKind {
+    Safetensors(SafeFile),
+    Gguf(GgufSource),
+}
+
+impl CkptFile {
+    /// The GGUF source, if this is a GGUF file.
+    pub fn gguf(&self) -> Option<&GgufSource> {
+        match &self.kind {
+            FileKind::Gguf(g) => Some(g),
+            FileKind::Safetensors(_) => None,
+        }
+    }
+}
+
 /// Opened checkpoint files and the index of their tensors.
 pub struct Checkpoint {
     /// What was opened (file, index or folder), for messages.
     pub origin: PathBuf,
-    pub files: Vec<Arc<SafeFile>>,
+    pub files: Vec<Arc<CkptFile>>,
     pub tensors: BTreeMap<String, TensorInfo>,
+    /// A config made from a GGUF file's metadata (llama.cpp text encoders), used where no
+    /// `config.json` is given.
+    pub gguf_config: Option<serde_json::Value>,
 }
 
 impl Checkpoint {
@@ -53,12 +86,26 @@ impl Checkpoint {
                 err: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
             });
         }
+        if crate::gguf::is_gguf(path) {
+            return Self::open_gguf(path);
+        }
         Self::from_files(path, &[path.to_path_buf()])
+    }
+
+    /// Opens one GGUF file.
+    pub fn open_gguf(path: &Path) -> Result<Checkpoint> {
+        let (src, raw) = GgufSource::open(path)?;
+        let tensors = raw.into_iter().map(|(k, raw)| (k, TensorInfo { file: 0, raw })).collect();
+        let gguf_config = src.config.clone();
+        let file =
+            CkptFile { path: path.to_path_buf(), header_len: src.header_len(), kind: FileKind::Gguf(src) };
+        Ok(Checkpoint { origin: path.to_path_buf(), files: vec![Arc::new(file)], tensors, gguf_config })
     }
 
     fn open_dir(dir: &Path) -> Result<Checkpoint> {
         let mut shards = Vec::new();
         let mut indexes = Vec::new();
+        let mut ggufs = Vec::new();
         for entry in std::fs::read_dir(dir).map_err(io_err(dir))? {
             let p = entry.map_err(io_err(dir))?.path();
             let n = p.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
@@ -66,6 +113,20 @@ impl Checkpoint {
                 indexes.push(p);
             } else if n.ends_with(".safetensors") {
                 shards.push(p);
+            } else if n.ends_with(".gguf") {
+                ggufs.push(p);
+            }
+        }
+        if indexes.is_empty() && shards.is_empty() {
+            match ggufs.as_slice() {
+                [one] => return Self::open_gguf(one),
+                [] => {}
+                _ => {
+                    return Err(ExportError::UnknownLayout {
+                        path: dir.to_path_buf(),
+                        msg: format!("{} .gguf files here; a component folder holds one", ggufs.len()),
+                    })
+                }
             }
         }
         indexes.sort();
@@ -142,6 +203,7 @@ impl Checkpoint {
         let mut tensors: BTreeMap<String, TensorInfo> = BTreeMap::new();
         for (i, p) in paths.iter().enumerate() {
             let f = SafeFile::open(p)?;
+            let header_len = f.header_len;
             for (name, raw) in &f.tensors {
                 if let Some(prev) = tensors.get(name) {
                     return Err(ExportError::DuplicateTensor {
@@ -152,9 +214,9 @@ impl Checkpoint {
                 }
                 tensors.insert(name.clone(), TensorInfo { file: i, raw: raw.clone() });
             }
-            files.push(Arc::new(f));
+            files.push(Arc::new(CkptFile { path: p.clone(), header_len, kind: FileKind::Safetensors(f) }));
         }
-        Ok(Checkpoint { origin: origin.to_path_buf(), files, tensors })
+        Ok(Checkpoint { origin: origin.to_path_buf(), files, tensors, gguf_config: None })
     }
 
     /// Looks a tensor up.
@@ -167,9 +229,43 @@ impl Checkpoint {
         self.tensors.iter().map(|(k, v)| (k.clone(), v.raw.shape.clone())).collect()
     }
 
-    /// Raw bytes of a tensor.
-    pub fn bytes(&self, t: &TensorInfo) -> &[u8] {
-        self.files[t.file].bytes(&t.raw)
+    /// The bytes of a tensor in its [`TensorInfo::dtype`]: a slice of the mapped file, or the
+    /// dequantised values of a GGUF tensor served at a virtual offset.
+    pub fn bytes(&self, t: &TensorInfo) -> Result<std::borrow::Cow<'_, [u8]>> {
+        let f = &self.files[t.file];
+        match &f.kind {
+            FileKind::Safetensors(s) => Ok(std::borrow::Cow::Borrowed(s.bytes(&t.raw))),
+            FileKind::Gguf(g) if GgufSource::is_virtual(t.raw.offset) => {
+                let mut buf = vec![0u8; t.raw.len as usize];
+                g.read_virtual(&mut buf, t.raw.offset)?;
+                Ok(std::borrow::Cow::Owned(buf))
+            }
+            FileKind::Gguf(g) => Ok(std::borrow::Cow::Borrowed(g.file.range(t.raw.offset, t.raw.len))),
+        }
+    }
+
+    /// Reads `buf.len()` bytes of file `file` at `offset` (a tensor's offset plus a position in
+    /// it), through `handle` (the file opened for reading) or, for GGUF tensors served
+    /// dequantised, by dequantising. Use this instead of reading the file at the offset.
+    pub fn read_at(
+        &self,
+        file: usize,
+        handle: &std::fs::File,
+        buf: &mut [u8],
+        offset: u64,
+    ) -> std::io::Result<()> {
+        match self.files[file].gguf() {
+            Some(g) if GgufSource::is_virtual(offset) => {
+                g.read_virtual(buf, offset).map_err(|e| std::io::Error::other(e.to_string()))
+            }
+            _ => std::os::unix::fs::FileExt::read_exact_at(handle, buf, offset),
+        }
+    }
+
+    /// Whether tensor data at `offset` of file `file` exists only dequantised (not as bytes of
+    /// the file, so link mode cannot point at it).
+    pub fn is_virtual(&self, file: usize, offset: u64) -> bool {
+        self.files[file].gguf().is_some() && GgufSource::is_virtual(offset)
     }
 
     /// Total parameter count (elements).

@@ -20,7 +20,6 @@
 
 use std::fs::File;
 use std::io::Write;
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 
@@ -238,7 +237,9 @@ impl Converter<'_> {
                     let Some(room) = sink.room() else { return Ok(None) };
                     let elems = ((p.len - off) as usize / esz).min(room / osz).max(1);
                     raw.resize(elems * esz, 0);
-                    self.sources[p.file].read_exact_at(&mut raw, p.offset + off).map_err(io_err(path))?;
+                    self.ckpt
+                        .read_at(p.file, &self.sources[p.file], &mut raw, p.offset + off)
+                        .map_err(io_err(path))?;
                     let at = sink.buf.len();
                     sink.buf.resize(at + elems * osz, 0);
                     bad += convert_into(p.dtype, to, &raw, &mut sink.buf[at..]).ok_or_else(|| {

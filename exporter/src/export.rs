@@ -236,12 +236,19 @@ fn write_all(
         }
     }
     if let Some(c) = source.component(Kind::TextEncoder) {
-        if let (Some(p), true) = (
-            &c.config_path,
-            planned.iter().any(|(ci, _, _)| source.components[*ci].kind == Kind::TextEncoder),
-        ) {
+        if planned.iter().any(|(ci, _, _)| source.components[*ci].kind == Kind::TextEncoder) {
             let dst = staging.join("text_encoder_config.json");
-            std::fs::copy(p, &dst).map_err(io_err(&dst))?;
+            match (&c.config_path, &c.config) {
+                (Some(p), _) => {
+                    std::fs::copy(p, &dst).map_err(io_err(&dst))?;
+                }
+                // made from a GGUF file's metadata
+                (None, Some(cfg)) => {
+                    let text = serde_json::to_string_pretty(cfg).unwrap_or_default();
+                    std::fs::write(&dst, text).map_err(io_err(&dst))?;
+                }
+                (None, None) => {}
+            }
         }
     }
     manifest

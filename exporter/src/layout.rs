@@ -6,7 +6,12 @@
 //! * one component folder (`config.json` + safetensors, or an index);
 //! * a single `.safetensors` file (BFL `ae.safetensors`, `flux2-dev.safetensors`, ...),
 //!   classified by its tensor names, with a sibling `config.json` used when present;
-//! * a folder of such single files.
+//! * a folder of such single files;
+//! * a GGUF file (or a component folder holding one `.gguf` file) in place of any of these:
+//!   a DiT in BFL or diffusers names, a text encoder in llama.cpp names;
+//! * any of these with components replaced by other files ([`ModelSource::open_with`],
+//!   `flux2 export --checkpoint DIR --transformer FILE --text-encoder FILE`): the file's weights,
+//!   with the config of DIR's component folder.
 
 use std::path::{Path, PathBuf};
 
@@ -102,7 +107,7 @@ impl ModelSource {
             });
         }
         if path.is_dir() && path.join("model_index.json").is_file() {
-            return Self::open_diffusers(path);
+            return Self::open_diffusers(path, &[]);
         }
         let mut src = ModelSource {
             root: path.to_path_buf(),
@@ -118,7 +123,7 @@ impl ModelSource {
             .map_err(io_err(path))?
             .flatten()
             .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
+            .filter(|p| p.extension().is_some_and(|e| e == "safetensors" || e == "gguf"))
             .collect();
         files.sort();
         for f in files {
@@ -134,12 +139,36 @@ impl ModelSource {
         Ok(src)
     }
 
-    fn open_diffusers(root: &Path) -> Result<ModelSource> {
+    /// Opens `path` with the weights of some components taken from other files (a `.gguf` or
+    /// `.safetensors` file, or a folder holding one): each file must hold that kind of
+    /// component; its config comes from the checkpoint's component folder (`DIR/transformer/
+    /// config.json`, ...), else from the file's GGUF metadata. The checkpoint's own weights
+    /// of a replaced component are not opened (they need not exist).
+    pub fn open_with(path: &Path, replace: &[(Kind, PathBuf)]) -> Result<ModelSource> {
+        if replace.is_empty() {
+            return Self::open(path);
+        }
+        if path.is_dir() && path.join("model_index.json").is_file() {
+            return Self::open_diffusers(path, replace);
+        }
+        let mut src = Self::open(path)?;
+        src.components.retain(|c| !replace.iter().any(|(k, _)| *k == c.kind));
+        for (kind, file) in replace {
+            src.components.push(open_replacement(*kind, file, None)?);
+        }
+        Ok(src)
+    }
+
+    fn open_diffusers(root: &Path, replace: &[(Kind, PathBuf)]) -> Result<ModelSource> {
         let model_index = read_json(&root.join("model_index.json"))?;
         let mut components = Vec::new();
-        for sub in ["vae", "transformer", "text_encoder"] {
+        for (sub, kind) in
+            [("vae", Kind::Vae), ("transformer", Kind::Transformer), ("text_encoder", Kind::TextEncoder)]
+        {
             let dir = root.join(sub);
-            if dir.is_dir() {
+            if let Some((_, file)) = replace.iter().find(|(k, _)| *k == kind) {
+                components.push(open_replacement(kind, file, Some(&dir))?);
+            } else if dir.is_dir() {
                 components.push(open_component(&dir)?);
             }
         }
@@ -164,6 +193,29 @@ fn has_index(dir: &Path) -> bool {
         .unwrap_or(false)
 }
 
+/// Opens the file given for a component of `kind`, with the config of `config_dir` if that
+/// has a `config.json`, else the file's GGUF metadata config (if any).
+fn open_replacement(kind: Kind, file: &Path, config_dir: Option<&Path>) -> Result<Component> {
+    let checkpoint = Checkpoint::open(file)?;
+    let names: Vec<&String> = checkpoint.tensors.keys().collect();
+    let (found, layout) = classify(&names).ok_or_else(|| ExportError::UnknownLayout {
+        path: file.to_path_buf(),
+        msg: format!("given as the {}, but its tensors look like no FLUX.2 component", kind.name()),
+    })?;
+    if found != kind {
+        return Err(ExportError::UnknownLayout {
+            path: file.to_path_buf(),
+            msg: format!("given as the {}, but its tensors are a {}'s", kind.name(), found.name()),
+        });
+    }
+    let cfg_path = config_dir.map(|d| d.join("config.json")).filter(|p| p.is_file());
+    let config = match &cfg_path {
+        Some(p) => Some(read_json(p)?),
+        None => checkpoint.gguf_config.clone(),
+    };
+    Ok(Component { kind, layout, checkpoint, config, config_path: cfg_path })
+}
+
 /// Opens one component (a folder or a single file) and classifies it by tensor names.
 pub fn open_component(path: &Path) -> Result<Component> {
     let checkpoint = Checkpoint::open(path)?;
@@ -182,7 +234,9 @@ pub fn open_component(path: &Path) -> Result<Component> {
         path.parent().unwrap_or(Path::new(".")).to_path_buf()
     };
     let cfg_path = dir.join("config.json");
-    let config = if cfg_path.is_file() { Some(read_json(&cfg_path)?) } else { None };
-    let config_path = config.as_ref().map(|_| cfg_path);
+    // without a config.json, a GGUF text encoder's metadata gives one
+    let own_config = cfg_path.is_file();
+    let config = if own_config { Some(read_json(&cfg_path)?) } else { checkpoint.gguf_config.clone() };
+    let config_path = own_config.then_some(cfg_path);
     Ok(Component { kind, layout, checkpoint, config, config_path })
 }

@@ -8,6 +8,7 @@ pub mod checkpoint;
 pub mod convert;
 pub mod copy;
 pub mod export;
+pub mod gguf;
 pub mod layout;
 pub mod lora;
 pub mod lowbit;
@@ -51,6 +52,8 @@ pub enum ExportError {
     Output { path: PathBuf, msg: String },
     #[error("{name}: {msg}")]
     Option { name: String, msg: String },
+    #[error(transparent)]
+    Gguf(#[from] gguf::GgufError),
     #[error(transparent)]
     Lora(#[from] flux2_runtime::lora::LoraError),
 }

@@ -11,7 +11,6 @@
 //!   become a `Concat`; reinterpreted shapes a `Reshape`.
 
 use std::io::Write;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use flux2_graphs::onnx::{self, NodeProto, StringStringEntryProto, TensorProto};
@@ -276,7 +275,8 @@ fn read_merged(
     let mut values = Vec::with_capacity(w.decl.shape.iter().product());
     for p in &w.pieces {
         let mut raw = vec![0u8; p.len as usize];
-        sources[p.file].read_exact_at(&mut raw, p.offset).map_err(io_err(&ckpt.files[p.file].path))?;
+        ckpt.read_at(p.file, &sources[p.file], &mut raw, p.offset)
+            .map_err(io_err(&ckpt.files[p.file].path))?;
         if !crate::convert::decode(p.dtype, &raw, &mut values) {
             return Err(cannot_convert(ckpt, p, flux2_graphs::DType::F32));
         }
@@ -383,6 +383,21 @@ fn link_weights(
     let link_dir = dir.join("weights").join(stem);
     std::fs::create_dir_all(&link_dir).map_err(io_err(&link_dir))?;
     let mut locations: Vec<Option<String>> = vec![None; ckpt.files.len()];
+    // GGUF tensors served dequantised have no bytes in the file to point at
+    if let Some(p) = weights.iter().flat_map(|w| &w.pieces).find(|p| ckpt.is_virtual(p.file, p.offset)) {
+        if opts.link_fallback_copy {
+            return Ok(false);
+        }
+        let ty = ckpt.files[p.file].gguf().and_then(|g| g.stored_type(p.offset)).unwrap_or_default();
+        return Err(ExportError::Tensor {
+            name: p.tensor.clone(),
+            path: ckpt.files[p.file].path.clone(),
+            msg: format!(
+                "is {ty} in a GGUF file: --weights link can point only at F32/F16/BF16 tensors stored as \
+                 they are; use --weights copy, or --link-fallback copy"
+            ),
+        });
+    }
     for w in weights {
         let mut parts = Vec::new();
         for (i, p) in w.pieces.iter().enumerate() {

@@ -1,6 +1,7 @@
 //! Property-based fuzzing (proptest, stable Rust) of every reader that takes a user's file:
 //! the safetensors header reader, the sharded index reader, the export manifest reader, the
-//! tensor files of `--prompt-embeds` / `--noise`, and reference-image decoding.
+//! tensor files of `--prompt-embeds` / `--noise`, reference-image decoding, and GGUF files
+//! (header, tensor infos, dequantisation, the checkpoint view with llama.cpp renaming).
 //!
 //! For arbitrary bytes and for mutations of valid files (byte flips, truncation, spliced
 //! numbers), each reader must
@@ -300,4 +301,115 @@ fn the_allocation_counter_counts() {
     let (r, peak) = measured(|| flux2_runtime::tensor_file::read_tensor(&p, "prompt_embeds"));
     assert!(r.is_ok());
     assert!(peak >= 2 * 256 * 1024 * 4, "reading 1 MiB of data and its f32 copy registers {peak} bytes");
+}
+
+/// A small valid GGUF v3 file: metadata of several value types (llama.cpp text names, so the
+/// checkpoint path renames and un-permutes) and tensors of a float, a legacy and a K type.
+fn valid_gguf() -> Vec<u8> {
+    fn s(b: &mut Vec<u8>, x: &str) {
+        b.extend((x.len() as u64).to_le_bytes());
+        b.extend(x.as_bytes());
+    }
+    let mut b = b"GGUF".to_vec();
+    b.extend(3u32.to_le_bytes());
+    b.extend(3u64.to_le_bytes()); // tensors
+    b.extend(4u64.to_le_bytes()); // metadata
+    s(&mut b, "general.architecture");
+    b.extend(8u32.to_le_bytes());
+    s(&mut b, "llama");
+    s(&mut b, "llama.attention.head_count");
+    b.extend(4u32.to_le_bytes());
+    b.extend(2u32.to_le_bytes());
+    s(&mut b, "llama.rope.freq_base");
+    b.extend(6u32.to_le_bytes());
+    b.extend(10000f32.to_le_bytes());
+    s(&mut b, "tokenizer.ggml.tokens");
+    b.extend(9u32.to_le_bytes());
+    b.extend(8u32.to_le_bytes());
+    b.extend(2u64.to_le_bytes());
+    s(&mut b, "a");
+    s(&mut b, "bc");
+    // (name, dims innermost first, type, bytes)
+    let tensors: [(&str, Vec<u64>, u32, usize); 3] = [
+        ("output_norm.weight", vec![8], 0, 32),
+        ("blk.0.attn_q.weight", vec![32, 4], 8, 4 * 34),
+        ("blk.0.ffn_down.weight", vec![256, 1], 12, 144),
+    ];
+    let mut off = 0u64;
+    for (name, dims, ty, len) in &tensors {
+        s(&mut b, name);
+        b.extend((dims.len() as u32).to_le_bytes());
+        for d in dims {
+            b.extend(d.to_le_bytes());
+        }
+        b.extend(ty.to_le_bytes());
+        b.extend(off.to_le_bytes());
+        off += (*len as u64).div_ceil(32) * 32;
+    }
+    while !b.len().is_multiple_of(32) {
+        b.push(0);
+    }
+    for (i, (_, _, _, len)) in tensors.iter().enumerate() {
+        let start = b.len();
+        b.extend((0..*len).map(|k| ((k * 7 + i * 13) % 251) as u8 & 0x3f));
+        while !(b.len() - start).is_multiple_of(32) {
+            b.push(0);
+        }
+    }
+    b
+}
+
+/// GGUF mutations: the generic ones plus a header field overwritten with an extreme number.
+fn gguf_mutated(valid: Vec<u8>) -> impl Strategy<Value = Vec<u8>> {
+    let v = valid.clone();
+    let n = valid.len();
+    let extreme = prop_oneof![
+        Just(u64::MAX),
+        Just(1u64 << 62),
+        Just(1u64 << 32),
+        Just(0u64),
+        Just(13u64),
+        any::<u64>()
+    ];
+    prop_oneof![
+        mutated(valid),
+        (0..n.min(400), extreme, prop_oneof![Just(4usize), Just(8usize)]).prop_map(move |(at, x, w)| {
+            let mut b = v.clone();
+            let end = (at + w).min(b.len());
+            b[at..end].copy_from_slice(&x.to_le_bytes()[..end - at]);
+            b
+        }),
+    ]
+}
+
+#[test]
+fn gguf_reader() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let valid = valid_gguf();
+    flux2_exporter::gguf::GgufFile::open(&write(dir.path(), "ok.gguf", &valid))
+        .expect("the valid file opens");
+    runner()
+        .run(&gguf_mutated(valid), |bytes| {
+            let p = write(dir.path(), "x.gguf", &bytes);
+            let (r, peak) = measured(|| {
+                // open, then decode every tensor (the reads an export makes)
+                let g = flux2_exporter::gguf::GgufFile::open(&p)?;
+                let mut n = 0;
+                for t in &g.tensors {
+                    n += g.dequantize(t)?.len();
+                }
+                Ok::<usize, flux2_exporter::gguf::GgufError>(n)
+            });
+            check("GgufFile::open", r, peak, bound(bytes.len()), &[&p])?;
+            let (r, peak) = measured(|| {
+                let ck = flux2_exporter::Checkpoint::open(&p)?;
+                let mut n = 0;
+                for t in ck.tensors.values() {
+                    n += ck.bytes(t)?.len();
+                }
+                Ok::<usize, flux2_exporter::ExportError>(n)
+            });
+            check("Checkpoint::open (GGUF)", r, peak, bound(bytes.len()), &[&p])
+        })
+        .expect("GGUF reader");
 }

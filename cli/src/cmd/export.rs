@@ -4,13 +4,21 @@ use std::path::PathBuf;
 
 use flux2_exporter::args::ExportArgs;
 use flux2_exporter::export::{export, Progress};
-use flux2_exporter::{ModelSource, WeightMode};
+use flux2_exporter::{Kind, ModelSource, WeightMode};
 
 /// Export FLUX.2 components from safetensors to ONNX (no PyTorch needed).
 ///
 /// The checkpoint may be a diffusers folder (model_index.json with vae/, transformer/,
 /// text_encoder/, tokenizer/), one component folder, a BFL single file such as
 /// ae.safetensors or flux2-dev.safetensors, or a folder of such files.
+///
+/// --transformer FILE / --text-encoder FILE take that component's weights from FILE (a .gguf
+/// or .safetensors file, or a folder holding one) instead of DIR's, with its config, and the
+/// VAE, tokenizer and scheduler from DIR: how GGUF files are usually held (one component at a
+/// time). A GGUF DiT keeps BFL or diffusers names; a GGUF text encoder (Qwen3, Mistral) is in
+/// llama.cpp's names, its Q/K permutation undone, its config from DIR or else the file's
+/// metadata. Quantised GGUF tensors are dequantised to --dtype (--weights link can use only
+/// F32/F16/BF16 tensors; add --link-fallback copy to copy the rest).
 ///
 /// A Hugging Face cache snapshot (~/.cache/huggingface/hub/models--*/snapshots/<rev>/) works
 /// as it is: its symlinks are followed. Copy mode checks every weight for NaN/Inf as it
@@ -21,6 +29,8 @@ use flux2_exporter::{ModelSource, WeightMode};
 ///   flux2 export --checkpoint ae.safetensors --out ./vae --components vae --weights link
 ///   flux2 export --checkpoint ./FLUX.2-klein-4B --out /mnt/other/klein --weights link \
 ///       --verify --link-fallback copy
+///   flux2 export --checkpoint ./FLUX.2-klein-4B --out ./klein-q8 \
+///       --transformer flux2-klein-4b-Q8_0.gguf --text-encoder Qwen3-4B-Q8_0.gguf
 ///   flux2 export --checkpoint ./FLUX.2-dev --out ./dev-style --weights link \
 ///       --lora style.safetensors:0.8 --lora detail.safetensors
 ///
@@ -48,6 +58,13 @@ pub struct Args {
     /// Checkpoint file or folder.
     #[arg(long)]
     checkpoint: PathBuf,
+    /// The DiT's weights from this .gguf/.safetensors file (or folder) instead of the checkpoint's.
+    #[arg(long, value_name = "FILE")]
+    transformer: Option<PathBuf>,
+    /// The text encoder's weights from this .gguf/.safetensors file (or folder) instead of the
+    /// checkpoint's.
+    #[arg(long, value_name = "FILE")]
+    text_encoder: Option<PathBuf>,
     /// Output folder (created; existing files of the same name are replaced on success).
     #[arg(long)]
     out: PathBuf,
@@ -115,7 +132,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         quantize_all: args.quantize_all,
     }
     .into_request()?;
-    let source = ModelSource::open(&args.checkpoint)?;
+    let replace: Vec<(Kind, PathBuf)> =
+        [(Kind::Transformer, &args.transformer), (Kind::TextEncoder, &args.text_encoder)]
+            .into_iter()
+            .filter_map(|(k, p)| p.clone().map(|p| (k, p)))
+            .collect();
+    let source = ModelSource::open_with(&args.checkpoint, &replace)?;
     if args.verify && req.weights == WeightMode::Copy {
         eprintln!("note: --verify is implied by --weights copy, which checks every value it converts");
     }
