@@ -176,6 +176,47 @@ fn ranges(
     Ok((raw, activations))
 }
 
+/// Checks that every `--exclude` pattern names at least one layer or attention site of the
+/// graphs to calibrate; the error lists the patterns that match none (a typo would otherwise
+/// quietly quantise the layer the user meant to keep). Reads only the graphs' structure.
+pub(super) fn check_exclude(
+    model: &ModelDir,
+    graphs: &[String],
+    exclude: &[String],
+) -> Result<(), CalibrateError> {
+    if exclude.is_empty() {
+        return Ok(());
+    }
+    if exclude.iter().any(|p| p.is_empty()) {
+        return Err(super::opt_err("--exclude", "an empty pattern would keep every layer in float"));
+    }
+    let mut names: Vec<String> = Vec::new();
+    for g in graphs {
+        let file = OnnxFile::read(&model.graph(g)?)?;
+        names.extend(find_layers(&file)?.into_iter().map(|l| l.name));
+        if g == "transformer" {
+            names.extend(find_sites(&file)?.into_iter().map(|s| s.name));
+        }
+    }
+    let unmatched: Vec<&str> = exclude
+        .iter()
+        .filter(|p| !names.iter().any(|n| n.contains(p.as_str())))
+        .map(String::as_str)
+        .collect();
+    if unmatched.is_empty() {
+        return Ok(());
+    }
+    let example = names.first().map(|n| format!(" (layer names look like '{n}')")).unwrap_or_default();
+    Err(super::opt_err(
+        "--exclude",
+        format!(
+            "{} match(es) no layer of the graphs to calibrate ({}){example}",
+            unmatched.iter().map(|p| format!("'{p}'")).collect::<Vec<_>>().join(", "),
+            graphs.join(", ")
+        ),
+    ))
+}
+
 /// The layers and attention sites that sensitivity may quantise; the others go to `kept` with
 /// their reason (`--exclude`, per-forward vector inputs).
 fn candidates(
