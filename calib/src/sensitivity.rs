@@ -15,6 +15,14 @@
 //! no numbered blocks), step 2 ranks single layers and step 3 is skipped. Every configuration
 //! returned was measured and seen to meet the budget (all float trivially does).
 //!
+//! Cost-aware ranking ([`choose_weighted`]): each candidate comes with the time quantising it
+//! saves (on ONNX Runtime's CPU: its multiply-accumulates per forward, a FLOP model whose scale
+//! one float-vs-quantised latency measurement fixes; for TensorRT the same FLOP model). Units are
+//! then ranked by *error per unit of time saved* (their marginal NMSE divided by their summed
+//! saving), so the float budget goes to layers that cost much error and save little time,
+//! while expensive layers with moderate error (a VAE decoder's full-resolution convolutions)
+//! get quantised. With equal savings this is the error-only ranking.
+//!
 //! The measuring function is supplied by the caller (the runtime runs the graphs), so this
 //! module is pure and its choices are deterministic given the measurements.
 
@@ -56,6 +64,10 @@ pub struct Selection {
     /// Probe graphs measured.
     #[serde(default)]
     pub measurements: usize,
+    /// Share of the candidates' total saving each ranked unit (block or layer) carries, when
+    /// ranked by error per unit of time saved; empty for the error-only ranking.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub saved_share: BTreeMap<String, f64>,
 }
 
 /// Progress of [`choose`]: (measurements done, measurements planned so far).
@@ -137,10 +149,36 @@ pub fn smallest_k<E>(
     Ok(best)
 }
 
-/// Ranks `units` (each a set of layers) by the NMSE of `base ∪ unit`, most sensitive first.
+/// The time each unit saves when quantised: the sum of its layers' savings (1 each when none
+/// are given, which makes the ranking error-only).
+fn unit_saving(layers: &[String], saved: &BTreeMap<String, f64>) -> f64 {
+    if saved.is_empty() {
+        return 1.0;
+    }
+    layers.iter().map(|l| saved.get(l).copied().unwrap_or(0.0)).sum()
+}
+
+/// Error per unit of time saved: the NMSE `nmse` adds over `base_nmse`, divided by `saving`.
+/// A unit that saves nothing but adds error ranks first; one that adds no error ranks last.
+pub fn score(nmse: f64, base_nmse: f64, saving: f64) -> f64 {
+    let added = (nmse - base_nmse).max(0.0);
+    if saving > 0.0 {
+        added / saving
+    } else if added > 0.0 {
+        f64::INFINITY
+    } else {
+        0.0
+    }
+}
+
+/// Ranks `units` (each a set of layers) by [`score`] of `base ∪ unit` against `base_nmse`, the
+/// NMSE of `base` alone: most error per unit of time saved first. Returns (unit, NMSE of
+/// `base ∪ unit`) in that order.
 fn rank<E>(
     units: &[(String, Vec<String>)],
     base: &BTreeSet<String>,
+    base_nmse: f64,
+    saved: &BTreeMap<String, f64>,
     meter: &mut Meter<'_, '_, E>,
 ) -> Result<Vec<(String, f64)>, E> {
     meter.plan(units.len());
@@ -148,10 +186,11 @@ fn rank<E>(
     for (name, layers) in units {
         let mut set = base.clone();
         set.extend(layers.iter().cloned());
-        ranked.push((name.clone(), meter.run(&set)?));
+        let e = meter.run(&set)?;
+        ranked.push((name.clone(), e, score(e, base_nmse, unit_saving(layers, saved))));
     }
-    ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-    Ok(ranked)
+    ranked.sort_by(|a, b| b.2.total_cmp(&a.2).then_with(|| b.1.total_cmp(&a.1)).then_with(|| a.0.cmp(&b.0)));
+    Ok(ranked.into_iter().map(|(n, e, _)| (n, e)).collect())
 }
 
 impl<E> Meter<'_, '_, E> {
@@ -180,10 +219,23 @@ impl<E> Meter<'_, '_, E> {
     }
 }
 
-/// Chooses the quantised set. `measure(set)` returns the output NMSE with exactly `set` quantised.
+/// Chooses the quantised set by error alone. `measure(set)` returns the output NMSE with
+/// exactly `set` quantised.
 pub fn choose<E>(
     candidates: &[String],
     budget_nmse: f64,
+    measure: &mut dyn FnMut(&BTreeSet<String>) -> Result<f64, E>,
+    progress: Progress,
+) -> Result<Selection, E> {
+    choose_weighted(candidates, budget_nmse, &BTreeMap::new(), measure, progress)
+}
+
+/// Chooses the quantised set by error per unit of time saved: `saved` gives each candidate's
+/// saving when quantised (any unit; missing: none). Empty `saved`: error alone, as [`choose`].
+pub fn choose_weighted<E>(
+    candidates: &[String],
+    budget_nmse: f64,
+    saved: &BTreeMap<String, f64>,
     measure: &mut dyn FnMut(&BTreeSet<String>) -> Result<f64, E>,
     progress: Progress,
 ) -> Result<Selection, E> {
@@ -200,6 +252,7 @@ pub fn choose<E>(
         quantized: candidates.to_vec(),
         nmse: all_nmse,
         measurements: 1,
+        saved_share: BTreeMap::new(),
     };
     if all_nmse <= budget_nmse || candidates.is_empty() {
         (meter.progress)(meter.done, meter.done);
@@ -217,7 +270,7 @@ pub fn choose<E>(
     let grouped = groups.len() * 2 <= candidates.len();
     let (units, unit) = if grouped { (&groups, "block") } else { (&singles, "layer") };
     let list: Vec<(String, Vec<String>)> = units.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-    let ranked = rank(&list, &empty, &mut meter)?;
+    let ranked = rank(&list, &empty, 0.0, saved, &mut meter)?;
     let (k, mut nmse) = meter.keep_fewest(&ranked, units, &empty, 0.0, unit, &mut sel.trials)?;
     let mut kept: Vec<String> = ranked[..k].iter().flat_map(|(u, _)| units[u].iter().cloned()).collect();
     if grouped {
@@ -225,7 +278,7 @@ pub fn choose<E>(
         // step 3: single layers inside the kept blocks, on top of everything else quantised
         let base: BTreeSet<String> = all.iter().filter(|c| !kept.contains(c)).cloned().collect();
         let inner: Vec<(String, Vec<String>)> = kept.iter().map(|l| (l.clone(), vec![l.clone()])).collect();
-        let layers = rank(&inner, &base, &mut meter)?;
+        let layers = rank(&inner, &base, nmse, saved, &mut meter)?;
         let (j, e) = meter.keep_fewest(&layers, &singles, &base, nmse, "layer", &mut sel.trials)?;
         kept = layers[..j].iter().map(|(l, _)| l.clone()).collect();
         nmse = e;
@@ -242,6 +295,12 @@ pub fn choose<E>(
     sel.kept_float = kept;
     sel.nmse = nmse;
     sel.measurements = meter.done;
+    let total: f64 = candidates.iter().map(|c| saved.get(c).copied().unwrap_or(0.0)).sum();
+    if total > 0.0 {
+        for (unit, layers) in units.iter().chain(singles.iter()) {
+            sel.saved_share.insert(unit.clone(), unit_saving(layers, saved) / total);
+        }
+    }
     Ok(sel)
 }
 

@@ -148,3 +148,70 @@ fn smallest_k_doubles_then_bisects() {
     let ks: Vec<usize> = trials.iter().map(|t| t.0).collect();
     assert_eq!(ks, vec![1, 2, 4, 8, 6, 5]);
 }
+
+#[test]
+fn score_is_added_error_per_unit_of_time_saved() {
+    assert_eq!(score(3e-3, 1e-3, 4.0), 5e-4);
+    assert_eq!(score(1e-3, 2e-3, 4.0), 0.0, "no added error, last");
+    assert_eq!(score(1e-3, 0.0, 0.0), f64::INFINITY, "error for no saving, first");
+    assert_eq!(score(0.0, 0.0, 0.0), 0.0);
+}
+
+/// A VAE-decoder-like case: four cheap low-resolution convolutions with high error per MAC and
+/// two expensive full-resolution ones with moderate error. By error alone the two expensive ones
+/// stay float; by error per time saved the cheap ones do, the budget holds, and far more of the
+/// work is quantised.
+#[test]
+fn cost_aware_ranking_quantises_the_expensive_layers_within_budget() {
+    let errors =
+        [("lo0", 3e-3), ("lo1", 3e-3), ("lo2", 2.5e-3), ("lo3", 2.5e-3), ("hi0", 4e-3), ("hi1", 4e-3)];
+    let saved: BTreeMap<String, f64> =
+        [("lo0", 1.0), ("lo1", 1.0), ("lo2", 1.0), ("lo3", 1.0), ("hi0", 16.0), ("hi1", 16.0)]
+            .into_iter()
+            .map(|(n, c)| (n.to_string(), c))
+            .collect();
+    let budget = 1.2e-2; // all quantised: 1.9e-2
+    let plain = ok(choose(&names(&errors), budget, &mut additive(&errors), &mut |_, _| {}));
+    assert_eq!(plain.kept_float, vec!["hi0", "hi1"], "error alone keeps the expensive ones");
+    let w = ok(choose_weighted(&names(&errors), budget, &saved, &mut additive(&errors), &mut |_, _| {}));
+    assert!(w.nmse <= budget, "{w:?}");
+    assert!(!w.kept_float.iter().any(|l| l.starts_with("hi")), "{:?}", w.kept_float);
+    let saved_of = |q: &[String]| q.iter().map(|l| saved[l]).sum::<f64>();
+    assert!(
+        saved_of(&w.quantized) > saved_of(&plain.quantized),
+        "{:?} vs {:?}",
+        w.quantized,
+        plain.quantized
+    );
+    // the ranking puts the most error per unit of saving first
+    assert_eq!(w.per_layer[0].0, "lo0");
+    let share: f64 = ["lo0", "lo1", "lo2", "lo3", "hi0", "hi1"].iter().map(|l| w.saved_share[*l]).sum();
+    assert!((share - 1.0).abs() < 1e-12);
+    assert!((w.saved_share["hi0"] - 16.0 / 36.0).abs() < 1e-12);
+}
+
+/// Equal savings give the error-only choice; every returned configuration meets the budget,
+/// also with blocks and random-ish errors and costs.
+#[test]
+fn weighted_search_with_equal_costs_is_the_error_only_search_and_budget_holds() {
+    let mut errors: Vec<(String, f64)> = Vec::new();
+    for b in 0..6 {
+        for l in 0..5 {
+            let e = 1e-4 * (((b * 7 + l * 13) % 11) as f64 + 1.0) * if (b, l) == (2, 3) { 40.0 } else { 1.0 };
+            errors.push((format!("blocks.{b}.l{l}"), e));
+        }
+    }
+    let refs: Vec<(&str, f64)> = errors.iter().map(|(n, e)| (n.as_str(), *e)).collect();
+    let equal: BTreeMap<String, f64> = errors.iter().map(|(n, _)| (n.clone(), 2.5)).collect();
+    let a = ok(choose(&names(&refs), 5e-3, &mut additive(&refs), &mut |_, _| {}));
+    let b = ok(choose_weighted(&names(&refs), 5e-3, &equal, &mut additive(&refs), &mut |_, _| {}));
+    assert_eq!(a.kept_float, b.kept_float);
+    for budget in [2e-3, 5e-3, 1e-2] {
+        let costs: BTreeMap<String, f64> =
+            errors.iter().enumerate().map(|(i, (n, _))| (n.clone(), 1.0 + ((i * 5) % 9) as f64)).collect();
+        let s = ok(choose_weighted(&names(&refs), budget, &costs, &mut additive(&refs), &mut |_, _| {}));
+        let total: f64 =
+            refs.iter().filter(|(n, _)| s.quantized.iter().any(|q| q == n)).map(|(_, e)| e).sum();
+        assert!(s.nmse <= budget && (total - s.nmse).abs() < 1e-12, "budget {budget}: {s:?}");
+    }
+}

@@ -16,6 +16,7 @@ pub mod pipeline;
 pub mod providers;
 pub mod request;
 pub mod schedule;
+pub mod session_cache;
 pub mod tensor_file;
 pub mod tensors;
 pub mod tokenizer;

@@ -7,6 +7,7 @@
 //! and finally the system's `libonnxruntime.so`. Errors say which library could not be
 //! loaded, which setting chose it, and how to get the right one.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
@@ -16,6 +17,8 @@ use std::sync::Arc;
 use ort::session::{builder::GraphOptimizationLevel, builder::SessionBuilder, Session};
 use ort::value::DynValue;
 
+use crate::cpu::CpuInfo;
+use crate::session_cache::{self, Slot};
 use crate::RuntimeError;
 
 /// File name of the library shipped in the PyPI wheel `onnxruntime==1.31.1`.
@@ -139,12 +142,23 @@ pub struct SessionOptions {
     /// TensorRT weight-stripped engines (`flux2 build --refittable`): the export folder whose
     /// ONNX weights refit them (e.g. one exported with `--lora`); None: the build's own source.
     pub trt_refit_from: Option<PathBuf>,
+    /// CPU sessions reuse (and on first use write) the optimised graph in the export folder's
+    /// session cache ([`crate::session_cache`]): a second process starts in a fraction of the
+    /// time. Off for throw-away graphs (the calibrator's probes); `FLUX2_SESSION_CACHE=off`
+    /// turns it off everywhere.
+    pub cache: bool,
 }
 
 impl Default for SessionOptions {
     fn default() -> Self {
         let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-        SessionOptions { intra_threads: threads, optimization: true, qdq_fusion: true, trt_refit_from: None }
+        SessionOptions {
+            intra_threads: threads,
+            optimization: true,
+            qdq_fusion: true,
+            trt_refit_from: None,
+            cache: true,
+        }
     }
 }
 
@@ -173,25 +187,162 @@ pub(crate) fn with_overrides(
     Ok(builder)
 }
 
-/// Opens an ONNX model on the CPU provider with initializer overrides.
+/// Opens an ONNX model on the CPU provider with initializer overrides. Without overrides and
+/// with optimisations on, the session goes through the export folder's session cache.
 pub fn cpu_session_with(
     path: &Path,
     opts: &SessionOptions,
     overrides: &[Override],
 ) -> Result<Session, RuntimeError> {
+    if opts.cache && opts.optimization && overrides.is_empty() && session_cache::enabled_by_env() {
+        if let Some(slot) = Slot::new(path, cache_settings(path, opts)?) {
+            return cached_session(path, opts, &slot);
+        }
+    }
+    let builder = cpu_builder(path, opts, opts.optimization)?;
+    with_overrides(builder, overrides, path)?.commit_from_file(path).map_err(|e| session_error(path, e))
+}
+
+fn session_error(path: &Path, e: impl std::fmt::Display) -> RuntimeError {
+    RuntimeError::Session { path: path.to_path_buf(), msg: e.to_string() }
+}
+
+/// Whether ONNX Runtime's Q/DQ fusions run for `path` (off by option, and for FP8 graphs).
+fn qdq_fusion(path: &Path, opts: &SessionOptions) -> bool {
+    opts.qdq_fusion && manifest_precision(path).as_deref() != Some("fp8")
+}
+
+/// A CPU session builder with the shared settings; `optimize` picks all graph optimisations
+/// or none. Weights are pre-packed in parallel on the session's threads.
+fn cpu_builder(path: &Path, opts: &SessionOptions, optimize: bool) -> Result<SessionBuilder, RuntimeError> {
     let env = environment()?;
-    let ctx = |e: ort::Error| RuntimeError::Session { path: path.to_path_buf(), msg: e.to_string() };
-    let level = if opts.optimization { GraphOptimizationLevel::All } else { GraphOptimizationLevel::Disable };
+    let ctx = |e: ort::Error| session_error(path, e);
+    let level = if optimize { GraphOptimizationLevel::All } else { GraphOptimizationLevel::Disable };
     let mut builder = Session::builder(env).map_err(ctx)?;
     builder = builder.with_intra_threads(opts.intra_threads).map_err(|e| ctx(e.into()))?;
     builder = builder.with_optimization_level(level).map_err(|e| ctx(e.into()))?;
-    if !opts.qdq_fusion || manifest_precision(path).as_deref() == Some("fp8") {
+    builder = builder.with_config_entry("session.prepack.enable_parallel", "1").map_err(|e| ctx(e.into()))?;
+    if !qdq_fusion(path, opts) {
         builder = builder.with_config_entry("session.disable_quant_qdq", "1").map_err(|e| ctx(e.into()))?;
     }
     builder = builder
         .with_config_entry("session.qdq_matmulnbits_accuracy_level", nbits_accuracy_level())
         .map_err(|e| ctx(e.into()))?;
-    with_overrides(builder, overrides, path)?.commit_from_file(path).map_err(ctx)
+    Ok(builder)
+}
+
+/// The ONNX Runtime build and library file, read once.
+fn ort_identity() -> String {
+    static ID: OnceLock<String> = OnceLock::new();
+    ID.get_or_init(|| {
+        let lib = LOADED.get().map(|p| {
+            let m = std::fs::metadata(p).ok();
+            format!(
+                "{} {} {}",
+                p.display(),
+                m.as_ref().map_or(0, |m| m.len()),
+                m.and_then(|m| m.modified().ok())
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map_or(0, |d| d.as_nanos())
+            )
+        });
+        format!("{} | {}", ort::info(), lib.unwrap_or_default())
+    })
+    .clone()
+}
+
+/// The CPU as the optimised graph depends on it: model, family and instruction sets.
+fn cpu_identity() -> String {
+    static ID: OnceLock<String> = OnceLock::new();
+    ID.get_or_init(|| {
+        let c = CpuInfo::detect();
+        format!("{} | {} | {}", c.model, c.family.unwrap_or_default(), c.isa.join(" "))
+    })
+    .clone()
+}
+
+/// The key fields of a CPU session besides the source graph (see [`crate::session_cache`]).
+fn cache_settings(path: &Path, opts: &SessionOptions) -> Result<BTreeMap<String, String>, RuntimeError> {
+    environment()?;
+    let options = format!(
+        "intra_threads={} optimization=all qdq_fusion={} prepack=parallel nbits_accuracy={}",
+        opts.intra_threads,
+        qdq_fusion(path, opts),
+        nbits_accuracy_level()
+    );
+    Ok([
+        ("ort".to_string(), ort_identity()),
+        ("cpu".to_string(), cpu_identity()),
+        ("provider".to_string(), "CPUExecutionProvider".to_string()),
+        ("options".to_string(), options),
+    ]
+    .into_iter()
+    .collect())
+}
+
+/// A session of `path` through its cache slot: the cached optimised graph when the entry
+/// checks out, else one built from the source that also writes the entry.
+fn cached_session(path: &Path, opts: &SessionOptions, slot: &Slot) -> Result<Session, RuntimeError> {
+    let reject = |why: String| {
+        log::warn!(
+            "session cache: ignoring {} for {}: {why}; rebuilding it",
+            slot.dir().display(),
+            path.display()
+        );
+        session_cache::count(path, |c| c.rejected += 1);
+        slot.remove();
+    };
+    match slot.check() {
+        Ok(Some(model)) => match cpu_builder(path, opts, false)?.commit_from_file(&model) {
+            Ok(s) => {
+                log::info!("session cache: {} loaded from {}", path.display(), slot.dir().display());
+                session_cache::count(path, |c| c.hits += 1);
+                return Ok(s);
+            }
+            Err(e) => reject(format!("ONNX Runtime could not load it: {e}")),
+        },
+        Ok(None) => {}
+        Err(why) => reject(why),
+    }
+    let plain = || cpu_builder(path, opts, true)?.commit_from_file(path).map_err(|e| session_error(path, e));
+    let tmp = match slot.temp_dir() {
+        Ok(t) => t,
+        Err(e) => {
+            log::info!("session cache: cannot write {} ({e}); running uncached", slot.root.display());
+            return plain();
+        }
+    };
+    let ctx = |e: ort::Error| session_error(path, e);
+    let mut builder = cpu_builder(path, opts, true)?;
+    builder = builder.with_optimized_model_path(tmp.join("model.onnx")).map_err(|e| ctx(e.into()))?;
+    for (k, v) in [
+        ("session.optimized_model_external_initializers_file_name", "model.onnx.data"),
+        ("session.optimized_model_external_initializers_min_size_in_bytes", "1024"),
+        ("session.save_external_prepacked_constant_initializers", "1"),
+    ] {
+        builder = builder.with_config_entry(k, v).map_err(|e| ctx(e.into()))?;
+    }
+    match builder.commit_from_file(path) {
+        Ok(s) => {
+            match slot.publish(&tmp) {
+                Ok(()) => {
+                    log::info!("session cache: wrote {} for {}", slot.dir().display(), path.display());
+                    session_cache::count(path, |c| c.writes += 1);
+                }
+                Err(e) => log::warn!("session cache: could not write {}: {e}", slot.dir().display()),
+            }
+            let _ = std::fs::remove_dir_all(&tmp);
+            Ok(s)
+        }
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&tmp);
+            log::warn!(
+                "session cache: saving the optimised graph of {} failed ({e}); running uncached",
+                path.display()
+            );
+            plain()
+        }
+    }
 }
 
 /// Writes the graph ONNX Runtime's CPU provider actually runs for the model at `path` (after its
@@ -203,7 +354,7 @@ pub fn save_optimized(path: &Path, out: &Path, opts: &SessionOptions) -> Result<
     let mut builder = Session::builder(env).map_err(ctx)?;
     builder = builder.with_intra_threads(opts.intra_threads).map_err(|e| ctx(e.into()))?;
     builder = builder.with_optimization_level(GraphOptimizationLevel::All).map_err(|e| ctx(e.into()))?;
-    if !opts.qdq_fusion || manifest_precision(path).as_deref() == Some("fp8") {
+    if !qdq_fusion(path, opts) {
         builder = builder.with_config_entry("session.disable_quant_qdq", "1").map_err(|e| ctx(e.into()))?;
     }
     builder = builder

@@ -301,6 +301,17 @@ fn bad_options_fail_early_and_name_the_culprit() {
     let mut o = base.clone();
     o.fp8_attention = true; // with --precision int8
     assert!(err_of(&o).contains("--fp8-attention"), "{}", err_of(&o));
+    // --exclude patterns that match no layer are named, before any work, with nothing written
+    let mut o = base.clone();
+    o.exclude = vec!["proj_out".into(), "no_such_layer".into(), "up_blockz".into()];
+    let e = err_of(&o);
+    assert!(e.contains("--exclude") && e.contains("'no_such_layer'") && e.contains("'up_blockz'"), "{e}");
+    assert!(!e.contains("'proj_out'"), "proj_out matches a DiT layer: {e}");
+    assert!(!out.exists(), "nothing written for a bad --exclude");
+    let staged = std::fs::read_dir(tmp.path()).unwrap_or_else(|e| panic!("{e}")).flatten();
+    assert!(staged.into_iter().all(|e| !e.file_name().to_string_lossy().contains("flux2-calib")));
+    o.exclude = vec![String::new()];
+    assert!(err_of(&o).contains("--exclude"), "{}", err_of(&o));
     let mut o = base.clone();
     o.out = model.clone();
     assert!(err_of(&o).contains("--out"));

@@ -13,7 +13,7 @@ use crate::layers::{find_layers, Layer, LayerOp};
 use crate::onnx_file::{link_external_files, write_model, DataMode, OnnxFile};
 use crate::qdq::{insert_qdq, signed_activations, ActivationQuant, QdqPlan, WeightScales};
 use crate::report::{ComponentReport, Latency};
-use crate::sensitivity::choose;
+use crate::sensitivity::choose_weighted;
 use crate::smoothquant::{factors, weight_input_amax};
 use crate::stats::TensorStats;
 
@@ -176,6 +176,73 @@ fn ranges(
     Ok((raw, activations))
 }
 
+/// The time quantising each layer saves, by a FLOP model: its multiply-accumulates per forward
+/// (weight size × activation rows in the largest calibration batch). Integer kernels speed up
+/// every layer by roughly the same factor on one target, so the ranking needs only these
+/// relative costs (the float-vs-quantised latency of the report fixes their scale). Attention
+/// products have no weight: they get the median layer cost.
+fn savings(
+    layers: &[Layer],
+    sites: &[AttentionSite],
+    raw: &BTreeMap<String, TensorStats>,
+) -> BTreeMap<String, f64> {
+    let mut out: BTreeMap<String, f64> = layers
+        .iter()
+        .map(|l| {
+            let rows = raw.get(&l.activation).map_or(1, |s| s.rows.max(1));
+            (l.name.clone(), l.macs_per_row() as f64 * rows as f64)
+        })
+        .collect();
+    let mut costs: Vec<f64> = out.values().copied().collect();
+    costs.sort_by(f64::total_cmp);
+    let median = costs.get(costs.len() / 2).copied().unwrap_or(1.0);
+    for s in sites {
+        out.insert(s.name.clone(), median);
+    }
+    out
+}
+
+/// Checks that every `--exclude` pattern names at least one layer or attention site of the
+/// graphs to calibrate; the error lists the patterns that match none (a typo would otherwise
+/// quietly quantise the layer the user meant to keep). Reads only the graphs' structure.
+pub(super) fn check_exclude(
+    model: &ModelDir,
+    graphs: &[String],
+    exclude: &[String],
+) -> Result<(), CalibrateError> {
+    if exclude.is_empty() {
+        return Ok(());
+    }
+    if exclude.iter().any(|p| p.is_empty()) {
+        return Err(super::opt_err("--exclude", "an empty pattern would keep every layer in float"));
+    }
+    let mut names: Vec<String> = Vec::new();
+    for g in graphs {
+        let file = OnnxFile::read(&model.graph(g)?)?;
+        names.extend(find_layers(&file)?.into_iter().map(|l| l.name));
+        if g == "transformer" {
+            names.extend(find_sites(&file)?.into_iter().map(|s| s.name));
+        }
+    }
+    let unmatched: Vec<&str> = exclude
+        .iter()
+        .filter(|p| !names.iter().any(|n| n.contains(p.as_str())))
+        .map(String::as_str)
+        .collect();
+    if unmatched.is_empty() {
+        return Ok(());
+    }
+    let example = names.first().map(|n| format!(" (layer names look like '{n}')")).unwrap_or_default();
+    Err(super::opt_err(
+        "--exclude",
+        format!(
+            "{} match(es) no layer of the graphs to calibrate ({}){example}",
+            unmatched.iter().map(|p| format!("'{p}'")).collect::<Vec<_>>().join(", "),
+            graphs.join(", ")
+        ),
+    ))
+}
+
 /// The layers and attention sites that sensitivity may quantise; the others go to `kept` with
 /// their reason (`--exclude`, per-forward vector inputs).
 fn candidates(
@@ -314,13 +381,22 @@ pub(super) fn calibrate_graph(
     };
     let label = format!("sensitivity {stem}");
     on_event(Event::Stage { label: &label, total: 1 });
-    let selection = choose(&candidates, opts.budget_nmse, &mut measure, &mut |done, total| {
-        on_event(Event::Advance { done, total })
-    })?;
+    let saved = savings(&layers, &sites, &raw);
+    let selection =
+        choose_weighted(&candidates, opts.budget_nmse, &saved, &mut measure, &mut |done, total| {
+            on_event(Event::Advance { done, total })
+        })?;
     for (name, e) in selection.per_layer.iter().filter(|(n, _)| selection.kept_float.contains(n)) {
+        let share = selection.saved_share.get(name).copied();
         kept.push(KeptLayer {
             layer: name.clone(),
-            reason: format!("sensitivity: needed to meet --budget-nmse {}", opts.budget_nmse),
+            reason: format!(
+                "sensitivity: among the most error per unit of time saved{}; needed to meet --budget-nmse {}",
+                share
+                    .map(|s| format!(" ({:.2}% of the graph's quantisable MACs)", 100.0 * s))
+                    .unwrap_or_default(),
+                opts.budget_nmse
+            ),
             nmse_alone: Some(*e),
         });
     }

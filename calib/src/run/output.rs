@@ -12,7 +12,7 @@ use crate::onnx_file::OnnxFile;
 use crate::report::{Gate, Report};
 use flux2_runtime::manifest::Manifest;
 
-use super::graph::calibrate_graph;
+use super::graph::{calibrate_graph, check_exclude};
 use super::{eval, plan};
 use super::{opt_err, CalibrateError, CalibrateOptions, Component, Event, Outcome};
 use flux2_runtime::model_dir::ModelDir;
@@ -244,6 +244,7 @@ pub(super) fn run(
 fn run_stages(opts: &CalibrateOptions, on_event: &mut dyn FnMut(Event)) -> Result<Outcome, CalibrateError> {
     let model = ModelDir::open(&opts.model)?;
     let (graphs, steps) = validate(opts, &model)?;
+    check_exclude(&model, &graphs, &opts.exclude)?;
     check_out(opts)?;
     let sess = SessionOptions {
         intra_threads: opts.threads.unwrap_or(SessionOptions::default().intra_threads),
@@ -251,6 +252,8 @@ fn run_stages(opts: &CalibrateOptions, on_event: &mut dyn FnMut(Event)) -> Resul
         // FP8 attention Q/DQ would otherwise be fused into a kernel ONNX Runtime lacks
         qdq_fusion: opts.format != Format::Fp8,
         trt_refit_from: None,
+        // probe and staged graphs are rewritten over and over: caching them would cost, not save
+        cache: false,
     };
     let parent = opts.out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let name = opts.out.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| "out".into());

@@ -7,6 +7,7 @@ use anyhow::{bail, Context};
 use flux2_runtime::cpu::CpuInfo;
 use flux2_runtime::images::{write_png, Chw, Reference};
 use flux2_runtime::pipeline::{Pipeline, PromptSource, Request, SessionFactory, Timings};
+use flux2_runtime::session_cache::CacheCounts;
 use flux2_runtime::tensor_file::{read_tensor, Tensor};
 use flux2_runtime::SessionOptions;
 use serde_json::json;
@@ -319,6 +320,11 @@ fn report(
     let outside: Vec<f64> = runs.iter().map(|t| (t.total - t.ort) / t.total.max(1e-12)).collect();
     let rate: Vec<f64> = runs.iter().map(|t| args.batch as f64 / t.total.max(1e-12)).collect();
     print_summary(&outside, &rate, args.batch, load);
+    let cache = cache_counts(pipe);
+    println!(
+        "session cache: {} graph(s) loaded from it, {} written, {} stale or damaged entries rebuilt",
+        cache.hits, cache.writes, cache.rejected
+    );
     if let Some(path) = &args.json {
         let doc = json!({
             "model": args.model.display().to_string(),
@@ -333,6 +339,7 @@ fn report(
             "outside_ort_fraction": {"stats": Stats::of(&outside), "samples": outside},
             "images_per_second": {"stats": Stats::of(&rate), "samples": rate},
             "session_creation": load,
+            "session_cache": {"hits": cache.hits, "writes": cache.writes, "rejected": cache.rejected},
             "peak_rss_bytes": peak_rss(),
             "against": against,
         });
@@ -343,6 +350,17 @@ fn report(
         plot_stages(path, &stages)?;
     }
     Ok(())
+}
+
+/// The session cache's counts summed over the model's graphs (`flux2_runtime::session_cache`).
+fn cache_counts(pipe: &Pipeline) -> CacheCounts {
+    let mut sum = CacheCounts::default();
+    for e in pipe.model.manifest.graphs.values() {
+        let c = flux2_runtime::session_cache::cache_counts(&pipe.model.dir.join(&e.file));
+        (sum.hits, sum.writes, sum.rejected) =
+            (sum.hits + c.hits, sum.writes + c.writes, sum.rejected + c.rejected);
+    }
+    sum
 }
 
 /// Prints the share outside ONNX Runtime, images/s, session creation and peak RSS.
