@@ -188,7 +188,17 @@ pub fn cpu_session_with(
     if !opts.qdq_fusion || manifest_precision(path).as_deref() == Some("fp8") {
         builder = builder.with_config_entry("session.disable_quant_qdq", "1").map_err(|e| ctx(e.into()))?;
     }
+    if is_dit_part(path) {
+        // Step caching alternates four DiT part sessions per step; an idle session's threads
+        // spinning for work would take the cores from the one that runs.
+        builder = builder.with_config_entry("session.intra_op.allow_spinning", "0").map_err(|e| ctx(e.into()))?;
+    }
     with_overrides(builder, overrides, path)?.commit_from_file(path).map_err(ctx)
+}
+
+/// `dit_embed.onnx`, `dit_head.onnx`, `dit_body.onnx`, `dit_tail.onnx`: the step-caching parts.
+fn is_dit_part(path: &Path) -> bool {
+    path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("dit_") && n.ends_with(".onnx"))
 }
 
 /// Writes the graph ONNX Runtime's CPU provider actually runs for the model at `path` (after its
