@@ -199,7 +199,8 @@ fn write_all(
                 file: format!("{}.onnx", g.stem),
                 component: c.kind.name().into(),
                 dtype: req.options.dtype.name().into(),
-                weights: mode.unwrap_or_else(|| format!("{:?}", written.mode.unwrap_or(req.weights)).to_lowercase()),
+                weights: mode
+                    .unwrap_or_else(|| format!("{:?}", written.mode.unwrap_or(req.weights)).to_lowercase()),
                 target: req.options.target.name().into(),
                 parameters: g.model.weights.iter().map(|w| w.shape.iter().product::<usize>() as u64).sum(),
                 inputs,

@@ -28,12 +28,11 @@ pub fn write_shared(model: &Model, dir: &Path, base: &str, stem: &str) -> Result
     })?;
     let base_graph = base_proto.graph.unwrap_or_default();
     let wanted: Vec<&str> = model.weights.iter().map(|w| w.name.as_str()).collect();
-    let (inits, prelude) = closure(&base_graph.initializer, &base_graph.node, &wanted).map_err(|name| {
-        ExportError::Output {
+    let (inits, prelude) =
+        closure(&base_graph.initializer, &base_graph.node, &wanted).map_err(|name| ExportError::Output {
             path: base_path.clone(),
             msg: format!("the {stem} graph needs weight '{name}', which the {base} graph does not have"),
-        }
-    })?;
+        })?;
     let mut proto = model.proto.clone();
     let graph = proto.graph.get_or_insert_with(Default::default);
     graph.initializer.extend(inits);

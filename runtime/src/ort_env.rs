@@ -191,7 +191,8 @@ pub fn cpu_session_with(
     if is_dit_part(path) {
         // Step caching alternates four DiT part sessions per step; an idle session's threads
         // spinning for work would take the cores from the one that runs.
-        builder = builder.with_config_entry("session.intra_op.allow_spinning", "0").map_err(|e| ctx(e.into()))?;
+        builder =
+            builder.with_config_entry("session.intra_op.allow_spinning", "0").map_err(|e| ctx(e.into()))?;
     }
     with_overrides(builder, overrides, path)?.commit_from_file(path).map_err(ctx)
 }

@@ -6,7 +6,7 @@
 
 use super::batch::{Branch, DitCall, Latents};
 use super::{steps, Pipeline, Plan};
-use crate::cache::{StepCache, Start};
+use crate::cache::{Start, StepCache};
 use crate::model_dir::Guidance;
 use crate::tensors::InputRef;
 use crate::RuntimeError;
@@ -80,8 +80,10 @@ impl Pipeline {
         let body_out = match bodies.is_empty() {
             true => vec![],
             false => {
-                let img: Vec<f32> = bodies.iter().flat_map(|&i| head_of(i).map(|h| h.2.clone())).flatten().collect();
-                let txt: Vec<f32> = bodies.iter().flat_map(|&i| head_of(i).map(|h| h.3.clone())).flatten().collect();
+                let img: Vec<f32> =
+                    bodies.iter().flat_map(|&i| head_of(i).map(|h| h.2.clone())).flatten().collect();
+                let txt: Vec<f32> =
+                    bodies.iter().flat_map(|&i| head_of(i).map(|h| h.3.clone())).flatten().collect();
                 self.part(&x, "dit_body", &bodies, Some(&img), Some(&txt))?
             }
         };
@@ -140,8 +142,11 @@ impl Pipeline {
         let (l, ctx) = (x.call.text.shape[1], x.call.text.shape[2]);
         let rows = sel.len() * n;
         let hidden = x.latents.x.repeat(sel.len());
-        let text: Vec<f32> =
-            sel.iter().flat_map(|&b| &x.call.text.data[b * n * l * ctx..(b + 1) * n * l * ctx]).copied().collect();
+        let text: Vec<f32> = sel
+            .iter()
+            .flat_map(|&b| &x.call.text.data[b * n * l * ctx..(b + 1) * n * l * ctx])
+            .copied()
+            .collect();
         let timestep = vec![(x.sigma * 1000.0) / 1000.0; rows];
         let guidance = vec![x.plan.guidance; rows];
         let (img_ids, txt_ids) = (&x.call.img_ids[..rows * s * 4], &x.call.txt_ids[..rows * l * 4]);
@@ -173,13 +178,14 @@ impl Pipeline {
         };
         let t = steps::take_f32(&mut out, first)?;
         let width = t.shape.last().copied().unwrap_or(0);
-        let split = |v: Vec<f32>| -> Vec<Vec<f32>> { v.chunks(v.len() / sel.len().max(1)).map(<[f32]>::to_vec).collect() };
+        let split = |v: Vec<f32>| -> Vec<Vec<f32>> {
+            v.chunks(v.len() / sel.len().max(1)).map(<[f32]>::to_vec).collect()
+        };
         let a = split(t.data);
         let (b, cc) = match graph {
-            "dit_head" => (
-                split(steps::take_f32(&mut out, "img")?.data),
-                split(steps::take_f32(&mut out, "txt")?.data),
-            ),
+            "dit_head" => {
+                (split(steps::take_f32(&mut out, "img")?.data), split(steps::take_f32(&mut out, "txt")?.data))
+            }
             _ => (vec![vec![]; sel.len()], vec![vec![]; sel.len()]),
         };
         Ok(a.into_iter().zip(b).zip(cc).map(|((a, b), c)| (width, a, b, c)).collect())

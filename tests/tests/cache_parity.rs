@@ -80,7 +80,8 @@ fn decisions_and_images_match_diffusers() {
     let kinds = Some(vec![Kind::Transformer, Kind::Vae]);
     export_to(&shapes_model(), out.path(), kinds, options(Target::Ort, None), WeightMode::Copy).unwrap();
     // the ratios and coefficients every reference setting was given
-    let mut cal = CacheCalibration { steps: reference["steps"].as_u64().unwrap() as usize, ..Default::default() };
+    let mut cal =
+        CacheCalibration { steps: reference["steps"].as_u64().unwrap() as usize, ..Default::default() };
     cal.mag_ratios.insert("cond".into(), ratios(&reference["mag_ratios_used"]["ratios"]));
     cal.tea_coefficients = ratios(&reference["tea"]["coefficients"]);
     cal.write(out.path()).unwrap();
@@ -122,8 +123,11 @@ fn magcache_ratios_match_diffusers_calibration() {
     for cal in reference["mag_calibration"].as_array().unwrap() {
         let cap = cal["caption"].as_u64().unwrap() as usize;
         let c = &pipe.model.manifest.configs["transformer"];
-        let hidden = (c["num_attention_heads"].as_u64().unwrap() * c["attention_head_dim"].as_u64().unwrap()) as usize;
-        let _ = pipe.generate(&request(&reference, cap, Some(CacheSpec::Record { hidden })), &mut |_| {}).unwrap();
+        let hidden =
+            (c["num_attention_heads"].as_u64().unwrap() * c["attention_head_dim"].as_u64().unwrap()) as usize;
+        let _ = pipe
+            .generate(&request(&reference, cap, Some(CacheSpec::Record { hidden })), &mut |_| {})
+            .unwrap();
         let recs = std::mem::take(&mut pipe.last_cache_records);
         for (i, branch) in ["cond", "uncond"].iter().enumerate() {
             let want = ratios(&cal["printed"][i]);

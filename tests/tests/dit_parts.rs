@@ -44,7 +44,8 @@ fn check_chain(dir: &Path, config: &str, what: &str) {
     // the same ops on the same values; only img_in + (img_out − img_in) rounds
     assert!(d <= 2e-6 * scale.max(1.0), "{what}: parts differ from the monolithic graph by {d:e}");
     // the probe equals the head's first-block modulated input path: same embedder output
-    let embed = run_file(&dir.join("dit_embed.onnx"), case(&io, &["hidden_states", "timestep", "guidance"])).unwrap();
+    let embed =
+        run_file(&dir.join("dit_embed.onnx"), case(&io, &["hidden_states", "timestep", "guidance"])).unwrap();
     assert_eq!(embed["modulated"].shape(), head["img_in"].shape(), "{what}: modulated shape");
 }
 
@@ -82,7 +83,8 @@ fn shares_weights(dir: &Path, mode: WeightMode) {
         .collect();
     assert!(files.iter().all(|f| f == "transformer.onnx.data"), "{mode:?}: data files {files:?}");
     if mode == WeightMode::Link {
-        let links: Vec<_> = std::fs::read_dir(dir.join("weights")).unwrap().flatten().map(|e| e.file_name()).collect();
+        let links: Vec<_> =
+            std::fs::read_dir(dir.join("weights")).unwrap().flatten().map(|e| e.file_name()).collect();
         assert_eq!(links, vec![std::ffi::OsString::from("transformer")], "{mode:?}: link folders");
     }
     for p in DitPart::ALL {
@@ -95,7 +97,9 @@ fn shares_weights(dir: &Path, mode: WeightMode) {
             let loc = t.external_data.iter().find(|kv| kv.key == "location").map(|kv| kv.value.as_str());
             match mode {
                 WeightMode::Copy => assert_eq!(loc, Some("transformer.onnx.data"), "{}", t.name),
-                WeightMode::Link => assert!(loc.is_some_and(|l| l.starts_with("weights/transformer/")), "{}", t.name),
+                WeightMode::Link => {
+                    assert!(loc.is_some_and(|l| l.starts_with("weights/transformer/")), "{}", t.name)
+                }
             }
         }
     }
@@ -126,7 +130,8 @@ fn part_structure() {
     let io = |part: DitPart| {
         let m = build_dit_part(&config, part, Target::Ort, DType::F32).unwrap();
         let g = m.proto.graph.unwrap();
-        let names = |v: &[flux2_graphs::onnx::ValueInfoProto]| v.iter().map(|i| i.name.clone()).collect::<Vec<_>>();
+        let names =
+            |v: &[flux2_graphs::onnx::ValueInfoProto]| v.iter().map(|i| i.name.clone()).collect::<Vec<_>>();
         (names(&g.input), names(&g.output))
     };
     assert_eq!(io(DitPart::Head).1, ["img_in", "img", "txt"]);

@@ -100,13 +100,22 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             Vec::new()
         }
     };
-    let cal = CacheCalibration { steps, runs: prompts.len(), mag_ratios: sums, tea_coefficients, tea_pairs: pairs.len() };
+    let cal = CacheCalibration {
+        steps,
+        runs: prompts.len(),
+        mag_ratios: sums,
+        tea_coefficients,
+        tea_pairs: pairs.len(),
+    };
     cal.write(&args.model)?;
     for (branch, r) in &cal.mag_ratios {
         let list: Vec<String> = r.iter().map(|v| format!("{v:.5}")).collect();
         println!("MagCache ratios ({branch}, {steps} steps): [{}]", list.join(", "));
     }
-    println!("TeaCache coefficients (highest power first): {:?} from {} pairs", cal.tea_coefficients, cal.tea_pairs);
+    println!(
+        "TeaCache coefficients (highest power first): {:?} from {} pairs",
+        cal.tea_coefficients, cal.tea_pairs
+    );
     println!("wrote {}", args.model.join(flux2_runtime::cache::CALIBRATION_FILE).display());
     Ok(())
 }
@@ -114,6 +123,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 /// The DiT's hidden size from the manifest's transformer config.
 fn hidden_size(pipe: &Pipeline) -> anyhow::Result<usize> {
     let c = pipe.model.manifest.configs.get("transformer").context("the export has no transformer config")?;
-    let get = |k: &str| c.get(k).and_then(|v| v.as_u64()).with_context(|| format!("transformer config has no {k}"));
+    let get =
+        |k: &str| c.get(k).and_then(|v| v.as_u64()).with_context(|| format!("transformer config has no {k}"));
     Ok((get("num_attention_heads")? * get("attention_head_dim")?) as usize)
 }

@@ -11,13 +11,28 @@ use crate::RuntimeError;
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 #[serde(tag = "policy", rename_all = "lowercase")]
 pub enum CacheSpec {
-    Fbc { threshold: f32 },
-    Mag { threshold: f32, max_skip: usize, retention: f64 },
-    Taylor { interval: usize, order: usize, before: usize, after: Option<usize> },
-    Tea { threshold: f64 },
+    Fbc {
+        threshold: f32,
+    },
+    Mag {
+        threshold: f32,
+        max_skip: usize,
+        retention: f64,
+    },
+    Taylor {
+        interval: usize,
+        order: usize,
+        before: usize,
+        after: Option<usize>,
+    },
+    Tea {
+        threshold: f64,
+    },
     /// Never skips; records MagCache ratios and TeaCache pairs (the calibration run) of a
     /// DiT of hidden size `hidden`.
-    Record { hidden: usize },
+    Record {
+        hidden: usize,
+    },
 }
 
 fn bad(msg: String) -> RuntimeError {
