@@ -25,6 +25,9 @@ enum Command {
     // COMMANDS-BEGIN
     #[cfg(feature = "full")]
     Calibrate(cmd::calibrate::Args),
+    #[cfg(feature = "full")]
+    #[command(name = "calibrate-cache")]
+    CalibrateCache(cmd::calibrate_cache::Args),
     /// Print the sampler's noise schedule (sigmas) for a size and step count, as JSON.
     Schedule(cmd::schedule::Args),
     #[cfg(feature = "full")]
@@ -74,6 +77,8 @@ fn main() {
         // DISPATCH-BEGIN
         #[cfg(feature = "full")]
         Command::Calibrate(a) => cmd::calibrate::run(a),
+        #[cfg(feature = "full")]
+        Command::CalibrateCache(a) => cmd::calibrate_cache::run(a),
         Command::Schedule(a) => cmd::schedule::run(a),
         #[cfg(feature = "full")]
         Command::Export(a) => cmd::export::run(a),

@@ -26,6 +26,8 @@ pub struct Options {
     /// Guidance scale (true CFG for klein base); `None` takes the vocabulary's, else the
     /// export's default.
     pub guidance: Option<f32>,
+    /// Step caching (`--cache`); None: uncached.
+    pub cache: Option<flux2_runtime::cache::CacheSpec>,
 }
 
 /// One generation and its verdict.
@@ -97,6 +99,9 @@ pub struct Report {
     pub guidance: Option<f32>,
     pub accuracy: Accuracy,
     pub seconds: f64,
+    /// DiT evaluations over all pictures (per CFG branch): full, first block only, skipped.
+    #[serde(default)]
+    pub dit_evaluations: flux2_runtime::cache::DitCounts,
     pub items: Vec<Item>,
 }
 
@@ -117,16 +122,22 @@ pub fn evaluate(
     let guidance = opts.guidance.or(vocab.guidance);
     let mut items = Vec::with_capacity(opts.prompts);
     let mut images = Vec::with_capacity(opts.prompts);
+    let mut dit = flux2_runtime::cache::DitCounts::default();
     for (i, caption) in captions(vocab, opts.prompts, opts.seed).into_iter().enumerate() {
         let prompt = vocab.caption(&caption);
         let seed = opts.seed.wrapping_add(i as u64);
         let mut req = Request::new(PromptSource::Text(prompt.clone()));
         (req.width, req.height, req.steps, req.seed) = (Some(width), Some(height), Some(steps), seed);
         req.guidance = guidance;
+        req.cache = opts.cache.clone();
         if let Some(shift) = opts.shift {
             req.shift = shift;
         }
         let out = pipe.generate(&req, &mut |_| {})?;
+        let d = out.timings.dit;
+        dit.full += d.full;
+        dit.first_block_only += d.first_block_only;
+        dit.skipped += d.skipped;
         let img = Rgb::from_chw(&out.image);
         let item = Item::score(prompt, seed, caption, classify(&img, vocab));
         progress(i, &item);
@@ -144,6 +155,7 @@ pub fn evaluate(
         guidance,
         accuracy: Accuracy::of(&items),
         seconds: started.elapsed().as_secs_f64(),
+        dit_evaluations: dit,
         items,
     };
     Ok((report, images))

@@ -10,6 +10,7 @@ use crate::lowbit::LowbitOptions;
 use crate::manifest::{dim_ranges, fingerprint, io_specs, GraphEntry, Manifest};
 use crate::models::{build, BuiltGraph, ExportOptions};
 use crate::names::{resolve_weights, ResolvedWeight};
+use crate::share::write_shared;
 use crate::writer::{write_model, WeightMerge, WeightMode, WriteOptions};
 use crate::{io_err, ExportError, Result};
 
@@ -138,6 +139,10 @@ fn plan<'a>(source: &'a ModelSource, req: &ExportRequest) -> Result<Vec<Planned<
             continue;
         }
         for g in build(c, &req.options)? {
+            if g.shares_weights_of.is_some() {
+                planned.push((i, g, Vec::new())); // weights: the earlier graph's, as written
+                continue;
+            }
             let ignore: Vec<&str> = g.ignore.iter().map(|s| s.as_str()).collect();
             match resolve_weights(&c.checkpoint, &g.model.weights, &*g.map, &ignore, &g.stem) {
                 Ok(weights) => planned.push((i, g, weights)),
@@ -183,9 +188,16 @@ fn write_all(
     for (ci, g, weights) in planned {
         let c = &source.components[*ci];
         progress(Progress::Graph { stem: &g.stem });
-        let written = write_model(&g.model, weights, &c.checkpoint, staging, &g.stem, &opts, &mut |n| {
-            progress(Progress::Bytes(n))
-        })?;
+        let written = match &g.shares_weights_of {
+            Some(base) => write_shared(&g.model, staging, base, &g.stem)?,
+            None => write_model(&g.model, weights, &c.checkpoint, staging, &g.stem, &opts, &mut |n| {
+                progress(Progress::Bytes(n))
+            })?,
+        };
+        let mode = match &g.shares_weights_of {
+            Some(base) => manifest.graphs.get(base).map(|e| e.weights.clone()),
+            None => None,
+        };
         let (inputs, outputs) = io_specs(&g.model);
         manifest.graphs.insert(
             g.stem.clone(),
@@ -193,7 +205,8 @@ fn write_all(
                 file: format!("{}.onnx", g.stem),
                 component: c.kind.name().into(),
                 dtype: req.options.dtype.name().into(),
-                weights: format!("{:?}", written.mode.unwrap_or(req.weights)).to_lowercase(),
+                weights: mode
+                    .unwrap_or_else(|| format!("{:?}", written.mode.unwrap_or(req.weights)).to_lowercase()),
                 target: req.options.target.name().into(),
                 parameters: g.model.weights.iter().map(|w| w.shape.iter().product::<usize>() as u64).sum(),
                 inputs,

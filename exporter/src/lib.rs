@@ -16,6 +16,7 @@ pub mod manifest;
 pub mod models;
 pub mod names;
 pub mod safetensors;
+pub mod share;
 pub mod synth;
 pub mod verify;
 pub mod writer;

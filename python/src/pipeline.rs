@@ -95,10 +95,14 @@ impl Pipeline {
     /// `flux2 generate --num-images N`; one text-encoder call, one DiT call per step, one VAE
     /// decode) and returns them as a list of N arrays, each equal to a one-image call with its
     /// seed. Without `num_images` the result is the single array.
+    ///
+    /// `cache="fbc:0.1"` (or `mag:…`, `taylor:…`, `tea:…`, as `flux2 generate --cache`) turns on
+    /// step caching; `last_timings["dit_evaluations"]` counts what ran.
     #[pyo3(signature = (
         prompt=None, *, negative_prompt=None, references=None, width=None, height=None, steps=None,
         guidance=None, seed=None, shift=None, prompt_embeds=None, negative_prompt_embeds=None,
-        noise=None, max_sequence_length=DEFAULT_MAX_SEQUENCE_LENGTH, num_images=None, progress=None
+        noise=None, max_sequence_length=DEFAULT_MAX_SEQUENCE_LENGTH, num_images=None, progress=None,
+        cache=None
     ))]
     #[allow(clippy::too_many_arguments)]
     fn generate<'py>(
@@ -119,6 +123,7 @@ impl Pipeline {
         max_sequence_length: usize,
         num_images: Option<i64>,
         progress: Option<Py<PyAny>>,
+        cache: Option<String>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let ga = GenerateArgs {
             prompt,
@@ -138,6 +143,7 @@ impl Pipeline {
             num_images: args::count("--num-images", num_images)?,
             noise,
             max_sequence_length: Some(max_sequence_length),
+            cache,
         };
         let mut cb = Progress { callback: progress, raised: None };
         let result = py.detach(|| -> Result<_, (bool, flux2_runtime::RuntimeError)> {
@@ -168,7 +174,8 @@ impl Pipeline {
 
     /// Seconds per stage of the last `generate` (None before the first; for a batch, of the
     /// whole batch): load (session creation, first call only), text_encoder, vae_encode,
-    /// denoise, dit_steps (list), vae_decode, total, ort (time inside ONNX Runtime).
+    /// denoise, dit_steps (list), vae_decode, total, ort (time inside ONNX Runtime), and
+    /// dit_evaluations (full, first_block_only, skipped: per CFG branch).
     #[getter]
     fn last_timings<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyDict>>> {
         let last = lock(&self.last)?;
@@ -182,6 +189,11 @@ impl Pipeline {
         d.set_item("vae_decode", t.vae_decode)?;
         d.set_item("total", t.total)?;
         d.set_item("ort", t.ort)?;
+        let e = PyDict::new(py);
+        e.set_item("full", t.dit.full)?;
+        e.set_item("first_block_only", t.dit.first_block_only)?;
+        e.set_item("skipped", t.dit.skipped)?;
+        d.set_item("dit_evaluations", e)?;
         Ok(Some(d))
     }
 

@@ -5,6 +5,7 @@
 //! It depends on no other flux2 crate: the exporter, the calibrator and the TensorRT builder
 //! are its clients, so a device build links only this crate.
 
+pub mod cache;
 pub mod cpu;
 pub mod images;
 pub mod lora;

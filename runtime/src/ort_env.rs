@@ -228,6 +228,12 @@ fn cpu_builder(path: &Path, opts: &SessionOptions, optimize: bool) -> Result<Ses
     builder = builder
         .with_config_entry("session.qdq_matmulnbits_accuracy_level", nbits_accuracy_level())
         .map_err(|e| ctx(e.into()))?;
+    if is_dit_part(path) {
+        // Step caching alternates four DiT part sessions per step; an idle session's threads
+        // spinning for work would take the cores from the one that runs.
+        builder =
+            builder.with_config_entry("session.intra_op.allow_spinning", "0").map_err(|e| ctx(e.into()))?;
+    }
     Ok(builder)
 }
 
@@ -343,6 +349,11 @@ fn cached_session(path: &Path, opts: &SessionOptions, slot: &Slot) -> Result<Ses
             plain()
         }
     }
+}
+
+/// `dit_embed.onnx`, `dit_head.onnx`, `dit_body.onnx`, `dit_tail.onnx`: the step-caching parts.
+fn is_dit_part(path: &Path) -> bool {
+    path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("dit_") && n.ends_with(".onnx"))
 }
 
 /// Writes the graph ONNX Runtime's CPU provider actually runs for the model at `path` (after its

@@ -30,6 +30,8 @@ use crate::{Override, RuntimeError};
 
 #[path = "pipeline_batch.rs"]
 mod batch;
+#[path = "pipeline_cached.rs"]
+mod cached;
 #[path = "pipeline_denoise.rs"]
 mod denoise;
 #[path = "pipeline_steps.rs"]
@@ -68,6 +70,8 @@ pub struct Request {
     /// Noise [num_images, C, H/16, W/16] instead of the seeded generator.
     pub noise: Option<Tensor>,
     pub max_sequence_length: usize,
+    /// Step caching (`--cache`); None: every step runs the whole DiT (the monolithic graph).
+    pub cache: Option<crate::cache::CacheSpec>,
 }
 
 impl Request {
@@ -85,6 +89,7 @@ impl Request {
             num_images: 1,
             noise: None,
             max_sequence_length: 512,
+            cache: None,
         }
     }
 }
@@ -122,6 +127,8 @@ pub struct Timings {
     pub total: f64,
     /// Time inside ONNX Runtime calls (the rest is our own overhead).
     pub ort: f64,
+    /// DiT evaluations (per CFG branch): full, first block only, skipped.
+    pub dit: crate::cache::DitCounts,
 }
 
 /// A generated image and how it was made.
@@ -165,6 +172,8 @@ pub struct Pipeline {
     /// Merged DiT weights of the active run-time adapters, and what they are.
     dit_overrides: Vec<Override>,
     adapters: Vec<AdapterRecord>,
+    /// What a calibration run ([`crate::cache::CacheSpec::Record`]) recorded, per branch.
+    pub last_cache_records: std::collections::BTreeMap<&'static str, crate::cache::policies::Records>,
 }
 
 impl Pipeline {
@@ -181,6 +190,7 @@ impl Pipeline {
             ort_time: 0.0,
             dit_overrides: Vec::new(),
             adapters: Vec::new(),
+            last_cache_records: Default::default(),
         })
     }
 
@@ -234,6 +244,11 @@ impl Pipeline {
     /// Validates a request against the model and resolves every default. Runs no model.
     pub fn plan(&self, req: &Request) -> Result<Plan, RuntimeError> {
         steps::plan(&self.model, req)
+    }
+
+    /// Why step caching cannot help a plan (step-distilled or ≤ 4 steps), to tell the user.
+    pub fn cache_advice(&self, plan: &Plan) -> Option<String> {
+        steps::cache_advice(&self.model, plan)
     }
 
     /// Generates one image (`req.num_images` must be 1; see [`Pipeline::generate_batch`]).
@@ -301,7 +316,19 @@ impl Pipeline {
         let c = self.model.latent_channels();
         let mut latents = batch::Latents::new(&plan, req, c, &ref_tokens)?;
         let dit = batch::DitBatch::new(&latents, &ref_ids, &cond, uncond.as_deref())?;
-        self.denoise(&plan, &dit, &mut latents, &mut timings, on_event)?;
+        let mut cache = match &req.cache {
+            Some(spec) => Some(crate::cache::StepCache::new(
+                spec.clone(),
+                plan.schedule.steps(),
+                crate::cache::CacheCalibration::read(&self.model.dir)?,
+            )?),
+            None => None,
+        };
+        self.denoise(&plan, &dit, &mut latents, &mut timings, cache.as_mut(), on_event)?;
+        if let Some(c) = &mut cache {
+            timings.dit = c.counts;
+            self.last_cache_records = c.take_records();
+        }
 
         emit(on_event, Event::Stage("vae decode"))?;
         let t = Instant::now();
@@ -326,7 +353,16 @@ impl Pipeline {
         if !plan.references.is_empty() {
             self.session("vae_encoder")?;
         }
-        self.session("transformer")?;
+        match req.cache {
+            Some(_) => {
+                for p in cached::PARTS {
+                    self.session(p)?;
+                }
+            }
+            None => {
+                self.session("transformer")?;
+            }
+        }
         self.session("vae_decoder")?;
         Ok(())
     }

@@ -3,6 +3,7 @@
 
 use super::batch::{Branch, DitBatch, DitCall, Latents};
 use super::{steps, Event, Pipeline, Plan, Timings};
+use crate::cache::StepCache;
 use crate::images::Chw;
 use crate::model_dir::Guidance;
 use crate::tensors::InputRef;
@@ -40,6 +41,7 @@ impl Pipeline {
         dit: &DitBatch,
         latents: &mut Latents,
         timings: &mut Timings,
+        mut cache: Option<&mut StepCache>,
         on_event: &mut dyn FnMut(Event) -> std::ops::ControlFlow<()>,
     ) -> Result<(), RuntimeError> {
         let n = plan.schedule.steps();
@@ -47,7 +49,10 @@ impl Pipeline {
             super::emit(on_event, Event::Step { index: i, total: n })?;
             let t = std::time::Instant::now();
             let (sigma, next) = (plan.schedule.sigmas[i], plan.schedule.sigmas[i + 1]);
-            let v = self.velocity(plan, dit, latents, sigma)?;
+            let v = self.velocity(plan, dit, latents, sigma, i, cache.as_deref_mut())?;
+            if cache.is_none() {
+                timings.dit.full += dit.calls.iter().map(|c| c.branches.len()).sum::<usize>();
+            }
             latents.euler_step(&v, sigma, next)?;
             timings.dit_steps.push(t.elapsed().as_secs_f64());
         }
@@ -55,17 +60,22 @@ impl Pipeline {
     }
 
     /// The velocity of every image's noisy tokens, `noisy_len()` values per image (with CFG:
-    /// v_u + g·(v_c − v_u)).
+    /// v_u + g·(v_c − v_u)): the monolithic DiT, or its parts as the step cache decides.
     fn velocity(
         &mut self,
         plan: &Plan,
         dit: &DitBatch,
         latents: &Latents,
         sigma: f32,
+        step: usize,
+        mut cache: Option<&mut StepCache>,
     ) -> Result<Vec<f32>, RuntimeError> {
         let (mut cond, mut uncond) = (None, None);
         for call in &dit.calls {
-            let v = self.dit_call(plan, call, latents, sigma)?;
+            let v = match cache.as_deref_mut() {
+                Some(c) => self.cached_call(plan, call, latents, sigma, step, c)?,
+                None => self.dit_call(plan, call, latents, sigma)?,
+            };
             let per_branch = latents.images * latents.noisy_len();
             for (branch, v) in call.branches.iter().zip(v.chunks(per_branch)) {
                 match branch {

@@ -20,6 +20,11 @@ pub(super) fn take(mut out: HashMap<String, Tensor>, name: &str) -> Result<Tenso
     out.remove(name).ok_or_else(|| RuntimeError::Run(format!("graph has no output '{name}'")))
 }
 
+/// Takes a named output, leaving the others.
+pub(super) fn take_f32(out: &mut HashMap<String, Tensor>, name: &str) -> Result<Tensor, RuntimeError> {
+    out.remove(name).ok_or_else(|| RuntimeError::Run(format!("graph has no output '{name}'")))
+}
+
 /// [C, h, w] (channels first) -> [h·w, C] tokens, row-major over the grid.
 pub(super) fn pack(x: &[f32], c: usize, h: usize, w: usize) -> Vec<f32> {
     let mut out = vec![0f32; c * h * w];
@@ -168,5 +173,46 @@ pub(super) fn plan(model: &ModelDir, req: &Request) -> Result<Plan, RuntimeError
     }
     let schedule =
         Schedule::for_tokens(h * w, steps, req.shift).map_err(|e| input_err("--shift", e.to_string()))?;
+    if let Some(spec) = &req.cache {
+        check_cache(model, spec, steps)?;
+    }
     Ok(Plan { width, height, mode, guidance, cfg, schedule, references, num_images })
+}
+
+/// `--cache` needs the DiT parts (exports made before step caching lack them) and, for
+/// `mag` / `tea`, the export's cache calibration (checked by building a policy).
+fn check_cache(model: &ModelDir, spec: &crate::cache::CacheSpec, steps: usize) -> Result<(), RuntimeError> {
+    let missing: Vec<&str> =
+        super::cached::PARTS.iter().copied().filter(|p| model.entry(p).is_none()).collect();
+    if !missing.is_empty() {
+        return Err(input_err(
+            "--cache",
+            format!(
+                "the export {} has no DiT parts ({}) that step caching runs; re-export the checkpoint with \
+                 this flux2 (`flux2 export --checkpoint CKPT --out DIR`), which writes them beside the \
+                 transformer",
+                model.dir.display(),
+                missing.join(", ")
+            ),
+        ));
+    }
+    for p in super::cached::PARTS {
+        model.graph(p)?;
+    }
+    let calibration = crate::cache::CacheCalibration::read(&model.dir)?;
+    spec.policy(steps, calibration.as_ref())?;
+    Ok(())
+}
+
+/// Why step caching cannot help this plan (a step-distilled few-step model), if so.
+pub fn cache_advice(model: &ModelDir, plan: &Plan) -> Option<String> {
+    let distilled = model.guidance_mode() == Guidance::None;
+    let steps = plan.schedule.steps();
+    (distilled || steps <= 4).then(|| {
+        format!(
+            "step caching cannot help here: {} ({steps} steps) leaves no redundant steps to skip; it \
+             pays on many-step models (klein base, dev: 24-50 steps)",
+            if distilled { "a step-distilled model" } else { "a few-step schedule" }
+        )
+    })
 }

@@ -40,6 +40,9 @@ pub struct GenerateArgs {
     pub noise: Option<PathBuf>,
     /// Prompt length limit in tokens; None means [`DEFAULT_MAX_SEQUENCE_LENGTH`], 0 is refused.
     pub max_sequence_length: Option<usize>,
+    /// Step caching: `fbc:T`, `mag:T[,MAX_SKIP[,RETENTION]]`, `taylor:N[,ORDER[,BEFORE[,AFTER]]]`,
+    /// `tea:T` ([`crate::cache::CacheSpec`]); None or `off`: no caching.
+    pub cache: Option<String>,
 }
 
 fn input_err(name: &str, msg: impl Into<String>) -> RuntimeError {
@@ -102,6 +105,10 @@ impl GenerateArgs {
             Some(n) => n,
         };
         req.noise = noise;
+        req.cache = match self.cache.as_deref().map(str::trim) {
+            None | Some("") | Some("off") | Some("none") => None,
+            Some(s) => Some(s.parse()?),
+        };
         req.max_sequence_length = match self.max_sequence_length {
             None => DEFAULT_MAX_SEQUENCE_LENGTH,
             Some(0) => {

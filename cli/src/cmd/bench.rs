@@ -39,7 +39,8 @@ Examples:
   for n in 1 2 4; do flux2 bench --model klein-onnx --batch $n --json bench-b$n.json; done
   flux2 calibrate --model klein-onnx --precision int8 --out klein-int8
   flux2 bench --model klein-onnx --against klein-int8   # f32 and INT8 side by side, image PSNR
-  flux2 bench --model shapes-onnx --against shapes-int8 --adherence 96   # + prompt adherence of both";
+  flux2 bench --model shapes-onnx --against shapes-int8 --adherence 96   # + prompt adherence of both
+  flux2 bench --model klein-base-onnx --steps 50 --cache fbc:0.1     # step caching: speed and DiT evaluations";
 
 /// Measure per-stage latency of an exported model (sessions created once, then reused).
 #[derive(clap::Args)]
@@ -84,6 +85,10 @@ pub struct Args {
     /// LoRA adapter applied at run time, FILE[:SCALE] (repeatable; scale 1 by default).
     #[arg(long, value_name = "FILE[:SCALE]")]
     pub lora: Vec<String>,
+    /// Step caching: fbc:T, mag:T[,MAX_SKIP,RETENTION], taylor:N[,ORDER], tea:T, or off (see
+    /// `flux2 generate --help`); the report counts full / first-block-only / skipped DiT evaluations.
+    #[arg(long, value_name = "POLICY", default_value = "off")]
+    pub cache: String,
     /// Execution provider: cpu, cuda or tensorrt.
     #[arg(long, default_value = "cpu")]
     pub provider: String,
@@ -228,6 +233,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     req.max_sequence_length = args.max_sequence_length;
     req.references = refs.into_iter().map(Reference::Path).collect();
     req.num_images = args.batch;
+    req.cache = match args.cache.trim() {
+        "" | "off" | "none" => None,
+        c => Some(c.parse()?),
+    };
     let true_cfg = pipe.model.guidance_mode() == flux2_runtime::model_dir::Guidance::TrueCfg;
     if !has_text && true_cfg && req.guidance.is_none_or(|g| g > 1.0) {
         // true CFG without a text encoder: the empty negative prompt's embeddings are random too
@@ -267,6 +276,11 @@ type Measured = (Vec<Timings>, f64, usize, Vec<f32>);
 
 fn measure(pipe: &mut Pipeline, req: &Request, args: &Args) -> anyhow::Result<Measured> {
     let plan = pipe.plan(req)?;
+    if req.cache.is_some() {
+        if let Some(note) = pipe.cache_advice(&plan) {
+            eprintln!("note: {note}");
+        }
+    }
     let steps = plan.schedule.steps();
     let total = (args.warmup + args.runs) as u64;
     let pb = crate::progress::bar(total, "bench");
@@ -325,6 +339,11 @@ fn report(
         "session cache: {} graph(s) loaded from it, {} written, {} stale or damaged entries rebuilt",
         cache.hits, cache.writes, cache.rejected
     );
+    let dit = runs.last().map(|t| t.dit).unwrap_or_default();
+    println!(
+        "DiT evaluations per generation (cache {}): {} full, {} first block only, {} skipped",
+        args.cache, dit.full, dit.first_block_only, dit.skipped
+    );
     if let Some(path) = &args.json {
         let doc = json!({
             "model": args.model.display().to_string(),
@@ -342,6 +361,8 @@ fn report(
             "session_cache": {"hits": cache.hits, "writes": cache.writes, "rejected": cache.rejected},
             "peak_rss_bytes": peak_rss(),
             "against": against,
+            "cache": args.cache,
+            "dit_evaluations": dit,
         });
         super::write_atomic(path, &(serde_json::to_string_pretty(&doc)? + "\n"))?;
         println!("wrote {}", path.display());

@@ -101,7 +101,7 @@ pub fn adherence_of(
     name: &str,
     sheet: Option<&Path>,
 ) -> anyhow::Result<Accuracy> {
-    let opts = Options { prompts, seed, size: None, steps: None, shift: None, guidance: None };
+    let opts = Options { prompts, seed, size: None, steps: None, shift: None, guidance: None, cache: None };
     let mut pipe =
         Pipeline::new(dir, factory).with_context(|| format!("adherence run on {}", dir.display()))?;
     let pb = crate::progress::bar(prompts as u64, &format!("adherence ({name})"));

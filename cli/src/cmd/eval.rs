@@ -61,6 +61,10 @@ pub struct Args {
     /// Execution provider: cpu, cuda or tensorrt.
     #[arg(long, default_value = "cpu")]
     pub provider: String,
+    /// Step caching for every picture: fbc:T, mag:T[,MAX_SKIP,RETENTION], taylor:N[,ORDER], tea:T
+    /// or off (see `flux2 generate --help`); the report counts the DiT evaluations.
+    #[arg(long, value_name = "POLICY", default_value = "off")]
+    pub cache: String,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -77,6 +81,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         steps: args.steps,
         shift,
         guidance: args.guidance,
+        cache: match args.cache.trim() {
+            "" | "off" | "none" => None,
+            c => Some(c.parse()?),
+        },
     };
     if opts.prompts == 0 {
         anyhow::bail!("--prompts must be at least 1");
@@ -106,6 +114,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         100.0 * a.shape,
         100.0 * a.background,
         100.0 * a.all
+    );
+    let d = report.dit_evaluations;
+    println!(
+        "DiT evaluations (cache {}): {} full, {} first block only, {} skipped",
+        args.cache, d.full, d.first_block_only, d.skipped
     );
     println!("report: {}\ncontact sheet: {}", json.display(), png.display());
     Ok(())

@@ -35,6 +35,15 @@ use flux2_runtime::tensor_file::{write_tensors, Tensor};
 ///   flux2 generate --model klein-onnx --prompt "a fox" --lora style.safetensors:0.8 \
 ///       --lora detail.safetensors --out fox.png        # LoRA adapters, no re-export
 ///
+/// --cache POLICY skips DiT work on steps whose output barely changes (off by default; the
+/// export needs its DiT parts, which `flux2 export` writes): fbc:THRESHOLD (First-Block Cache,
+/// e.g. fbc:0.1), mag:THRESHOLD[,MAX_SKIP,RETENTION] (MagCache, e.g. mag:0.06 or mag:0.24,5),
+/// taylor:INTERVAL[,ORDER[,BEFORE[,AFTER]]] (TaylorSeer, e.g. taylor:2), tea:THRESHOLD (TeaCache).
+/// mag and tea need `flux2 calibrate --model DIR calibrate-cache` on the export once. The
+/// CFG branches keep separate caches. --json prints a summary on stdout (seconds per stage,
+/// full / first-block-only / skipped DiT evaluations):
+///   flux2 generate --model shapes --prompt "a red circle on a blue background" --cache fbc:0.1 --json --out c.png
+///
 /// --lora FILE[:SCALE] (repeatable, scale 1 by default) applies adapters at run time: diffusers /
 /// PEFT, BFL / ai-toolkit or kohya files, detected from their keys. The touched DiT weights are
 /// merged in memory and replace the export's at session creation; nothing is written. Quantised
@@ -105,6 +114,12 @@ pub struct Args {
     /// this export's ONNX weights (e.g. one made with `flux2 export --lora`).
     #[arg(long, value_name = "DIR")]
     pub refit_from: Option<PathBuf>,
+    /// Step caching: fbc:T, mag:T[,MAX_SKIP,RETENTION], taylor:N[,ORDER], tea:T, or off.
+    #[arg(long, value_name = "POLICY", default_value = "off")]
+    pub cache: String,
+    /// Print a JSON summary on stdout (timings per stage, DiT evaluations); messages go to stderr.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Parses `--lora` arguments and applies them to the pipeline's DiT, reporting what changed.
@@ -149,6 +164,7 @@ fn generate_args(args: &Args) -> GenerateArgs {
         num_images: Some(args.num_images),
         noise: args.noise.clone(),
         max_sequence_length: Some(args.max_sequence_length),
+        cache: Some(args.cache.clone()),
     }
 }
 
@@ -176,6 +192,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let mut pipe = Pipeline::new(&args.model, factory_refit(&args.provider, args.refit_from.as_deref())?)?;
     apply_adapters(&mut pipe, &args.lora)?;
     let plan = pipe.plan(&req)?; // validate before any model runs
+    if req.cache.is_some() {
+        if let Some(note) = pipe.cache_advice(&plan) {
+            eprintln!("note: {note}");
+        }
+    }
     let pb = crate::progress::bar(plan.schedule.steps() as u64, "denoise");
     let out = pipe.generate_batch(&req, &mut |e| {
         match e {
@@ -185,8 +206,39 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         std::ops::ControlFlow::Continue(())
     })?;
     pb.finish_and_clear();
-    write_outputs(&args, &pipe, &out)?;
-    print_timings(&out);
+    let written = write_outputs(&args, &pipe, &out)?;
+    if args.json {
+        print_json(&args, &out, &written)?;
+    } else {
+        print_timings(&out);
+    }
+    Ok(())
+}
+
+/// `--json`: what was written, the timings per stage and the DiT evaluations.
+fn print_json(args: &Args, out: &Batch, written: &[PathBuf]) -> anyhow::Result<()> {
+    let t = &out.timings;
+    let summary = serde_json::json!({
+        "images": written,
+        "seeds": out.seeds,
+        "width": out.plan.width,
+        "height": out.plan.height,
+        "steps": out.plan.schedule.steps(),
+        "guidance": out.plan.guidance,
+        "cache": args.cache,
+        "seconds": {
+            "load": t.load,
+            "text_encoder": t.text_encoder,
+            "vae_encode": t.vae_encode,
+            "denoise": t.dit_steps.iter().sum::<f64>(),
+            "dit_steps": t.dit_steps,
+            "vae_decode": t.vae_decode,
+            "total": t.total,
+            "onnx_runtime": t.ort,
+        },
+        "dit_evaluations": t.dit,
+    });
+    println!("{}", serde_json::to_string_pretty(&summary)?);
     Ok(())
 }
 
@@ -208,21 +260,27 @@ pub fn output_path(out: &Path, num_images: usize, k: usize, seed: Option<u64>) -
     out.with_file_name(name)
 }
 
-/// Writes the image file(s) and the optional tensor file.
-fn write_outputs(args: &Args, pipe: &Pipeline, out: &Batch) -> anyhow::Result<()> {
+/// Writes the image file(s) and the optional tensor file; returns the image paths.
+fn write_outputs(args: &Args, pipe: &Pipeline, out: &Batch) -> anyhow::Result<Vec<PathBuf>> {
     let n = out.images.len();
+    let mut written = Vec::with_capacity(n);
     for (k, image) in out.images.iter().enumerate() {
         let seed = out.seeds.get(k).copied();
         let path = output_path(&args.out, n, k, seed);
         let meta = provenance(args, pipe, &out.plan, seed);
         flux2_runtime::images::write_image(&path, image, &meta)?;
-        println!(
+        let line = format!(
             "wrote {} ({}×{}, {} steps)",
             path.display(),
             image.width,
             image.height,
             out.plan.schedule.steps()
         );
+        match args.json {
+            true => eprintln!("{line}"),
+            false => println!("{line}"),
+        }
+        written.push(path);
     }
     if let Some(p) = &args.save_tensor {
         let (w, h) = (out.plan.width, out.plan.height);
@@ -230,7 +288,7 @@ fn write_outputs(args: &Args, pipe: &Pipeline, out: &Batch) -> anyhow::Result<()
         let t = Tensor { shape: vec![n, 3, h, w], data };
         write_tensors(p, &[("image", &t)])?;
     }
-    Ok(())
+    Ok(written)
 }
 
 fn print_timings(out: &Batch) {
@@ -251,6 +309,16 @@ fn print_timings(out: &Batch) {
         t.total,
         100.0 * t.ort / t.total.max(1e-9)
     );
+    let e = &t.dit;
+    if e.first_block_only + e.skipped > 0 {
+        println!(
+            "DiT evaluations: {} full, {} first block only, {} skipped (of {})",
+            e.full,
+            e.first_block_only,
+            e.skipped,
+            e.full + e.first_block_only + e.skipped
+        );
+    }
 }
 
 /// Fails before any model runs when `path` cannot be written: its folder is missing, not a

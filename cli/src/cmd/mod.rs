@@ -8,6 +8,8 @@ pub mod build;
 #[cfg(feature = "full")]
 pub mod calibrate;
 #[cfg(feature = "full")]
+pub mod calibrate_cache;
+#[cfg(feature = "full")]
 pub mod calibrate_vocab;
 #[cfg(feature = "full")]
 pub mod check;

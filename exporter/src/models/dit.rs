@@ -15,7 +15,7 @@
 
 use std::path::PathBuf;
 
-use flux2_graphs::models::dit::{build_transformer, DitConfig};
+use flux2_graphs::models::dit::{build_dit_part, build_transformer, DitConfig, DitPart};
 use serde_json::Value;
 
 use super::{BuiltGraph, ExportOptions};
@@ -320,13 +320,30 @@ pub fn build(component: &Component, opts: &ExportOptions) -> Result<Vec<BuiltGra
     if let Some(obj) = config_json.as_object_mut() {
         obj.insert("parameters".into(), config.parameter_count().into());
     }
-    Ok(vec![BuiltGraph {
+    let mut graphs = vec![BuiltGraph {
         stem: "transformer".into(),
         model,
         map: Box::new(map),
         ignore: vec![],
-        config: config_json,
+        config: config_json.clone(),
         variant: Some(variant.to_string()),
         pipeline: vec![("guidance_embeds".into(), config.guidance_embeds.into())],
-    }])
+        shares_weights_of: None,
+    }];
+    // Step caching runs the DiT as head / body / tail; they reuse the transformer's weights.
+    if config.num_layers > 0 {
+        for part in DitPart::ALL {
+            graphs.push(BuiltGraph {
+                stem: part.stem().into(),
+                model: build_dit_part(&config, part, opts.target, opts.dtype)?,
+                map: Box::new(move |name: &str| if bfl { bfl_source(name, d) } else { Source::tensor(name) }),
+                ignore: vec![String::new()],
+                config: config_json.clone(),
+                variant: None,
+                pipeline: vec![],
+                shares_weights_of: Some("transformer".into()),
+            });
+        }
+    }
+    Ok(graphs)
 }

@@ -38,6 +38,9 @@ pub struct BuiltGraph {
     pub variant: Option<String>,
     /// Pipeline defaults this component implies (e.g. text layers), merged into the manifest.
     pub pipeline: Vec<(String, serde_json::Value)>,
+    /// Stem of an earlier graph of the same component whose written weights this graph uses
+    /// (the DiT parts share the transformer's weight files instead of a second copy).
+    pub shares_weights_of: Option<String>,
 }
 
 /// Builds the graphs of one component.

@@ -313,5 +313,6 @@ pub fn build(component: &Component, opts: &ExportOptions) -> Result<Vec<BuiltGra
             ("text_layers".into(), json!(detected.config.hidden_layers)),
             ("text_family".into(), json!(detected.config.family.name())),
         ],
+        shares_weights_of: None,
     }])
 }

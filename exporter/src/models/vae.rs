@@ -186,6 +186,7 @@ pub fn build(component: &Component, opts: &ExportOptions) -> Result<Vec<BuiltGra
         config: config_json.clone(),
         variant: None,
         pipeline: vec![],
+        shares_weights_of: None,
     };
     Ok(vec![
         mk("vae_encoder", enc, &["decoder.", "post_quant_conv.", "bn.num_batches_tracked"]),

@@ -13,13 +13,15 @@
 //!   (float64 angles for ONNX Runtime as diffusers does; float32 for TensorRT, which has no
 //!   double);
 //! * `blocks`: double-stream blocks (joint attention over `[text; image]`) and
-//!   single-stream blocks (fused QKV + SwiGLU projection).
+//!   single-stream blocks (fused QKV + SwiGLU projection);
+//! * `parts`: the same network as three graphs (head / body / tail) for step caching.
 //!
 //! The graph's float inputs and weights are in the graph dtype; `timestep` is σ ∈ [0, 1]
 //! exactly as diffusers passes it (the graph multiplies by 1000). B, S and L are dynamic.
 
 mod blocks;
 mod embed;
+mod parts;
 mod rope;
 
 use serde::{Deserialize, Serialize};
@@ -28,6 +30,7 @@ use crate::{shape, DType, Graph, GraphError, Model, Result, Target, T};
 
 pub use blocks::{double_block, single_block};
 pub use embed::{modulate, Mod, Modulations};
+pub use parts::{build_dit_part, DitPart};
 pub use rope::{pair_frequencies, rope_tables, Rope};
 
 /// Shape of a FLUX.2 DiT. Field names follow the diffusers `config.json`.
