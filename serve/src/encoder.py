@@ -62,18 +62,26 @@ class PromptCache:
                 self.bytes -= dropped.nbytes
 
 
+FAMILIES = {}  # name -> MetricFamily; a family must outlive its metrics
+
+
 def counter(name, description, labels):
     """A counter of Triton's custom metrics, or None where the server has metrics off."""
     try:
-        family = pb_utils.MetricFamily(name=name, description=description, kind=pb_utils.MetricFamily.COUNTER)
-        return family.Metric(labels=labels)
+        if name not in FAMILIES:
+            FAMILIES[name] = pb_utils.MetricFamily(name=name, description=description,
+                                                   kind=pb_utils.MetricFamily.COUNTER)
+        return FAMILIES[name].Metric(labels=labels)
     except Exception:  # metrics disabled or unsupported: serve without them
         return None
 
 
 def add(metric, value):
     if metric is not None and value:
-        metric.increment(float(value))
+        try:
+            metric.increment(float(value))
+        except Exception:  # a metric never fails a request
+            pass
 
 
 def _error(message, code_name):

@@ -27,7 +27,7 @@ use flux2_runtime::model_dir::ModelDir;
 use models::{onnx_stage_config, plan_stage_config, STAGES};
 pub use pipeline_model::{Batching, Serving, TextEncoder};
 use pipeline_model::{
-    encoder_config, pipeline_config, warmup_files, PipelineModel, ENCODER_MODEL, PIPELINE_MODEL, STREAM_MODEL,
+    encoder_config, pipeline_config, PipelineModel, ENCODER_MODEL, PIPELINE_MODEL, STREAM_MODEL,
 };
 use paths::{relative_to, Staging};
 
@@ -181,17 +181,12 @@ pub fn write_repository(o: &RepositoryOptions) -> Result<Report, ServeError> {
     Ok(Report { out: o.out.clone(), models })
 }
 
-/// config.pbtxt, model.py and warm-up files of a pipeline model (all models sit side by side,
-/// so `model_dir` is the same relative path for each).
+/// config.pbtxt and model.py of a pipeline model (all models sit side by side, so `model_dir`
+/// is the same relative path for each).
 fn write_pipeline_model(staging: &Staging, pm: &PipelineModel) -> Result<(), ServeError> {
     let dir = staging.path().join(&pm.name);
     staging.write(&dir.join("config.pbtxt"), &pipeline_config(pm).render())?;
     staging.write(&dir.join("1").join("model.py"), MODEL_PY)?;
-    if pm.serving.warmup && !pm.decoupled {
-        for (name, bytes) in warmup_files() {
-            staging.write_bytes(&dir.join("warmup").join(name), &bytes)?;
-        }
-    }
     Ok(())
 }
 

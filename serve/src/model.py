@@ -3,7 +3,8 @@
 
 Written by `flux2 triton`. Each instance (one stub process) opens one flux2.Pipeline on the
 folder named by the `model_dir` parameter (relative paths are relative to this model's
-directory) and creates its sessions before the model reports ready.
+directory) and creates its sessions (and, with the `warmup` parameter, runs one sampling step)
+before the model reports ready.
 
   inputs   prompt (BYTES [1]); optional seed (INT64 [1]), steps/width/height (INT32 [1]),
            guidance (FP32 [1]), negative_prompt (BYTES [1]), references (BYTES [-1], encoded
@@ -113,18 +114,26 @@ def batch_key(kwargs):
     return tuple(sorted((k, v) for k, v in kwargs.items() if k not in ("prompt", "negative_prompt", "seed")))
 
 
+FAMILIES = {}  # name -> MetricFamily; a family must outlive its metrics
+
+
 def counter(name, description, labels):
     """A counter of Triton's custom metrics, or None where the server has metrics off."""
     try:
-        family = pb_utils.MetricFamily(name=name, description=description, kind=pb_utils.MetricFamily.COUNTER)
-        return family.Metric(labels=labels)
+        if name not in FAMILIES:
+            FAMILIES[name] = pb_utils.MetricFamily(name=name, description=description,
+                                                   kind=pb_utils.MetricFamily.COUNTER)
+        return FAMILIES[name].Metric(labels=labels)
     except Exception:  # metrics disabled or unsupported: serve without them
         return None
 
 
 def add(metric, value):
     if metric is not None and value:
-        metric.increment(float(value))
+        try:
+            metric.increment(float(value))
+        except Exception:  # a metric never fails a request
+            pass
 
 
 class Metrics:
@@ -226,8 +235,24 @@ class TritonPythonModel:
         seconds = self.pipe.load([g for g in wanted if g in graphs])
         self.metrics = Metrics(self.name)
         self.embeddings = Embeddings(self.pipe, source, model_dir, float(params.get("prompt_cache_mb") or 0), self.metrics)
+        if params.get("warmup") == "true":
+            self.logger.log_info(f"{self.name}: warm-up step in {self._warm_up(model_dir, source):.2f}s")
         self.logger.log_info(f"{self.name}: {self.pipe!r} ({self.pipe.variant}) ready, sessions in {seconds:.2f}s, "
                              f"text encoder {source}, ONNX Runtime {flux2.ort_library()}")
+
+    def _warm_up(self, model_dir, source):
+        """One sampling step at the default size before ready (kernels, allocator); with the
+        encoder elsewhere, on zero embeddings (BLS cannot run while the server starts)."""
+        t = time.perf_counter()
+        if source == "local":
+            self.pipe.generate("warm-up", steps=1)
+        else:
+            with open(os.path.join(model_dir, "manifest.json")) as f:
+                inputs = json.load(f)["graphs"]["transformer"]["inputs"]
+            ctx = int(next(i for i in inputs if i["name"] == "encoder_hidden_states")["shape"][2])
+            zeros = np.zeros((1, 8, ctx), np.float32)
+            self.pipe.generate(prompt_embeds=zeros, negative_prompt_embeds=zeros, steps=1)
+        return time.perf_counter() - t
 
     # --- outputs -----------------------------------------------------------------------
     def _outputs(self, request, images):

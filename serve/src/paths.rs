@@ -91,14 +91,6 @@ impl Staging {
         std::fs::write(path, text).map_err(io_err(path))
     }
 
-    /// Writes a binary file (creating its folder).
-    pub fn write_bytes(&self, path: &Path, bytes: &[u8]) -> Result<(), ServeError> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(io_err(dir))?;
-        }
-        std::fs::write(path, bytes).map_err(io_err(path))
-    }
-
     /// A symbolic link at `link` (inside the staging folder) to folder `target`, relative to
     /// `final_parent`, the folder that will hold the link once the repository is in place.
     pub fn link_dir(&self, target: &Path, link: &Path, final_parent: &Path) -> Result<(), ServeError> {

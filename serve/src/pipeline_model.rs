@@ -7,8 +7,10 @@
 //!   the pipeline models through BLS (`--text-encoder model`), so one encoder serves every DiT
 //!   instance and can be scaled or placed apart from them.
 //!
-//! A warm-up request (`model_warmup`: one sampling step on a short prompt) can run before a
-//! pipeline model reports ready; its inputs are small raw files in the model's `warmup/` folder.
+//! Every model creates its sessions before it reports ready; with `warmup` a pipeline model also
+//! runs one sampling step at its default size first (in `initialize`, not Triton's
+//! `model_warmup`: a warm-up request cannot reach the encoder model through BLS while the
+//! server is still starting).
 
 use crate::pbtxt::Message;
 
@@ -86,18 +88,6 @@ fn kind(provider: &str) -> &'static str {
     }
 }
 
-/// The prompt of the warm-up request, and its steps.
-pub const WARMUP_PROMPT: &str = "warm-up";
-pub const WARMUP_STEPS: i32 = 1;
-
-/// The warm-up input files (name, raw bytes as Triton reads them: a BYTES element is its
-/// little-endian u32 length then the bytes).
-pub fn warmup_files() -> Vec<(&'static str, Vec<u8>)> {
-    let mut prompt = (WARMUP_PROMPT.len() as u32).to_le_bytes().to_vec();
-    prompt.extend(WARMUP_PROMPT.as_bytes());
-    vec![("prompt", prompt), ("steps", WARMUP_STEPS.to_le_bytes().to_vec())]
-}
-
 /// config.pbtxt of a pipeline model (`flux2` or `flux2_stream`): inputs prompt (required),
 /// seed, steps, width, height, guidance, negative_prompt, references, num_images (optional:
 /// the model's defaults apply); outputs image uint8 [H, W, 3] and images uint8 [N, H, W, 3];
@@ -137,9 +127,6 @@ pub fn pipeline_config(p: &PipelineModel) -> Message {
         m = m.msg("dynamic_batching", db.bare("max_queue_delay_microseconds", b.max_queue_delay_us));
     }
     m = m.msg("instance_group", Message::new().bare("count", p.instances).bare("kind", kind(&p.provider)));
-    if p.serving.warmup && !p.decoupled {
-        m = m.msg("model_warmup", warmup(batching.is_some()));
-    }
     let encoder = match &p.serving.text_encoder {
         TextEncoder::Local => "local",
         TextEncoder::Model => ENCODER_MODEL,
@@ -149,26 +136,12 @@ pub fn pipeline_config(p: &PipelineModel) -> Message {
         .parameter("model_dir", &p.model_dir)
         .parameter("provider", &p.provider)
         .parameter("text_encoder", encoder)
-        .parameter("prompt_cache_mb", &p.serving.prompt_cache_mb.to_string());
+        .parameter("prompt_cache_mb", &p.serving.prompt_cache_mb.to_string())
+        .parameter("warmup", if p.serving.warmup { "true" } else { "false" });
     if let Some(t) = p.threads {
         m = m.parameter("threads", &t.to_string());
     }
     m
-}
-
-/// `model_warmup`: one sampling step on a short prompt at the model's default size.
-fn warmup(batched: bool) -> Message {
-    let input = |name: &str, ty: &str| {
-        Message::new().str("key", name).msg(
-            "value",
-            Message::new().bare("data_type", ty).ints("dims", &[1]).str("input_data_file", name),
-        )
-    };
-    let mut m = Message::new().str("name", "flux2-warm-up");
-    if batched {
-        m = m.bare("batch_size", 1);
-    }
-    m.msg("inputs", input("prompt", "TYPE_STRING")).msg("inputs", input("steps", "TYPE_INT32"))
 }
 
 /// config.pbtxt of `flux2_text_encoder`: prompt (BYTES [1]) and optional max_sequence_length
@@ -233,18 +206,13 @@ mod tests {
         assert!(text.contains("model_transaction_policy {\n  decoupled: true\n}"), "{text}");
         assert!(text.contains("max_batch_size: 0\n") && !text.contains("dynamic_batching"), "{text}");
         assert!(text.contains("name: \"step\"") && text.contains("name: \"seconds\""), "{text}");
-        assert!(!text.contains("model_warmup"), "{text}");
     }
 
     #[test]
-    fn warmup_files_are_triton_raw_tensors() {
-        let files = warmup_files();
-        assert_eq!(files[0].1[..4], (WARMUP_PROMPT.len() as u32).to_le_bytes());
-        assert_eq!(&files[0].1[4..], WARMUP_PROMPT.as_bytes());
-        assert_eq!(files[1].1, 1i32.to_le_bytes());
+    fn warmup_and_encoder_are_parameters() {
         let s = Serving { warmup: true, text_encoder: TextEncoder::Model, ..Serving::default() };
         let text = pipeline_config(&model(s, false)).render();
-        assert!(text.contains("input_data_file: \"prompt\""), "{text}");
+        assert!(text.contains("key: \"warmup\"\n  value {\n    string_value: \"true\""), "{text}");
         assert!(text.contains("string_value: \"flux2_text_encoder\""), "{text}");
     }
 }

@@ -79,9 +79,7 @@ def test_scale_repository_configs_and_refusals(ctx):
     assert cfg.max_batch_size == 8 and list(cfg.dynamic_batching.preferred_batch_size) == [4, 8], cfg
     assert cfg.dynamic_batching.max_queue_delay_microseconds == 150000
     assert cfg.parameters["text_encoder"].string_value == "flux2_text_encoder"
-    assert [w.name for w in cfg.model_warmup] == ["flux2-warm-up"]
-    for name in ("prompt", "steps"):
-        assert os.path.isfile(os.path.join(repo, "flux2", "warmup", name)), name
+    assert cfg.parameters["warmup"].string_value == "true"
     stream = parse_config(os.path.join(repo, "flux2_stream", "config.pbtxt"))
     assert stream.model_transaction_policy.decoupled and stream.max_batch_size == 0
     assert {"step", "total", "seconds", "image"} <= {o.name for o in stream.output}
@@ -295,7 +293,7 @@ def test_scale_server(ctx):
         print(f"    start to ready {server.ready_seconds:.1f}s (warm-up included), "
               f"to the first answered request {first_seconds:.1f}s", flush=True)
         assert_same(first, ctx.cli_image(**BASE), "first request (encoder model, batched model)")
-        assert "flux2-warm-up" in server.log_text() or stats(server, "flux2")["executions"] >= 2
+        assert "warm-up" in server.log_text()
         singles = {}
         for seed, prompt in singles_keys:
             singles[(seed, prompt)] = infer(server, **dict(BASE, seed=seed, prompt=prompt))

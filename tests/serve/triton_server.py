@@ -102,6 +102,7 @@ class TritonServer:
             os.path.join(root, "bin", "tritonserver"),
             f"--model-repository={self.repository}",
             f"--backend-directory={backends}",
+            f"--cache-directory={os.path.join(root, 'caches')}",
             "--http-address=127.0.0.1",
             f"--http-port={self.http_port}",
             "--grpc-address=127.0.0.1",
