@@ -105,7 +105,10 @@ pub fn embeds(name: &str, v: Option<&Bound<'_, PyAny>>) -> PyResult<Option<Embed
     if v.hasattr("shape")? {
         let shape = v.getattr("shape")?.str()?.to_string();
         let dtype = v.getattr("dtype").ok().map(|d| d.to_string()).unwrap_or_default();
-        return Err(bad(name, format!("array of shape {shape} {dtype}: expected float32 [1, L, ctx] or [N, L, ctx]")));
+        return Err(bad(
+            name,
+            format!("array of shape {shape} {dtype}: expected float32 [1, L, ctx] or [N, L, ctx]"),
+        ));
     }
     v.extract::<PathBuf>()
         .map(|p| Some(Embeds::Path(p)))

@@ -14,8 +14,8 @@ use pyo3::types::{PyDict, PyList};
 
 use flux2_runtime::images::{to_rgb8, Chw};
 use flux2_runtime::pipeline::{Event, Pipeline as Inner, PromptSource, Timings};
-use flux2_runtime::tensor_file::Tensor;
 use flux2_runtime::request::{session_factory, GenerateArgs, DEFAULT_MAX_SEQUENCE_LENGTH};
+use flux2_runtime::tensor_file::Tensor;
 
 use crate::{args, py_err};
 
@@ -80,9 +80,9 @@ fn prompt_source(
     embeds: Option<args::Embeds>,
 ) -> PyResult<(Option<String>, Option<PathBuf>, Option<Tensor>)> {
     match (text, embeds) {
-        (Some(_), Some(_)) => Err(PyValueError::new_err(format!(
-            "input '{option}': give a text or embeddings, not both"
-        ))),
+        (Some(_), Some(_)) => {
+            Err(PyValueError::new_err(format!("input '{option}': give a text or embeddings, not both")))
+        }
         (text, None) => Ok((text, None, None)),
         (None, Some(args::Embeds::Path(p))) => Ok((None, Some(p), None)),
         (None, Some(args::Embeds::Array(t))) => Ok((Some(String::new()), None, Some(t))),

@@ -70,7 +70,8 @@ pub(super) fn text_family(model: &ModelDir) -> Result<Family, RuntimeError> {
 /// Embeddings `[1, L, ctx]`, or `[N, L, ctx]` (one row per image) for an N-image batch.
 fn check_embeds(name: &str, t: &Tensor, ctx: Option<usize>, images: usize) -> Result<(), RuntimeError> {
     let rows_ok = t.shape.first().is_some_and(|&b| b == 1 || b == images);
-    if t.shape.len() != 3 || !rows_ok || t.shape[1] == 0 || t.data.len() != t.shape.iter().product::<usize>() {
+    if t.shape.len() != 3 || !rows_ok || t.shape[1] == 0 || t.data.len() != t.shape.iter().product::<usize>()
+    {
         let many = if images > 1 { format!(" or [{images}, L, ctx]") } else { String::new() };
         return Err(input_err(
             name,

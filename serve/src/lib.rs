@@ -25,11 +25,11 @@ use std::path::{Path, PathBuf};
 use flux2_runtime::model_dir::ModelDir;
 
 use models::{onnx_stage_config, plan_stage_config, STAGES};
-pub use pipeline_model::{Batching, Serving, TextEncoder};
+use paths::{relative_to, Staging};
 use pipeline_model::{
     encoder_config, pipeline_config, PipelineModel, ENCODER_MODEL, PIPELINE_MODEL, STREAM_MODEL,
 };
-use paths::{relative_to, Staging};
+pub use pipeline_model::{Batching, Serving, TextEncoder};
 
 /// The Python backend pipeline model: reads requests, batches those that agree, runs
 /// `flux2.Pipeline.generate`, streams progress when decoupled, answers errors.

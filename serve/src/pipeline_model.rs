@@ -191,9 +191,15 @@ mod tests {
     #[test]
     fn batching_sets_the_batcher_and_the_batch_dimension() {
         let b = Batching { max_batch_size: 8, max_queue_delay_us: 2000, preferred: vec![4, 8] };
-        let text = pipeline_config(&model(Serving { batching: Some(b), ..Serving::default() }, false)).render();
+        let text =
+            pipeline_config(&model(Serving { batching: Some(b), ..Serving::default() }, false)).render();
         assert!(text.contains("max_batch_size: 8\n"), "{text}");
-        assert!(text.contains("dynamic_batching {\n  preferred_batch_size: [4, 8]\n  max_queue_delay_microseconds: 2000\n}"), "{text}");
+        assert!(
+            text.contains(
+                "dynamic_batching {\n  preferred_batch_size: [4, 8]\n  max_queue_delay_microseconds: 2000\n}"
+            ),
+            "{text}"
+        );
         let off = pipeline_config(&model(Serving::default(), false)).render();
         assert!(off.contains("max_batch_size: 0\n") && !off.contains("dynamic_batching"), "{off}");
     }

@@ -128,7 +128,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         text_encoder: match args.text_encoder.as_str() {
             "local" => TextEncoder::Local,
             "model" => TextEncoder::Model,
-            url if url.strip_prefix("grpc://").is_some_and(|a| a.contains(':')) => TextEncoder::Remote(url.into()),
+            url if url.strip_prefix("grpc://").is_some_and(|a| a.contains(':')) => {
+                TextEncoder::Remote(url.into())
+            }
             other => anyhow::bail!("--text-encoder '{other}': expected local, model or grpc://HOST:PORT"),
         },
         encoder_instances: args.encoder_instances,
