@@ -1,5 +1,6 @@
 //! Python values -> the runtime's request arguments: integers that must not be negative,
-//! references given as paths, encoded bytes or uint8 `[H, W, 3]` arrays.
+//! references given as paths, encoded bytes or uint8 `[H, W, 3]` arrays, prompt embeddings as
+//! paths or float32 arrays, per-image seeds.
 
 use std::path::PathBuf;
 
@@ -9,6 +10,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes};
 
 use flux2_runtime::images::Reference;
+use flux2_runtime::tensor_file::Tensor;
 
 /// A value in the form of the CLI's messages: `input '--width': ...`.
 fn bad(name: &str, msg: impl std::fmt::Display) -> PyErr {
@@ -83,4 +85,46 @@ pub fn references(v: Option<&Bound<'_, PyAny>>) -> PyResult<Vec<Reference>> {
         .enumerate()
         .map(|(i, item)| reference(i, &item?))
         .collect()
+}
+
+/// Prompt embeddings given as a path (a safetensors file, read by the runtime) or as a float32
+/// array `[1, L, ctx]` / `[N, L, ctx]` (taken as is).
+pub enum Embeds {
+    Path(PathBuf),
+    Array(Tensor),
+}
+
+/// `prompt_embeds` / `negative_prompt_embeds`: None, a path, or a float32 3-d array.
+pub fn embeds(name: &str, v: Option<&Bound<'_, PyAny>>) -> PyResult<Option<Embeds>> {
+    let Some(v) = v.filter(|v| !v.is_none()) else { return Ok(None) };
+    if let Ok(a) = v.extract::<PyReadonlyArray3<'_, f32>>() {
+        let shape = a.shape().to_vec();
+        let data = a.as_array().iter().copied().collect();
+        return Ok(Some(Embeds::Array(Tensor { shape, data })));
+    }
+    if v.hasattr("shape")? {
+        let shape = v.getattr("shape")?.str()?.to_string();
+        let dtype = v.getattr("dtype").ok().map(|d| d.to_string()).unwrap_or_default();
+        return Err(bad(
+            name,
+            format!("array of shape {shape} {dtype}: expected float32 [1, L, ctx] or [N, L, ctx]"),
+        ));
+    }
+    v.extract::<PathBuf>()
+        .map(|p| Some(Embeds::Path(p)))
+        .map_err(|_| bad(name, "expected a safetensors path or a float32 [1, L, ctx] array"))
+}
+
+/// `seeds`: None or a list of integers in 0..2⁶⁴, one per image.
+pub fn seeds(v: Option<&Bound<'_, PyAny>>) -> PyResult<Option<Vec<u64>>> {
+    let Some(v) = v.filter(|v| !v.is_none()) else { return Ok(None) };
+    let list: Vec<u64> = v
+        .try_iter()
+        .map_err(|_| bad("seeds", "expected a list of integers"))?
+        .map(|s| seed(&s?))
+        .collect::<PyResult<_>>()?;
+    if list.is_empty() {
+        return Err(bad("seeds", "empty: give one seed per image"));
+    }
+    Ok(Some(list))
 }

@@ -13,8 +13,9 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 
 use flux2_runtime::images::{to_rgb8, Chw};
-use flux2_runtime::pipeline::{Event, Pipeline as Inner, Timings};
+use flux2_runtime::pipeline::{Event, Pipeline as Inner, PromptSource, Timings};
 use flux2_runtime::request::{session_factory, GenerateArgs, DEFAULT_MAX_SEQUENCE_LENGTH};
+use flux2_runtime::tensor_file::Tensor;
 
 use crate::{args, py_err};
 
@@ -69,6 +70,25 @@ fn rgb_array<'py>(py: Python<'py>, image: &Chw) -> PyResult<Bound<'py, PyArray3<
     Ok(array.into_pyarray(py))
 }
 
+/// A prompt as text or embeddings: the text and a path go to the runtime's argument checks
+/// (`GenerateArgs`); an array is put in the request afterwards, with the text slot holding a
+/// placeholder so those checks see a prompt.
+#[allow(clippy::type_complexity)]
+fn prompt_source(
+    option: &str,
+    text: Option<String>,
+    embeds: Option<args::Embeds>,
+) -> PyResult<(Option<String>, Option<PathBuf>, Option<Tensor>)> {
+    match (text, embeds) {
+        (Some(_), Some(_)) => {
+            Err(PyValueError::new_err(format!("input '{option}': give a text or embeddings, not both")))
+        }
+        (text, None) => Ok((text, None, None)),
+        (None, Some(args::Embeds::Path(p))) => Ok((None, Some(p), None)),
+        (None, Some(args::Embeds::Array(t))) => Ok((Some(String::new()), None, Some(t))),
+    }
+}
+
 #[pymethods]
 impl Pipeline {
     #[new]
@@ -94,15 +114,21 @@ impl Pipeline {
     /// `num_images=N` makes N images in one batch (seeds seed, seed+1, ..., as
     /// `flux2 generate --num-images N`; one text-encoder call, one DiT call per step, one VAE
     /// decode) and returns them as a list of N arrays, each equal to a one-image call with its
-    /// seed. Without `num_images` the result is the single array.
+    /// seed. Without `num_images` (or `seeds`) the result is the single array.
+    ///
+    /// `prompt_embeds` / `negative_prompt_embeds`: instead of the texts, a safetensors path or a
+    /// float32 array `[1, L, ctx]` (as `encode` returns: the text encoder can run elsewhere),
+    /// or `[N, L, ctx]`, row k for image k. `seeds=[s0, s1, ...]`: one seed per image instead
+    /// of seed+k. Together they batch independent requests of one size, steps and guidance
+    /// into one pipeline run, each image equal to its request run alone.
     ///
     /// `cache="fbc:0.1"` (or `mag:…`, `taylor:…`, `tea:…`, as `flux2 generate --cache`) turns on
     /// step caching; `last_timings["dit_evaluations"]` counts what ran.
     #[pyo3(signature = (
         prompt=None, *, negative_prompt=None, references=None, width=None, height=None, steps=None,
         guidance=None, seed=None, shift=None, prompt_embeds=None, negative_prompt_embeds=None,
-        noise=None, max_sequence_length=DEFAULT_MAX_SEQUENCE_LENGTH, num_images=None, progress=None,
-        cache=None
+        noise=None, max_sequence_length=DEFAULT_MAX_SEQUENCE_LENGTH, num_images=None, seeds=None,
+        progress=None, cache=None
     ))]
     #[allow(clippy::too_many_arguments)]
     fn generate<'py>(
@@ -117,14 +143,34 @@ impl Pipeline {
         guidance: Option<f32>,
         seed: Option<&Bound<'py, PyAny>>,
         shift: Option<String>,
-        prompt_embeds: Option<PathBuf>,
-        negative_prompt_embeds: Option<PathBuf>,
+        prompt_embeds: Option<&Bound<'py, PyAny>>,
+        negative_prompt_embeds: Option<&Bound<'py, PyAny>>,
         noise: Option<PathBuf>,
         max_sequence_length: usize,
         num_images: Option<i64>,
+        seeds: Option<&Bound<'py, PyAny>>,
         progress: Option<Py<PyAny>>,
         cache: Option<String>,
     ) -> PyResult<Bound<'py, PyAny>> {
+        let seeds = args::seeds(seeds)?;
+        let count = args::count("--num-images", num_images)?;
+        let count = match (&seeds, count) {
+            (Some(s), Some(n)) if s.len() != n => {
+                return Err(PyValueError::new_err(format!(
+                    "input 'seeds': {} seeds for num_images={n}: give one per image",
+                    s.len()
+                )))
+            }
+            (Some(s), _) => Some(s.len()),
+            (None, n) => n,
+        };
+        let (prompt, prompt_embeds, cond_array) =
+            prompt_source("--prompt", prompt, args::embeds("prompt_embeds", prompt_embeds)?)?;
+        let (negative_prompt, negative_prompt_embeds, uncond_array) = prompt_source(
+            "--negative-prompt",
+            negative_prompt,
+            args::embeds("negative_prompt_embeds", negative_prompt_embeds)?,
+        )?;
         let ga = GenerateArgs {
             prompt,
             prompt_embeds,
@@ -140,15 +186,23 @@ impl Pipeline {
                 Some(s) if !s.is_none() => args::seed(s)?,
                 _ => 0,
             },
-            num_images: args::count("--num-images", num_images)?,
+            num_images: count,
             noise,
             max_sequence_length: Some(max_sequence_length),
             cache,
         };
+        let list = count.is_some();
         let mut cb = Progress { callback: progress, raised: None };
         let result = py.detach(|| -> Result<_, (bool, flux2_runtime::RuntimeError)> {
             // everything the request can get wrong, before any model runs: ValueError
-            let req = ga.into_request().map_err(|e| (true, e))?;
+            let mut req = ga.into_request().map_err(|e| (true, e))?;
+            if let Some(t) = cond_array {
+                req.prompt = PromptSource::Embeds(t);
+            }
+            if let Some(t) = uncond_array {
+                req.negative = Some(PromptSource::Embeds(t));
+            }
+            req.seeds = seeds.unwrap_or_default();
             let mut pipe = self.inner.lock().map_err(|_| {
                 (false, flux2_runtime::RuntimeError::Run("pipeline poisoned by an earlier panic".into()))
             })?;
@@ -162,7 +216,7 @@ impl Pipeline {
             .map_err(|(invalid, e)| if invalid { PyValueError::new_err(e.to_string()) } else { py_err(e) })?;
         *lock(&self.last)? = Some(out.timings);
         let mut arrays = out.images.iter().map(|image| rgb_array(py, image)).collect::<PyResult<Vec<_>>>()?;
-        match (num_images, arrays.pop()) {
+        match (list.then_some(()), arrays.pop()) {
             (None, Some(one)) if arrays.is_empty() => Ok(one.into_any()),
             (None, _) => Err(PyRuntimeError::new_err("the pipeline made no image")),
             (Some(_), last) => {
@@ -170,6 +224,61 @@ impl Pipeline {
                 Ok(PyList::new(py, arrays)?.into_any())
             }
         }
+    }
+
+    /// Prompt embeddings of a text or a list of texts: float32 `[N, L, ctx]`, row k exactly
+    /// what `generate` computes for text k (chat template, padded to `max_sequence_length`
+    /// tokens), to give back as `prompt_embeds` / `negative_prompt_embeds`. Runs only the text
+    /// encoder (its session alone is created), with the GIL released.
+    #[pyo3(signature = (prompts, *, max_sequence_length=DEFAULT_MAX_SEQUENCE_LENGTH))]
+    fn encode<'py>(
+        &self,
+        py: Python<'py>,
+        prompts: &Bound<'py, PyAny>,
+        max_sequence_length: usize,
+    ) -> PyResult<Bound<'py, PyArray3<f32>>> {
+        let texts: Vec<String> = match prompts.extract::<String>() {
+            Ok(one) => vec![one],
+            Err(_) => prompts
+                .try_iter()
+                .and_then(|it| it.map(|t| t?.extract::<String>()).collect::<PyResult<Vec<_>>>())
+                .map_err(|_| PyValueError::new_err("input '--prompt': expected a text or a list of texts"))?,
+        };
+        if texts.is_empty() {
+            return Err(PyValueError::new_err("input '--prompt': no text to encode"));
+        }
+        let out = py.detach(|| {
+            let mut pipe = self.inner.lock().map_err(|_| {
+                flux2_runtime::RuntimeError::Run("pipeline poisoned by an earlier panic".into())
+            })?;
+            let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+            pipe.encode_prompts(&refs, max_sequence_length)
+        });
+        let rows = out.map_err(py_err)?;
+        let (l, ctx) = rows.first().map(|t| (t.shape[1], t.shape[2])).unwrap_or((0, 0));
+        let data: Vec<f32> = rows.into_iter().flat_map(|t| t.data).collect();
+        let array = Array3::from_shape_vec((texts.len(), l, ctx), data)
+            .map_err(|e| PyRuntimeError::new_err(format!("prompt_embeds: {e}")))?;
+        Ok(array.into_pyarray(py))
+    }
+
+    /// Creates the ONNX Runtime sessions of the named graphs now ("text_encoder",
+    /// "transformer", "vae_encoder", "vae_decoder"; default: transformer and vae_decoder)
+    /// instead of on first use; returns the seconds it took. A server calls it before it
+    /// reports ready.
+    #[pyo3(signature = (graphs=None))]
+    fn load(&self, py: Python<'_>, graphs: Option<Vec<String>>) -> PyResult<f64> {
+        let names = graphs.unwrap_or_else(|| vec!["transformer".into(), "vae_decoder".into()]);
+        let t = std::time::Instant::now();
+        py.detach(|| {
+            let mut pipe = self.inner.lock().map_err(|_| {
+                flux2_runtime::RuntimeError::Run("pipeline poisoned by an earlier panic".into())
+            })?;
+            let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+            pipe.create_sessions(&refs)
+        })
+        .map_err(|e| PyValueError::new_err(e.to_string()))?;
+        Ok(t.elapsed().as_secs_f64())
     }
 
     /// Seconds per stage of the last `generate` (None before the first; for a batch, of the

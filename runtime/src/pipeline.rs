@@ -45,7 +45,8 @@ mod text;
 /// released).
 pub type SessionFactory = Box<dyn Fn(&Path, &[Override]) -> Result<Session, RuntimeError> + Send + Sync>;
 
-/// A prompt as text (encoded with the exported text encoder) or as embeddings [1, L, ctx].
+/// A prompt as text (encoded with the exported text encoder) or as embeddings [1, L, ctx]
+/// (the same for every image) or [N, L, ctx] (row k for image k of an N-image batch).
 #[derive(Clone, Debug)]
 pub enum PromptSource {
     Text(String),
@@ -65,6 +66,9 @@ pub struct Request {
     pub shift: Shift,
     /// Seed of the first image; image k of a batch uses `seed + k` (wrapping).
     pub seed: u64,
+    /// One seed per image (`num_images` of them) instead of `seed + k`: a batch of independent
+    /// requests (a serving model's dynamic batch). Empty: `seed + k`.
+    pub seeds: Vec<u64>,
     /// Images to make from this request (one batch; [`Pipeline::generate_batch`]). Default 1.
     pub num_images: usize,
     /// Noise [num_images, C, H/16, W/16] instead of the seeded generator.
@@ -86,6 +90,7 @@ impl Request {
             guidance: None,
             shift: Shift::Empirical,
             seed: 0,
+            seeds: Vec::new(),
             num_images: 1,
             noise: None,
             max_sequence_length: 512,
@@ -241,6 +246,15 @@ impl Pipeline {
         Ok(out)
     }
 
+    /// Creates the sessions of the named graphs now instead of on first use (a server's warm
+    /// start: ready only once they exist). A graph the export lacks fails with its message.
+    pub fn create_sessions(&mut self, names: &[&str]) -> Result<(), RuntimeError> {
+        for name in names {
+            self.session(name)?;
+        }
+        Ok(())
+    }
+
     /// Validates a request against the model and resolves every default. Runs no model.
     pub fn plan(&self, req: &Request) -> Result<Plan, RuntimeError> {
         steps::plan(&self.model, req)
@@ -338,7 +352,7 @@ impl Pipeline {
         timings.ort = self.ort_time;
         let seeds = match req.noise {
             Some(_) => vec![],
-            None => (0..plan.num_images as u64).map(|k| req.seed.wrapping_add(k)).collect(),
+            None => (0..plan.num_images).map(|k| batch::image_seed(req, k)).collect(),
         };
         Ok(Batch { images, seeds, plan, timings })
     }

@@ -11,6 +11,12 @@ use crate::schedule::euler_step;
 use crate::tensor_file::Tensor;
 use crate::RuntimeError;
 
+/// The seed of image `k` of a request: `req.seeds[k]` when the request lists one per image,
+/// else `req.seed + k` (wrapping).
+pub(super) fn image_seed(req: &Request, k: usize) -> u64 {
+    req.seeds.get(k).copied().unwrap_or_else(|| req.seed.wrapping_add(k as u64))
+}
+
 /// Token rows `[N, S, C]` (row-major): per image, its noisy tokens (`h·w`) then the reference
 /// tokens (the same for every image). Sampling updates the noisy part in place.
 pub(super) struct Latents {
@@ -38,7 +44,7 @@ impl Latents {
                     RuntimeError::Input { name: "noise".into(), msg: format!("has no row {k}") }
                 })?,
                 None => {
-                    seeded = crate::noise::noise(req.seed.wrapping_add(k as u64), &[1, c, h, w]);
+                    seeded = crate::noise::noise(image_seed(req, k), &[1, c, h, w]);
                     &seeded[..]
                 }
             };
@@ -109,8 +115,12 @@ impl DitCall {
         let (l, ctx) = (embeds[0].shape[1], embeds[0].shape[2]);
         let mut data = Vec::with_capacity(rows * l * ctx);
         for e in embeds {
-            for _ in 0..images {
-                data.extend_from_slice(&e.data);
+            if e.shape[0] == images && images > 1 {
+                data.extend_from_slice(&e.data); // one row per image already
+            } else {
+                for _ in 0..images {
+                    data.extend_from_slice(&e.data);
+                }
             }
         }
         let txt_ids = steps::text_ids(l);
@@ -135,26 +145,30 @@ pub(super) struct DitBatch {
 }
 
 impl DitBatch {
-    /// `cond` / `uncond`: prompt embeddings `[1, L, ctx]`; `ref_ids`: the reference tokens' ids.
+    /// `cond` / `uncond`: prompt embeddings `[1, L, ctx]` (shared by every image) or
+    /// `[N, L, ctx]` (one row per image); `ref_ids`: the reference tokens' ids.
     pub fn new(
         latents: &Latents,
         ref_ids: &[[i64; 4]],
         cond: &Tensor,
         uncond: Option<&Tensor>,
     ) -> Result<DitBatch, RuntimeError> {
+        let n = latents.images;
         for t in std::iter::once(cond).chain(uncond) {
-            if t.shape.len() != 3 || t.shape[0] != 1 || t.data.len() != t.shape.iter().product::<usize>() {
+            if t.shape.len() != 3
+                || (t.shape[0] != 1 && t.shape[0] != n)
+                || t.data.len() != t.shape.iter().product::<usize>()
+            {
                 return Err(RuntimeError::Run(format!(
-                    "prompt embeddings of shape {:?}, expected [1, L, ctx]",
+                    "prompt embeddings of shape {:?}, expected [1, L, ctx] or [{n}, L, ctx]",
                     t.shape
                 )));
             }
         }
         let ids = steps::image_ids(latents.h, latents.w, ref_ids);
-        let n = latents.images;
         let calls = match uncond {
             None => vec![DitCall::new(vec![Branch::Cond], &[cond], n, &ids)],
-            Some(u) if u.shape == cond.shape => {
+            Some(u) if u.shape[1..] == cond.shape[1..] => {
                 vec![DitCall::new(vec![Branch::Cond, Branch::Uncond], &[cond, u], n, &ids)]
             }
             Some(u) => vec![

@@ -119,3 +119,31 @@ fn malformed_embeddings_are_refused() {
     let err = DitBatch::new(&batch, &[], &bad, None).err().expect("batch of 2 embeddings");
     assert!(err.to_string().contains("[2, 4, 2]"), "{err}");
 }
+
+#[test]
+fn listed_seeds_replace_seed_plus_k() {
+    let mut req = request(100);
+    req.seeds = vec![7, 3];
+    let batch = Latents::new(&plan(2, (16, 32)), &req, 2, &[]).expect("batch");
+    for (k, seed) in [7u64, 3].into_iter().enumerate() {
+        let one = Latents::new(&plan(1, (16, 32)), &request(seed), 2, &[]).expect("one");
+        assert_eq!(&batch.x[k * batch.row_len()..(k + 1) * batch.row_len()], &one.x[..], "image {k}");
+    }
+}
+
+#[test]
+fn per_image_embeddings_give_each_row_its_own_prompt() {
+    let batch = Latents::new(&plan(2, (16, 16)), &request(0), 2, &[]).expect("batch");
+    let cond = Tensor { shape: vec![2, 3, 2], data: (0..12).map(|i| i as f32).collect() };
+    let uncond = embeds(3, 2, 500.0);
+    let dit = DitBatch::new(&batch, &[], &cond, Some(&uncond)).expect("dit");
+    assert_eq!(dit.calls.len(), 1, "equal lengths: one call for both branches");
+    let text = &dit.calls[0].text;
+    assert_eq!(text.shape, [4, 3, 2]);
+    assert_eq!(&text.data[..12], &cond.data[..], "image k's conditional row is row k of the embeddings");
+    assert_eq!(&text.data[12..18], &uncond.data[..]);
+    assert_eq!(&text.data[18..], &uncond.data[..]);
+    let three = Tensor { shape: vec![3, 3, 2], data: vec![0.0; 18] };
+    let err = DitBatch::new(&batch, &[], &three, None).err().expect("3 rows for 2 images");
+    assert!(err.to_string().contains("[2, L, ctx]"), "{err}");
+}

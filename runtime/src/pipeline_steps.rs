@@ -72,11 +72,15 @@ pub(super) fn text_family(model: &ModelDir) -> Result<Family, RuntimeError> {
     Family::from_config_file(&cfg).map_err(|e| RuntimeError::Model { path: cfg, msg: e.to_string() })
 }
 
-fn check_embeds(name: &str, t: &Tensor, ctx: Option<usize>) -> Result<(), RuntimeError> {
-    if t.shape.len() != 3 || t.shape[0] != 1 || t.shape[1] == 0 {
+/// Embeddings `[1, L, ctx]`, or `[N, L, ctx]` (one row per image) for an N-image batch.
+fn check_embeds(name: &str, t: &Tensor, ctx: Option<usize>, images: usize) -> Result<(), RuntimeError> {
+    let rows_ok = t.shape.first().is_some_and(|&b| b == 1 || b == images);
+    if t.shape.len() != 3 || !rows_ok || t.shape[1] == 0 || t.data.len() != t.shape.iter().product::<usize>()
+    {
+        let many = if images > 1 { format!(" or [{images}, L, ctx]") } else { String::new() };
         return Err(input_err(
             name,
-            format!("expected prompt_embeds of shape [1, L, ctx], got {:?}", t.shape),
+            format!("expected prompt_embeds of shape [1, L, ctx]{many}, got {:?}", t.shape),
         ));
     }
     if let Some(c) = ctx {
@@ -99,10 +103,16 @@ pub(super) fn plan(model: &ModelDir, req: &Request) -> Result<Plan, RuntimeError
     let ctx = model.context_dim();
     let needs_text = |p: &PromptSource| matches!(p, PromptSource::Text(_));
     if let PromptSource::Embeds(t) = &req.prompt {
-        check_embeds("--prompt-embeds", t, ctx)?;
+        check_embeds("--prompt-embeds", t, ctx, req.num_images)?;
     }
     if let Some(PromptSource::Embeds(t)) = &req.negative {
-        check_embeds("--negative-prompt-embeds", t, ctx)?;
+        check_embeds("--negative-prompt-embeds", t, ctx, req.num_images)?;
+    }
+    if !req.seeds.is_empty() && req.seeds.len() != req.num_images {
+        return Err(input_err(
+            "seeds",
+            format!("{} seeds for {} images: give one per image", req.seeds.len(), req.num_images),
+        ));
     }
     let mode = model.guidance_mode();
     let guidance = req.guidance.unwrap_or_else(|| model.default_guidance());

@@ -49,6 +49,21 @@ impl Pipeline {
         Ok((cond, uncond))
     }
 
+    /// Embeddings `[1, L, ctx]` of each text, exactly as a generation computes them (chat
+    /// template, padding to `max_len` tokens, one text-encoder call for all), for callers that
+    /// encode prompts apart from sampling (a shared text-encoder service, an embeddings cache).
+    pub fn encode_prompts(&mut self, texts: &[&str], max_len: usize) -> Result<Vec<Tensor>, RuntimeError> {
+        if max_len == 0 {
+            return Err(RuntimeError::Input {
+                name: "--max-sequence-length".into(),
+                msg: "0: the maximum prompt sequence length must be at least 1 token".into(),
+            });
+        }
+        self.model.graph("text_encoder")?;
+        let named: Vec<(&str, &str)> = texts.iter().map(|t| ("prompt", *t)).collect();
+        self.encode_texts(&named, max_len)
+    }
+
     /// The tokenizer of the export (loaded on first use).
     fn tokenizer(&mut self) -> Result<&PromptEncoder, RuntimeError> {
         if self.tokenizer.is_none() {

@@ -2,7 +2,10 @@
 //!
 //! [`write_repository`] makes, from an export folder (and optionally a `flux2 build` folder):
 //! - `flux2/`: a Python-backend model running the whole pipeline through the `flux2` Python
-//!   package (the runtime crate), N instances, one stub process each;
+//!   package (the runtime crate), N instances, one stub process each, optionally behind
+//!   Triton's dynamic batcher; `flux2_stream/` (optional) its decoupled, progress-streaming
+//!   variant; `flux2_text_encoder/` (optional) the text encoder as a model of its own with a
+//!   prompt-embedding cache, called by the others through BLS (see [`pipeline_model`]);
 //! - `text_encoder/`, `transformer/`, `vae_encoder/`, `vae_decoder/`: the stages for Triton's
 //!   native backends, for users who orchestrate the stages themselves: `onnxruntime_onnx` over
 //!   the exported graphs, or `tensorrt_plan` over the engines of a build folder.
@@ -15,16 +18,24 @@
 pub mod models;
 mod paths;
 pub mod pbtxt;
+pub mod pipeline_model;
 
 use std::path::{Path, PathBuf};
 
 use flux2_runtime::model_dir::ModelDir;
 
-use models::{onnx_stage_config, pipeline_config, plan_stage_config, PipelineModel, PIPELINE_MODEL, STAGES};
+use models::{onnx_stage_config, plan_stage_config, STAGES};
 use paths::{relative_to, Staging};
+use pipeline_model::{
+    encoder_config, pipeline_config, PipelineModel, ENCODER_MODEL, PIPELINE_MODEL, STREAM_MODEL,
+};
+pub use pipeline_model::{Batching, Serving, TextEncoder};
 
-/// The Python backend model: reads requests, runs `flux2.Pipeline.generate`, answers errors.
+/// The Python backend pipeline model: reads requests, batches those that agree, runs
+/// `flux2.Pipeline.generate`, streams progress when decoupled, answers errors.
 pub const MODEL_PY: &str = include_str!("model.py");
+/// The Python backend text-encoder model: prompt -> embeddings, behind an LRU cache.
+pub const ENCODER_PY: &str = include_str!("encoder.py");
 
 /// Errors of the repository writer; each names the folder, file or option at fault.
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +70,8 @@ pub struct RepositoryOptions {
     pub threads: Option<usize>,
     /// Replace an existing repository.
     pub force: bool,
+    /// Batching, text encoder, streaming, warm-up.
+    pub serving: Serving,
 }
 
 /// What was written.
@@ -80,6 +93,7 @@ fn check(o: &RepositoryOptions) -> Result<(), ServeError> {
     if o.threads == Some(0) {
         return Err(opt("--threads", "must be at least 1"));
     }
+    check_serving(&o.serving)?;
     match (o.provider.as_str(), &o.engines) {
         ("cpu" | "cuda", None) | ("tensorrt", Some(_)) => Ok(()),
         ("tensorrt", None) => {
@@ -88,6 +102,27 @@ fn check(o: &RepositoryOptions) -> Result<(), ServeError> {
         (p, Some(_)) => Err(opt("--provider", format!("'{p}' with --engines: the engines run on tensorrt"))),
         (p, None) => Err(opt("--provider", format!("'{p}' is not one of cpu, cuda, tensorrt"))),
     }
+}
+
+fn check_serving(s: &Serving) -> Result<(), ServeError> {
+    if let Some(b) = &s.batching {
+        if b.max_batch_size == 0 {
+            return Err(opt("--max-batch-size", "must be at least 1"));
+        }
+        if let Some(p) = b.preferred.iter().find(|&&p| p == 0 || p > b.max_batch_size) {
+            return Err(opt(
+                "--preferred-batch-sizes",
+                format!("{p} is not in 1..={} (--max-batch-size)", b.max_batch_size),
+            ));
+        }
+    }
+    if s.text_encoder == TextEncoder::Model && s.encoder_instances == 0 {
+        return Err(opt("--encoder-instances", "must be at least 1"));
+    }
+    if s.response_cache && s.text_encoder != TextEncoder::Model {
+        return Err(opt("--response-cache", "caches the flux2_text_encoder model: add --text-encoder model"));
+    }
+    Ok(())
 }
 
 /// Writes the repository (see the crate docs). Fails, leaving nothing behind, if `out` exists
@@ -107,15 +142,27 @@ pub fn write_repository(o: &RepositoryOptions) -> Result<Report, ServeError> {
     let served = build.as_ref().unwrap_or(&model);
     let model_dir = relative_to(&served.dir, &o.out.join(PIPELINE_MODEL))?;
     let pm = PipelineModel {
+        name: PIPELINE_MODEL.to_string(),
         model_dir: model_dir.display().to_string(),
         provider: o.provider.clone(),
         threads: o.threads,
         instances: o.instances,
+        serving: o.serving.clone(),
+        decoupled: false,
     };
-    let dir = staging.path().join(PIPELINE_MODEL);
-    staging.write(&dir.join("config.pbtxt"), &pipeline_config(&pm).render())?;
-    staging.write(&dir.join("1").join("model.py"), MODEL_PY)?;
+    write_pipeline_model(&staging, &pm)?;
     models.push((PIPELINE_MODEL.to_string(), "python".to_string()));
+    if o.serving.stream {
+        let stream = PipelineModel { name: STREAM_MODEL.to_string(), decoupled: true, ..pm.clone() };
+        write_pipeline_model(&staging, &stream)?;
+        models.push((STREAM_MODEL.to_string(), "python (decoupled)".to_string()));
+    }
+    if o.serving.text_encoder == TextEncoder::Model {
+        let dir = staging.path().join(ENCODER_MODEL);
+        staging.write(&dir.join("config.pbtxt"), &encoder_config(&pm).render())?;
+        staging.write(&dir.join("1").join("model.py"), ENCODER_PY)?;
+        models.push((ENCODER_MODEL.to_string(), "python".to_string()));
+    }
     for name in STAGES {
         if served.entry(name).is_none() {
             continue;
@@ -132,6 +179,15 @@ pub fn write_repository(o: &RepositoryOptions) -> Result<Report, ServeError> {
     }
     staging.commit()?;
     Ok(Report { out: o.out.clone(), models })
+}
+
+/// config.pbtxt and model.py of a pipeline model (all models sit side by side, so `model_dir`
+/// is the same relative path for each).
+fn write_pipeline_model(staging: &Staging, pm: &PipelineModel) -> Result<(), ServeError> {
+    let dir = staging.path().join(&pm.name);
+    staging.write(&dir.join("config.pbtxt"), &pipeline_config(pm).render())?;
+    staging.write(&dir.join("1").join("model.py"), MODEL_PY)?;
+    Ok(())
 }
 
 /// A stage from a build folder: config and the folder holding its engine.

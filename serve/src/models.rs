@@ -1,5 +1,4 @@
-//! The models of the repository: `flux2` (Python backend, the whole pipeline through the
-//! `flux2` package) and one model per exported stage for Triton's native backends
+//! The stage models of the repository: one model per exported stage for Triton's native backends
 //! (`onnxruntime_onnx` from an export folder, `tensorrt_plan` from a `flux2 build` folder),
 //! their inputs and outputs taken from the manifest.
 
@@ -7,9 +6,6 @@ use flux2_runtime::model_dir::ModelDir;
 
 use crate::pbtxt::Message;
 use crate::ServeError;
-
-/// The Python backend model serving the whole pipeline.
-pub const PIPELINE_MODEL: &str = "flux2";
 
 /// Stage graphs that become models of their own, in pipeline order.
 pub const STAGES: [&str; 4] = ["text_encoder", "transformer", "vae_encoder", "vae_decoder"];
@@ -32,49 +28,6 @@ pub fn triton_type(dtype: &str) -> Option<&'static str> {
 
 fn tensor(name: &str, dtype: &str, dims: &[i64]) -> Message {
     Message::new().str("name", name).bare("data_type", dtype).ints("dims", dims)
-}
-
-/// How the `flux2` model runs the pipeline.
-#[derive(Clone, Debug)]
-pub struct PipelineModel {
-    /// The export (or build) folder, as the server will see it from the model's directory.
-    pub model_dir: String,
-    pub provider: String,
-    pub threads: Option<usize>,
-    pub instances: usize,
-}
-
-/// config.pbtxt of the `flux2` model: inputs prompt (required), seed, steps, width, height,
-/// guidance, negative_prompt, references, num_images (optional: the model's defaults apply);
-/// outputs image uint8 [H, W, 3] (the first image) and images uint8 [N, H, W, 3] (the
-/// `num_images` images of seeds seed, seed+1, ..., made as one pipeline batch). Triton's own
-/// batching is off (`max_batch_size` 0): a request's images are batched by the pipeline,
-/// which keeps them bit-identical to one-image requests. N instances, one process each.
-pub fn pipeline_config(p: &PipelineModel) -> Message {
-    let kind = if p.provider == "cpu" { "KIND_CPU" } else { "KIND_GPU" };
-    let optional = |m: Message| m.bare("optional", "true");
-    let mut m = Message::new()
-        .str("name", PIPELINE_MODEL)
-        .str("backend", "python")
-        .bare("max_batch_size", 0)
-        .msg("input", tensor("prompt", "TYPE_STRING", &[1]))
-        .msg("input", optional(tensor("seed", "TYPE_INT64", &[1])))
-        .msg("input", optional(tensor("steps", "TYPE_INT32", &[1])))
-        .msg("input", optional(tensor("width", "TYPE_INT32", &[1])))
-        .msg("input", optional(tensor("height", "TYPE_INT32", &[1])))
-        .msg("input", optional(tensor("guidance", "TYPE_FP32", &[1])))
-        .msg("input", optional(tensor("negative_prompt", "TYPE_STRING", &[1])))
-        .msg("input", optional(tensor("references", "TYPE_STRING", &[-1])))
-        .msg("input", optional(tensor("num_images", "TYPE_INT32", &[1])))
-        .msg("output", tensor("image", "TYPE_UINT8", &[-1, -1, 3]))
-        .msg("output", tensor("images", "TYPE_UINT8", &[-1, -1, -1, 3]))
-        .msg("instance_group", Message::new().bare("count", p.instances).bare("kind", kind))
-        .parameter("model_dir", &p.model_dir)
-        .parameter("provider", &p.provider);
-    if let Some(t) = p.threads {
-        m = m.parameter("threads", &t.to_string());
-    }
-    m
 }
 
 /// Dims of a manifest shape: numbers as they are, axis names as -1.

@@ -43,6 +43,7 @@ fn options(model: &Path, out: &Path) -> RepositoryOptions {
         provider: "cpu".into(),
         threads: Some(3),
         force: false,
+        serving: Default::default(),
     }
 }
 

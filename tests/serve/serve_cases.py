@@ -185,6 +185,30 @@ def test_num_images_is_one_batch_equal_to_single_runs(ctx):
     expect_value_error(lambda: pipe.generate("x", num_images=-2), "--num-images", "negative")
 
 
+def test_encode_embeddings_and_seeds_batch_independent_requests(ctx):
+    pipe = ctx.pipe()
+    fox, other = BASE["prompt"], "a lighthouse on a cliff"
+    emb = pipe.encode([fox, other, ""])
+    assert emb.dtype == np.float32 and emb.ndim == 3 and emb.shape[0] == 3, (emb.dtype, emb.shape)
+    assert np.array_equal(pipe.encode(fox)[0], emb[0]), "a text's embeddings depend on the others in the call"
+    rest = {k: v for k, v in BASE.items() if k != "prompt"}
+    want = ctx.cli_image(**BASE)
+    assert_same(pipe.generate(prompt_embeds=emb[:1], negative_prompt_embeds=emb[2:], **rest), want,
+                "embeddings arrays instead of the texts")
+    size = {k: v for k, v in rest.items() if k != "seed"}
+    images = pipe.generate(prompt_embeds=emb[:2], negative_prompt_embeds=np.concatenate([emb[2:], emb[2:]]),
+                           seeds=[BASE["seed"], 9], **size)
+    assert isinstance(images, list) and len(images) == 2
+    assert_same(images[0], want, "batch row 0 (its own prompt and seed)")
+    assert_same(images[1], ctx.cli_image(**dict(size, prompt=other, seed=9)), "batch row 1 (its own prompt and seed)")
+    expect_value_error(lambda: pipe.generate(prompt_embeds=emb[:2], seeds=[1, 2, 3], **size), "--prompt-embeds", "[3, L, ctx]")
+    expect_value_error(lambda: pipe.generate("x", seeds=[1, 2], num_images=3), "seeds", "num_images=3")
+    expect_value_error(lambda: pipe.generate("x", prompt_embeds=emb[:1]), "--prompt", "not both")
+    expect_value_error(lambda: pipe.generate(prompt_embeds=emb[:1].astype(np.float64)), "prompt_embeds", "float32")
+    expect_value_error(lambda: pipe.generate("x", seeds=[-1]), "--seed")
+    expect_value_error(lambda: pipe.encode([]), "--prompt")
+
+
 def test_last_timings(ctx):
     pipe = flux2.Pipeline(ctx.model(), threads=1)
     assert pipe.last_timings is None

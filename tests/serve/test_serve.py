@@ -11,7 +11,11 @@ the pipeline fixtures (tests/fixtures/pipeline, random weights):
 - the server (tritonserver from nvidia-pytriton, loopback, free ports): HTTP and gRPC images
   equal the CLI's; 18 concurrent requests on two instances all answered, identical per seed;
   a bad request gets our message and the next good one succeeds; a cancelled request stops
-  between sampling steps; the server stops cleanly.
+  between sampling steps; the server stops cleanly;
+- serving at scale (issue 27, scale_cases.py): dynamic batching (fewer executions than
+  requests, images bit-identical to single requests), the text encoder as a model behind a
+  cache (a repeated prompt does not execute it), streaming progress and cancellation, warm
+  start, custom metrics, 200 good and bad requests with flat memory.
 
 Usage: python tests/serve/test_serve.py [--flux2 BIN] [-k NAME]
 """
@@ -25,6 +29,7 @@ import traceback
 
 sys.path.insert(0, os.path.dirname(__file__))
 import serve_cases as cases  # noqa: E402
+import scale_cases  # noqa: E402
 import triton_cases  # noqa: E402
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
@@ -41,7 +46,7 @@ def main():
         sys.exit(f"flux2 binary not found at {args.flux2}: build it (cargo build --release -p flux2-cli)")
     with tempfile.TemporaryDirectory(prefix="flux2-serve-test-") as tmp:
         ctx = cases.Context(args.flux2, tmp, args.server_env)
-        tests = [(n, f) for n, f in cases.TESTS + triton_cases.TESTS if args.k in n]
+        tests = [(n, f) for n, f in cases.TESTS + triton_cases.TESTS + scale_cases.TESTS if args.k in n]
         failed = []
         for name, fn in tests:
             t = time.monotonic()

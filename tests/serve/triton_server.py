@@ -48,7 +48,7 @@ class TritonServer:
     """`with TritonServer(repo) as s:` starts the server and waits until every model is ready."""
 
     def __init__(self, repository, python_env, models=None, log_path=None, startup_timeout=180, exit_timeout=30,
-                 extra_args=()):
+                 extra_args=(), metrics=False):
         self.repository = os.path.abspath(repository)
         self.python_env = os.path.abspath(python_env)
         if not os.path.isfile(os.path.join(self.python_env, "bin", "python3")):
@@ -60,8 +60,10 @@ class TritonServer:
         self.extra_args += list(extra_args)
         self.work = tempfile.mkdtemp(prefix="flux2-triton-")
         self.log_path = log_path or os.path.join(self.work, "server.log")
+        self.metrics = metrics
         self.proc = None
-        self.http_port = self.grpc_port = None
+        self.http_port = self.grpc_port = self.metrics_port = None
+        self.ready_seconds = None  # from the start of the process to ready
 
     def _backends(self, root):
         version = f"{sys.version_info.major}.{sys.version_info.minor}"
@@ -91,22 +93,30 @@ class TritonServer:
         root, libs = pytriton_dirs()
         backends = self._backends(root)
         self.http_port, self.grpc_port = free_port(), free_port()
+        if self.metrics:
+            self.metrics_port = free_port()
+            metrics = ["--allow-metrics=true", "--metrics-address=127.0.0.1", f"--metrics-port={self.metrics_port}"]
+        else:
+            metrics = ["--allow-metrics=false"]
         cmd = [
             os.path.join(root, "bin", "tritonserver"),
             f"--model-repository={self.repository}",
             f"--backend-directory={backends}",
+            f"--cache-directory={os.path.join(root, 'caches')}",
             "--http-address=127.0.0.1",
             f"--http-port={self.http_port}",
             "--grpc-address=127.0.0.1",
             f"--grpc-port={self.grpc_port}",
-            "--allow-metrics=false",
+            *metrics,
             f"--exit-timeout-secs={self.exit_timeout}",
             "--log-verbose=0",
             *self.extra_args,
         ]
         self.log = open(self.log_path, "wb")
+        t = time.monotonic()
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=self._env(libs))
         self._wait_ready()
+        self.ready_seconds = time.monotonic() - t
         return self
 
     def _wait_ready(self):
@@ -121,9 +131,39 @@ class TritonServer:
                         return
             except OSError:
                 pass
-            time.sleep(0.5)
+            time.sleep(0.2)
         self.stop()
         raise RuntimeError(f"tritonserver not ready after {self.startup_timeout}s:\n{self.log_text()}")
+
+    def metrics_text(self):
+        """The Prometheus text of the metrics endpoint."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10) as r:
+            return r.read().decode()
+
+    def pids(self):
+        """The server and its backend stub processes (their command lines name our private folder)."""
+        pids = [self.proc.pid] if self.proc else []
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    if self.work.encode() in f.read() and int(pid) not in pids:
+                        pids.append(int(pid))
+            except OSError:
+                pass
+        return pids
+
+    def rss_bytes(self):
+        """Resident memory of the server and every stub, summed."""
+        total = 0
+        for pid in self.pids():
+            try:
+                with open(f"/proc/{pid}/status") as f:
+                    for line in f:
+                        if line.startswith("VmRSS:"):
+                            total += int(line.split()[1]) * 1024
+            except OSError:
+                pass
+        return total
 
     def log_text(self):
         try:

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use flux2_serve::{write_repository, RepositoryOptions};
+use flux2_serve::{write_repository, Batching, RepositoryOptions, Serving, TextEncoder};
 
 const AFTER_HELP: &str = "\
 The repository holds:
@@ -11,6 +11,24 @@ The repository holds:
                  height (INT32 [1]), guidance (FP32 [1]), negative_prompt (BYTES [1]), references
                  (BYTES [-1], encoded PNG/JPEG); output image (UINT8 [H, W, 3]), the pixels
                  `flux2 generate` writes for the same arguments. --instances stub processes.
+                 --dynamic-batching: Triton's dynamic batcher hands it several requests at
+                 once; those that agree on everything but prompt and seed run as one pipeline
+                 batch (each image bit-identical to the request served alone), the rest in
+                 turn. Requests then carry Triton's batch dimension: prompt [1, 1], seed [1, 1],
+                 ..., image [1, H, W, 3].
+  flux2_stream/  (--stream) the same pipeline as a decoupled model: one response per sampling
+                 step (step, total, seconds) and then the image (gRPC streaming); cancelling
+                 the stream stops the request at the next step.
+  flux2_text_encoder/
+                 (--text-encoder model) the text encoder as a model of its own (prompt ->
+                 prompt_embeds), called by the pipeline models through BLS, with an LRU cache of
+                 --prompt-cache-mb MB of prompt embeddings in front of it: one encoder for every DiT
+                 instance, placed and scaled apart (--encoder-instances; docs/serving.md).
+                 --response-cache also enables Triton's response cache on it (start the server
+                 with --cache-config local,size=BYTES): a repeated prompt then never reaches it.
+                 --text-encoder grpc://HOST:PORT calls a flux2_text_encoder served elsewhere
+                 (its own server or KServe InferenceService; the backend's Python then needs
+                 tritonclient[grpc]).
   text_encoder/, transformer/, vae_encoder/, vae_decoder/
                  the stages for Triton's native backends: onnxruntime_onnx over the export, or
                  tensorrt_plan over the engines of a `flux2 build` folder (--engines), dims and
@@ -20,9 +38,14 @@ the export and the repository where they are relative to each other (e.g. one vo
 The server's Python needs the `flux2` package and numpy (`pip install ./python`; see
 docs/serving.md for containers and KServe).
 
+--warmup runs one sampling step at load, so the first request finds every session made (the
+models always create their sessions before they report ready).
+
 Examples:
   flux2 triton --model ./klein-onnx --out ./repo --instances 2
   tritonserver --model-repository ./repo
+  flux2 triton --model ./klein-onnx --out ./repo --dynamic-batching --max-batch-size 8 \
+      --max-queue-delay-us 20000 --preferred-batch-sizes 4,8 --text-encoder model --stream --warmup
   flux2 triton --model ./klein-fp8 --engines ./klein-h100 --out ./repo-trt";
 
 /// Write a Triton Inference Server model repository for an exported model.
@@ -50,6 +73,37 @@ pub struct Args {
     /// Replace an existing repository at --out.
     #[arg(long)]
     pub force: bool,
+    /// Triton's dynamic batcher on the `flux2` model (requests get a batch dimension).
+    #[arg(long)]
+    pub dynamic_batching: bool,
+    /// Requests per execution at most (with --dynamic-batching).
+    #[arg(long, default_value_t = 8)]
+    pub max_batch_size: usize,
+    /// Microseconds the batcher waits for more requests (with --dynamic-batching).
+    #[arg(long, default_value_t = 10_000)]
+    pub max_queue_delay_us: u64,
+    /// Batch sizes the batcher prefers, e.g. 4,8 (with --dynamic-batching).
+    #[arg(long, value_delimiter = ',')]
+    pub preferred_batch_sizes: Vec<usize>,
+    /// Where prompt embeddings come from: local (each instance), model (flux2_text_encoder
+    /// here, through BLS) or grpc://HOST:PORT (flux2_text_encoder on another server).
+    #[arg(long, default_value = "local")]
+    pub text_encoder: String,
+    /// Instances of flux2_text_encoder (with --text-encoder model).
+    #[arg(long, default_value_t = 1)]
+    pub encoder_instances: usize,
+    /// Megabytes of prompt embeddings kept in the LRU cache (0: no cache).
+    #[arg(long, default_value_t = 512)]
+    pub prompt_cache_mb: usize,
+    /// Triton's response cache on flux2_text_encoder (server: --cache-config local,size=BYTES).
+    #[arg(long)]
+    pub response_cache: bool,
+    /// Also write flux2_stream, the decoupled model streaming one progress response per step.
+    #[arg(long)]
+    pub stream: bool,
+    /// A warm-up request (one step) at load, before the pipeline models report ready.
+    #[arg(long)]
+    pub warmup: bool,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -57,6 +111,34 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .provider
         .clone()
         .unwrap_or_else(|| if args.engines.is_some() { "tensorrt" } else { "cpu" }.to_string());
+    let batching_only = [
+        ("--preferred-batch-sizes", !args.preferred_batch_sizes.is_empty()),
+        ("--max-batch-size", args.max_batch_size != 8),
+        ("--max-queue-delay-us", args.max_queue_delay_us != 10_000),
+    ];
+    if let (false, Some((name, _))) = (args.dynamic_batching, batching_only.iter().find(|(_, set)| *set)) {
+        anyhow::bail!("{name} configures the dynamic batcher: add --dynamic-batching");
+    }
+    let serving = Serving {
+        batching: args.dynamic_batching.then(|| Batching {
+            max_batch_size: args.max_batch_size,
+            max_queue_delay_us: args.max_queue_delay_us,
+            preferred: args.preferred_batch_sizes.clone(),
+        }),
+        text_encoder: match args.text_encoder.as_str() {
+            "local" => TextEncoder::Local,
+            "model" => TextEncoder::Model,
+            url if url.strip_prefix("grpc://").is_some_and(|a| a.contains(':')) => {
+                TextEncoder::Remote(url.into())
+            }
+            other => anyhow::bail!("--text-encoder '{other}': expected local, model or grpc://HOST:PORT"),
+        },
+        encoder_instances: args.encoder_instances,
+        prompt_cache_mb: args.prompt_cache_mb,
+        response_cache: args.response_cache,
+        stream: args.stream,
+        warmup: args.warmup,
+    };
     let report = write_repository(&RepositoryOptions {
         model: args.model,
         out: args.out,
@@ -65,6 +147,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         provider,
         threads: args.threads,
         force: args.force,
+        serving,
     })?;
     println!("wrote Triton model repository {}", report.out.display());
     for (name, platform) in &report.models {
