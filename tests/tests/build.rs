@@ -58,7 +58,9 @@ fn float_graphs_plan_fp16_with_bucket_profiles() {
     let trt = export_pipeline(Target::TensorRt);
     let out = tempfile::tempdir().unwrap();
     let p = plan(&request(trt.path(), &out.path().join("b"), GpuTarget::Hopper)).unwrap();
-    assert_eq!(p.graphs.len(), 4);
+    // the four pipeline graphs and the four step-caching DiT parts (dit_embed/head/body/tail)
+    assert_eq!(p.graphs.len(), 8);
+    assert_eq!(p.graphs.iter().filter(|g| g.name.starts_with("dit_")).count(), 4);
     for g in &p.graphs {
         assert_eq!(
             (g.quant, g.fp16, g.int8, g.precision.as_str()),
@@ -107,7 +109,9 @@ fn references_widen_the_dit_and_encoder_profiles() {
     assert_eq!(get(&o, "trt_profile_max_shapes"), Some("image:2x3x2048x2048"));
     req.shapes = ShapePlan::new(vec!["1024x1024".parse().unwrap()], None, 5, 1, false).unwrap();
     let e = plan(&req).unwrap_err().to_string();
-    assert!(e.contains("transformer") && e.contains("5 reference(s)") && e.contains("24576"), "{e}");
+    // the first DiT graph checked (the monolithic transformer or a step-caching part) is named
+    let dit = e.contains("transformer") || e.contains("dit_");
+    assert!(dit && e.contains("5 reference(s)") && e.contains("24576"), "{e}");
 }
 
 #[test]
