@@ -140,6 +140,11 @@ fn plan<'a>(source: &'a ModelSource, req: &ExportRequest) -> Result<Vec<Planned<
         }
         for g in build(c, &req.options)? {
             if g.shares_weights_of.is_some() {
+                if req.lowbit.is_some() {
+                    // the step-caching parts read float weights; a weight-only low-bit
+                    // transformer stores other initializers, so such exports have no parts
+                    continue;
+                }
                 planned.push((i, g, Vec::new())); // weights: the earlier graph's, as written
                 continue;
             }

@@ -29,6 +29,10 @@ struct StepInputs<'a> {
     sigma: f32,
 }
 
+/// One block of rows through a DiT part: (hidden size, first output, then `img` and `txt` for
+/// the head).
+type PartOut = (usize, Vec<f32>, Vec<f32>, Vec<f32>);
+
 impl StepInputs<'_> {
     /// Values of one branch block (N rows) of a `[rows, tokens, width]` tensor.
     fn block(&self, width: usize, tokens: usize) -> usize {
@@ -116,7 +120,7 @@ impl Pipeline {
     }
 
     /// Hidden size from the head's `img` output, else the manifest's transformer config.
-    fn hidden_dim(&self, head: &[(usize, Vec<f32>, Vec<f32>, Vec<f32>)]) -> Result<usize, RuntimeError> {
+    fn hidden_dim(&self, head: &[PartOut]) -> Result<usize, RuntimeError> {
         let cfg = self.model.manifest.configs.get("transformer");
         let from_cfg = cfg.and_then(|c| {
             Some(c.get("num_attention_heads")?.as_u64()? * c.get("attention_head_dim")?.as_u64()?)
@@ -137,7 +141,7 @@ impl Pipeline {
         sel: &[usize],
         img: Option<&[f32]>,
         txt: Option<&[f32]>,
-    ) -> Result<Vec<(usize, Vec<f32>, Vec<f32>, Vec<f32>)>, RuntimeError> {
+    ) -> Result<Vec<PartOut>, RuntimeError> {
         let (n, s, c) = (x.latents.images, x.latents.tokens, x.latents.c);
         let (l, ctx) = (x.call.text.shape[1], x.call.text.shape[2]);
         let rows = sel.len() * n;

@@ -142,7 +142,19 @@ fn demo_checkpoint_exports_and_generates() {
     write_checkpoint(&SynthSpec::demo(3), &ck).unwrap();
     let m = export_to(&ck, &out, None, options(Target::Ort, None), WeightMode::Copy).unwrap();
     let graphs: Vec<&str> = m.graphs.keys().map(|s| s.as_str()).collect();
-    assert_eq!(graphs, ["text_encoder", "transformer", "vae_decoder", "vae_encoder"]);
+    assert_eq!(
+        graphs,
+        [
+            "dit_body",
+            "dit_embed",
+            "dit_head",
+            "dit_tail",
+            "text_encoder",
+            "transformer",
+            "vae_decoder",
+            "vae_encoder"
+        ]
+    );
     assert_eq!(m.pipeline["text_layers"], serde_json::json!([9, 18, 27]));
     assert_eq!(m.pipeline["is_distilled"], serde_json::json!(true));
 

@@ -32,7 +32,10 @@ fn assert_clean(r: &Report, what: &str) {
         "{what}: unexpected errors:\n{}",
         e.iter().map(|f| f.to_string()).collect::<Vec<_>>().join("\n")
     );
-    assert_eq!(r.graphs.len(), 4, "{what}: all four graphs checked");
+    let parts = r.graphs.iter().filter(|g| g.name.starts_with("dit_")).count();
+    assert_eq!(r.graphs.len() - parts, 4, "{what}: all four pipeline graphs checked");
+    // float exports carry the four step-caching DiT parts; calibrated folders leave them out
+    assert!(parts == 0 || parts == 4, "{what}: {parts} DiT parts checked");
 }
 
 /// The error with `rule`, which must exist.

@@ -306,8 +306,28 @@ fn run_stages(opts: &CalibrateOptions, on_event: &mut dyn FnMut(Event)) -> Resul
             )?;
         }
     }
+    // The step-caching DiT parts read the float transformer's weights: once the transformer is
+    // quantised they would run float (or miss their weight files), so they are left out.
+    let parts: Vec<String> = if graphs.iter().any(|g| g == "transformer") {
+        model.manifest.graphs.keys().filter(|k| k.starts_with("dit_")).cloned().collect()
+    } else {
+        Vec::new()
+    };
+    for part in &parts {
+        if let Some(e) = model.manifest.graphs.get(part) {
+            skip.push(model.dir.join(&e.file));
+        }
+    }
     link_tree(&model.dir, &staging_path, &skip, true)?;
     let mut manifest: Manifest = model.manifest.clone();
+    for part in &parts {
+        manifest.graphs.remove(part);
+    }
+    if !parts.is_empty() {
+        notes.push(
+            "step caching (--cache) is not available on this folder: its DiT parts are float-only; use the float export".into(),
+        );
+    }
     for g in &graphs {
         if let Some(e) = manifest.graphs.get_mut(g) {
             e.precision = Some(opts.format.name().into());

@@ -115,11 +115,12 @@ pub fn polyfit(points: &[(f64, f64)], degree: usize) -> Result<Vec<f64>, String>
             return Err("the points do not determine the polynomial (singular system)".into());
         }
         a.swap(col, piv);
-        for r in 0..n {
+        let pivot = a[col].clone();
+        for (r, row) in a.iter_mut().enumerate() {
             if r != col {
-                let f = a[r][col] / a[col][col];
-                for c in col..=n {
-                    a[r][c] -= f * a[col][c];
+                let f = row[col] / pivot[col];
+                for (v, p) in row[col..].iter_mut().zip(&pivot[col..]) {
+                    *v -= f * p;
                 }
             }
         }

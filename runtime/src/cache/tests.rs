@@ -97,7 +97,7 @@ fn taylor_schedule_matches_diffusers() {
 #[test]
 fn taylor_extrapolates_a_linear_feature_exactly_at_order_1() {
     let mut p = Taylor::new(2, 1, 3, None);
-    let body = |s: usize| vec![2.0 + 0.5 * s as f32, -1.0 * s as f32];
+    let body = |s: usize| vec![2.0 + 0.5 * s as f32, -(s as f32)];
     for s in 0..3 {
         assert_eq!(p.start(s, None), Start::Full);
         p.full(s, &[0.0, 0.0], &[0.0, 0.0], &body(s));
