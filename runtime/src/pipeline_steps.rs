@@ -198,11 +198,20 @@ fn check_cache(model: &ModelDir, spec: &crate::cache::CacheSpec, steps: usize) -
         return Err(input_err(
             "--cache",
             format!(
-                "the export {} has no DiT parts ({}) that step caching runs; re-export the checkpoint with \
-                 this flux2 (`flux2 export --checkpoint CKPT --out DIR`), which writes them beside the \
-                 transformer",
+                "the export {} has no DiT parts ({}) that step caching runs; {}",
                 model.dir.display(),
-                missing.join(", ")
+                missing.join(", "),
+                if model
+                    .entry("transformer")
+                    .and_then(|e| e.precision.as_deref())
+                    .is_some_and(|p| p != "fp32")
+                {
+                    "calibrated and weight-only low-bit folders have none (their transformer stores other \
+                     weights): use step caching on a float export"
+                } else {
+                    "re-export the checkpoint with this flux2 (`flux2 export --checkpoint CKPT --out DIR`), \
+                     which writes them beside the transformer"
+                }
             ),
         ));
     }
