@@ -41,30 +41,10 @@ import classify
 import common
 import shapes
 import textenc
+from sampling import GUIDANCE, adherence, denoise_from, dit_call, empirical_mu, euler_cfg, sample, sigmas  # noqa: F401 (re-exported)
 from timesteps import TimestepDist
 
-# The CFG scale the model is meant to run at (written to vocabulary.json; the python checks use
-# it too). `flux2 eval` of the shipped run: guidance 1.5 / 2 / 2.5 / 3 / 4 gave 77 / 81 / 74 / 75 /
-# 65 % all three on 96 captions (train/results/sampling-sweep.txt); that run's own python checks
-# were logged at 4.0, before this was measured.
-GUIDANCE = 2.0
 CAPTION_DROPOUT = 0.1
-
-
-def empirical_mu(seq_len: int, steps: int) -> float:
-    """compute_empirical_mu of the FLUX.2 pipelines (flux2-arch.md §6.3)."""
-    a1, b1, a2, b2 = 8.73809524e-05, 1.89833333, 0.00016927, 0.45666666
-    if seq_len > 4300:
-        return a2 * seq_len + b2
-    m200, m10 = a2 * seq_len + b2, a1 * seq_len + b1
-    return m10 + (steps - 10) * (m200 - m10) / 190.0
-
-
-def sigmas(seq_len: int, steps: int) -> list[float]:
-    mu = empirical_mu(seq_len, steps)
-    t = np.linspace(1.0, 1.0 / steps, steps)
-    s = math.exp(mu) / (math.exp(mu) + (1.0 / t - 1.0))
-    return [float(v) for v in s] + [0.0]
 
 
 def text_blind_dims(dit) -> list[torch.nn.Parameter]:
@@ -87,58 +67,6 @@ def blind_to_text_positions(dit) -> None:
     n_l = dit.config.axes_dims_rope[3]
     for p in text_blind_dims(dit):
         p[-n_l:] = 0
-
-
-def pad_bias(b: int, real: int, total: int, img_tokens: int) -> torch.Tensor:
-    """Additive attention mask over [real text, one pad, image] keys: log(multiplicity) on the pad."""
-    bias = torch.zeros(b, 1, 1, real + 1 + img_tokens)
-    bias[..., real] = math.log(total - real)
-    return bias
-
-
-def dit_call(dit, x, ctx, t, real, total=textenc.MAX_LENGTH):
-    """The DiT on compressed text ctx = [real tokens, one pad] standing for `total` tokens."""
-    s = x.shape[1]
-    h = w = int(round(math.sqrt(s)))
-    kw = {"attention_mask": pad_bias(x.shape[0], real, total, s)}
-    return dit(hidden_states=x, encoder_hidden_states=ctx, timestep=t, img_ids=common.img_ids(h, w), txt_ids=common.txt_ids(real + 1), joint_attention_kwargs=kw).sample
-
-
-@torch.no_grad()
-def euler_cfg(dit, x, ctx, uncond, sig, real, guidance=GUIDANCE):
-    """Euler steps from sig[0] down the noise levels `sig` with true CFG (empty negative prompt)."""
-    b = ctx.shape[0]
-    both = torch.cat([ctx, uncond.expand(b, -1, -1)])
-    for i in range(len(sig) - 1):
-        v = dit_call(dit, torch.cat([x, x]), both, torch.full((2 * b,), sig[i]), real)
-        vc, vu = v[:b], v[b:]
-        x = x + (sig[i + 1] - sig[i]) * (vu + guidance * (vc - vu))
-    return x
-
-
-def denoise_from(dit, z0, t0, ctx, uncond, steps, seed, real, guidance=GUIDANCE):
-    """Clean tokens z0 noised to t0 (noise seed `seed`), then the sampler's remaining steps below t0."""
-    eps = torch.randn(z0.shape, generator=torch.Generator().manual_seed(seed))
-    sig = [t0] + [s for s in sigmas(z0.shape[1], steps) if s < t0]
-    return euler_cfg(dit, (1 - t0) * z0 + t0 * eps, ctx, uncond, sig, real, guidance)
-
-
-def sample(dit, ctx, uncond, h, w, steps, seed, real, guidance=GUIDANCE):
-    """The klein-base sampler: pure noise, Euler on the shifted schedule with true CFG."""
-    x = torch.randn(ctx.shape[0], h * w, 128, generator=torch.Generator().manual_seed(seed))
-    return euler_cfg(dit, x, ctx, uncond, sigmas(h * w, steps), real, guidance)
-
-
-def adherence(dit, vae, feats, uncond, triples, size, steps, seed, real, guidance=GUIDANCE):
-    """Fractions right (colour, shape, background, all three) of the Python classifier on the
-    captions `triples` (contexts `feats`), 16 per batch, batch i with noise seed `seed + i`."""
-    h = w = size // 16
-    ok = np.zeros(4)
-    for i in range(0, len(triples), 16):
-        idx = list(range(i, min(i + 16, len(triples))))
-        x = sample(dit, feats[idx], uncond, h, w, steps, seed + i, real, guidance)
-        ok += classify.hit_counts(common.decode_tokens(vae, x, h, w), [triples[j] for j in idx])
-    return ok / len(triples)
 
 
 @torch.no_grad()
@@ -229,7 +157,9 @@ def shape_mix(text: str | None) -> list[float] | None:
     return [v / sum(p) for v in p]
 
 
-def save_pipeline(out: Path, dit, vae, enc, tok, size: int, steps: int, meta: dict, guidance: float = GUIDANCE):
+def save_pipeline(out: Path, dit, vae, enc, tok, sizes: list[int], steps: int, meta: dict, guidance: float = GUIDANCE, default_size: int | None = None):
+    """The whole model in the diffusers layout, plus vocabulary.json (default size: `default_size`,
+    else the largest of `sizes`; one `resolutions` entry per trained size) and training.json."""
     sched = FlowMatchEulerDiscreteScheduler(
         num_train_timesteps=1000,
         shift=3.0,
@@ -246,28 +176,44 @@ def save_pipeline(out: Path, dit, vae, enc, tok, size: int, steps: int, meta: di
     if tmp.exists():
         shutil.rmtree(tmp)
     pipe.save_pretrained(tmp, safe_serialization=True)
-    common.write_json(tmp / "vocabulary.json", shapes.vocabulary(size, steps, guidance, textenc.TEXT_LAYERS))
+    vocab = shapes.vocabulary(default_size or max(sizes), steps, guidance, textenc.TEXT_LAYERS)
+    if len(sizes) > 1:
+        vocab["resolutions"] = [{"size": [s, s], "steps": steps, "guidance": guidance} for s in sorted(sizes)]
+    common.write_json(tmp / "vocabulary.json", vocab)
     common.write_json(tmp / "training.json", meta)
     if out.exists():
         shutil.rmtree(out)
     tmp.rename(out)
 
 
-def main():
+def int_list(text: str) -> list[int]:
+    return [int(v) for v in text.split(",") if v]
+
+
+def float_list(text: str) -> list[float]:
+    return [float(v) for v in text.split(",") if v]
+
+
+def parse_args():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--vae", type=Path, required=True)
     ap.add_argument("--text", type=Path, required=True)
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--dist", choices=["ts", "ln", "pln"], default="ln")
-    ap.add_argument("--alpha", type=float, default=1.0, help="training alpha-shift")
+    ap.add_argument("--alpha", type=float, default=1.0, help="training alpha-shift at the base size (--base-size)")
     ap.add_argument("--mu", type=float, default=0.0)
     ap.add_argument("--sigma", type=float, default=1.0)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--steps", type=int, default=2000)
-    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--batch", type=int, default=32, help="batch at the base size; a size with k times the pixels trains on batch / k pictures")
     ap.add_argument("--lr", type=float, default=6e-4)
-    ap.add_argument("--images", type=int, default=3000)
-    ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--images", type=int, default=3000, help="training pictures per size")
+    ap.add_argument("--size", type=int, default=64, help="one training size (see --sizes)")
+    ap.add_argument("--sizes", type=int_list, help="several training sizes, e.g. 64,128: each batch is one size, drawn by --size-weights")
+    ap.add_argument("--size-weights", type=float_list, help="how often each of --sizes is drawn (default: equal)")
+    ap.add_argument("--base-size", type=int, help="the size --alpha applies to (default: the smallest); at size r the shift is alpha * sqrt(m/n) = alpha * r / base (the FLUX.2 notes)")
+    ap.add_argument("--fixed-alpha", action="store_true", help="the same --alpha at every size (the study's no-alpha-scaling arm)")
+    ap.add_argument("--default-size", type=int, help="the size vocabulary.json says the model runs at (default: the largest)")
     ap.add_argument("--shape-mix", help="training share of circle,square,triangle pictures, e.g. 0.25,0.45,0.3 (default: uniform); a caption's shape is always the picture's")
     ap.add_argument("--sample-steps", type=int, default=28, help="sampling steps of the python checks")
     ap.add_argument("--run-steps", type=int, help="steps vocabulary.json says the model runs at (default: --sample-steps)")
@@ -285,30 +231,86 @@ def main():
     ap.add_argument("--compile", action="store_true", help="torch.compile the training forward (faster steps after a one-off compile)")
     ap.add_argument("--save-dtype", choices=["f32", "bf16"], default="f32", help="dtype of the saved transformer weights (bf16 halves its size)")
     a = ap.parse_args()
-    run_steps = a.run_steps or a.sample_steps
-    common.setup_threads()
-    timer = common.Timer()
-    dist = TimestepDist(a.dist, a.alpha, a.mu, a.sigma)
-    vae = AutoencoderKLFlux2.from_pretrained(a.vae).eval()
-    tok, enc = load_text(a.text)
-    full, triples = full_text_features(tok, enc, a.text)
-    feats, real = compress(full)
-    uncond = feats[-1:]
-    data = latents(vae, a.vae, a.images, a.size, 12345, shape_mix(a.shape_mix))
-    lat, labels = data["latents"], data["labels"]
-    index = {t: i for i, t in enumerate(triples)}
-    cap_idx = torch.tensor([index[tuple(l)] for l in labels])
-    print(f"data ready in {timer():.0f}s: {len(lat)} latents {tuple(lat.shape[1:])}, {len(triples)} captions, {real} + 1 text tokens", flush=True)
+    a.sizes = a.sizes or [a.size]
+    a.size_weights = a.size_weights or [1.0] * len(a.sizes)
+    if len(a.size_weights) != len(a.sizes) or min(a.size_weights) < 0 or sum(a.size_weights) <= 0:
+        raise SystemExit(f"--size-weights {a.size_weights}: give one non-negative weight per size of --sizes {a.sizes}")
+    if any(s <= 0 or s % 16 for s in a.sizes):
+        raise SystemExit(f"--sizes {a.sizes}: every size must be a positive multiple of 16")
+    a.base_size = a.base_size or min(a.sizes)
+    a.run_steps = a.run_steps or a.sample_steps
+    return a
 
+
+class Resolution:
+    """One training size: its latents, caption indices, timestep distribution and batch."""
+
+    def __init__(self, a, vae, size: int, index: dict):
+        self.size, self.h = size, size // 16
+        self.alpha = a.alpha if a.fixed_alpha else a.alpha * size / a.base_size
+        self.dist = TimestepDist(a.dist, self.alpha, a.mu, a.sigma)
+        self.batch = max(1, round(a.batch * (a.base_size / size) ** 2)) if size != a.base_size else a.batch
+        data = latents(vae, a.vae, a.images, size, 12345, shape_mix(a.shape_mix))
+        self.lat = data["latents"]
+        self.cap_idx = torch.tensor([index[tuple(l)] for l in data["labels"]])
+
+    def describe(self) -> str:
+        return f"{self.size}px: {len(self.lat)} latents {tuple(self.lat.shape[1:])}, batch {self.batch}, t ~ {self.dist.describe()}"
+
+
+def build_dit(a):
     torch.manual_seed(a.seed)
     if a.init:
-        dit = Flux2Transformer2DModel.from_pretrained(a.init / "transformer")
+        dit = Flux2Transformer2DModel.from_pretrained(a.init / "transformer").float()
     else:
         shape = {"num_attention_heads": a.heads, "num_layers": a.double_blocks, "num_single_layers": a.single_blocks}
         dit = Flux2Transformer2DModel(**{**common.DIT_CONFIG, **shape})
         if a.zero_init:
             zero_init(dit)
     blind_to_text_positions(dit)
+    return dit
+
+
+def train_step(fwd, res: Resolution, feats, real, g, stratified: bool) -> torch.Tensor:
+    """The rectified-flow loss of one batch at one resolution: x_t = (1 - t) x0 + t eps, v = eps - x0."""
+    idx = torch.randint(0, len(res.lat), (res.batch,), generator=g)
+    x0 = res.lat[idx]
+    ci = res.cap_idx[idx].clone()
+    ci[torch.rand(res.batch, generator=g) < CAPTION_DROPOUT] = len(feats) - 1
+    t = res.dist.sample(res.batch, g, stratified)
+    eps = torch.randn(x0.shape, generator=g)
+    tt = t.view(-1, 1, 1)
+    v = dit_call(fwd, (1 - tt) * x0 + tt * eps, feats[ci], t, real)
+    return ((v - (eps - x0)) ** 2).mean()
+
+
+def check_all(a, ema, vae, eval_feats, uncond, eval_prompts, real, step, seconds) -> dict:
+    """The Python adherence check at every training size."""
+    entry = {"step": step, "seconds": round(seconds)}
+    for size in a.sizes:
+        acc = adherence(ema, vae, eval_feats, uncond, eval_prompts, size, a.sample_steps, 7, real, a.guidance)
+        key = "" if len(a.sizes) == 1 else f"_{size}"
+        entry.update({f"color{key}": acc[0], f"shape{key}": acc[1], f"background{key}": acc[2], f"all{key}": acc[3]})
+        print(f"  adherence {size}px (python check, {len(eval_prompts)} prompts) color {acc[0]:.2f} shape {acc[1]:.2f} bg {acc[2]:.2f} all {acc[3]:.2f}", flush=True)
+    return entry
+
+
+def main():
+    a = parse_args()
+    common.setup_threads()
+    timer = common.Timer()
+    vae = AutoencoderKLFlux2.from_pretrained(a.vae).eval()
+    tok, enc = load_text(a.text)
+    full, triples = full_text_features(tok, enc, a.text)
+    feats, real = compress(full)
+    uncond = feats[-1:]
+    index = {t: i for i, t in enumerate(triples)}
+    res = [Resolution(a, vae, s, index) for s in a.sizes]
+    print(f"data ready in {timer():.0f}s: {len(triples)} captions, {real} + 1 text tokens", flush=True)
+    for r in res:
+        print("  " + r.describe(), flush=True)
+
+    dit = build_dit(a)
     ema = copy.deepcopy(dit).eval()
     for p in ema.parameters():
         p.requires_grad_(False)
@@ -328,25 +330,16 @@ def main():
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
     g = torch.Generator().manual_seed(a.seed)
-    h = w = a.size // 16
-    print(f"dit: {n_params/1e6:.2f}M parameters, t ~ {dist.describe()}", flush=True)
+    pick = torch.tensor(a.size_weights, dtype=torch.float64)
+    print(f"dit: {n_params/1e6:.2f}M parameters", flush=True)
     eval_prompts = [triples[i] for i in torch.randperm(len(triples), generator=torch.Generator().manual_seed(99))[: a.eval_prompts]]
     eval_feats = feats[[index[t] for t in eval_prompts]]
-    log = []
+    log, counts = [], [0] * len(res)
     train_start = timer()
     for step in range(a.steps):
-        idx = torch.randint(0, len(lat), (a.batch,), generator=g)
-        x0 = lat[idx]
-        ci = cap_idx[idx].clone()
-        drop = torch.rand(a.batch, generator=g) < CAPTION_DROPOUT
-        ci[drop] = len(feats) - 1
-        ctx = feats[ci]
-        t = dist.sample(a.batch, g, a.stratified)
-        eps = torch.randn(x0.shape, generator=g)
-        tt = t.view(-1, 1, 1)
-        xt = (1 - tt) * x0 + tt * eps
-        v = dit_call(fwd, xt, ctx, t, real)
-        loss = ((v - (eps - x0)) ** 2).mean()
+        k = int(torch.multinomial(pick, 1, generator=g)) if len(res) > 1 else 0
+        counts[k] += 1
+        loss = train_step(fwd, res[k], feats, real, g, a.stratified)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(dit.parameters(), 1.0)
@@ -357,30 +350,29 @@ def main():
         with torch.no_grad():
             torch._foreach_lerp_(ema_params, dit_params, 1 - decay)
         if step % 50 == 0 or step == a.steps - 1:
-            print(f"step {step:5d} loss {loss.item():.4f} lr {sched.get_last_lr()[0]:.2e} ({timer() - train_start:.0f}s)", flush=True)
+            print(f"step {step:5d} [{res[k].size}px] loss {loss.item():.4f} lr {sched.get_last_lr()[0]:.2e} ({timer() - train_start:.0f}s)", flush=True)
         over = a.max_minutes > 0 and (timer() - train_start) > 60 * a.max_minutes
         last = step == a.steps - 1 or over
         if (a.eval_every and step > 0 and step % a.eval_every == 0) or last:
-            acc = adherence(ema, vae, eval_feats, uncond, eval_prompts, a.size, a.sample_steps, 7, real, a.guidance)
-            log.append({"step": step, "seconds": round(timer() - train_start), "color": acc[0], "shape": acc[1], "background": acc[2], "all": acc[3]})
-            print(f"  adherence (python check, {len(eval_prompts)} prompts) color {acc[0]:.2f} shape {acc[1]:.2f} bg {acc[2]:.2f} all {acc[3]:.2f}", flush=True)
+            log.append(check_all(a, ema, vae, eval_feats, uncond, eval_prompts, real, step, timer() - train_start))
             if not last:  # an intermediate model to look at (or continue with --init) while training goes on
-                save_pipeline(a.out.with_name(a.out.name + "-latest"), ema, vae, enc, tok, a.size, run_steps, {"step": step, "python_checks": log}, a.guidance)
+                save_pipeline(a.out.with_name(a.out.name + "-latest"), ema, vae, enc, tok, a.sizes, a.run_steps, {"step": step, "python_checks": log}, a.guidance, a.default_size)
         if last:
             break
-    steps_done = step + 1
     train_s = timer() - train_start
     meta = {
-        "dist": a.dist, "alpha": a.alpha, "mu": a.mu, "sigma": a.sigma, "seed": a.seed, "steps": steps_done, "steps_requested": a.steps,
-        "batch": a.batch, "lr": a.lr, "images": a.images, "shape_mix": a.shape_mix, "size": a.size, "dit_parameters": n_params,
+        "dist": a.dist, "alpha": a.alpha, "mu": a.mu, "sigma": a.sigma, "seed": a.seed, "steps": step + 1, "steps_requested": a.steps,
+        "batch": a.batch, "lr": a.lr, "images": a.images, "shape_mix": a.shape_mix, "size": a.default_size or max(a.sizes), "dit_parameters": n_params,
+        "sizes": a.sizes, "size_weights": a.size_weights, "base_size": a.base_size, "fixed_alpha": a.fixed_alpha,
+        "alpha_per_size": {str(r.size): r.alpha for r in res}, "batch_per_size": {str(r.size): r.batch for r in res}, "steps_per_size": {str(r.size): c for r, c in zip(res, counts)},
         "dit_train_seconds": round(train_s), "python_checks": log,
         "text_encoder": "frozen Qwen3 from build_text.py (see train/textenc.py)", "init": str(a.init) if a.init else None,
-        "heads": a.heads, "double_blocks": dit.config.num_layers, "single_blocks": dit.config.num_single_layers, "cosine": a.cosine, "stratified": a.stratified, "zero_init": a.zero_init, "compile": a.compile, "save_dtype": a.save_dtype,
+        "heads": dit.config.num_attention_heads, "double_blocks": dit.config.num_layers, "single_blocks": dit.config.num_single_layers, "cosine": a.cosine, "stratified": a.stratified, "zero_init": a.zero_init, "compile": a.compile, "save_dtype": a.save_dtype,
     }
     check_uncompressed(ema, full, feats, real)
     if a.save_dtype == "bf16":
         ema = ema.to(torch.bfloat16)
-    save_pipeline(a.out, ema, vae, enc, tok, a.size, run_steps, meta, a.guidance)
+    save_pipeline(a.out, ema, vae, enc, tok, a.sizes, a.run_steps, meta, a.guidance, a.default_size)
     print(f"saved {a.out} (DiT trained in {train_s:.0f}s, total {timer():.0f}s)", flush=True)
 
 

@@ -268,3 +268,33 @@ fn accuracy_and_contact_sheet() {
     assert_eq!(sheet.pixel(5, 5), [1, 2, 3]);
     assert_eq!(sheet.pixel(25, 25), [255, 255, 255]);
 }
+
+#[test]
+fn resolutions_override_the_defaults_per_size() {
+    let with = VOCAB.replace(
+        r#""text_layers": [9, 18, 27]}"#,
+        r#""text_layers": [9, 18, 27], "guidance": 2.0,
+           "resolutions": [{"size": [64, 64], "steps": 24}, {"size": [128, 128], "guidance": 3.0, "shift": "fixed:6"}]}"#,
+    );
+    let v = Vocabulary::from_json(&with, Path::new("test.json")).unwrap();
+    assert_eq!(v.sizes(), vec![[64, 64], [128, 128]]);
+    let at = |w, h| v.settings_at(w, h);
+    assert_eq!((at(64, 64).steps, at(64, 64).guidance, at(64, 64).shift), (24, Some(2.0), None));
+    assert_eq!((at(128, 128).steps, at(128, 128).guidance), (28, Some(3.0)));
+    assert_eq!(at(128, 128).shift.as_deref(), Some("fixed:6"));
+    assert_eq!((at(96, 96).steps, at(96, 96).guidance, at(96, 96).shift), (28, Some(2.0), None));
+    assert_eq!(vocab().sizes(), vec![[64, 64]]);
+    for (bad, what) in [
+        (r#"[{"size": [64, 60]}]"#, "multiples of 16"),
+        (r#"[{"size": [64, 64], "steps": 0}]"#, "steps"),
+        (r#"[{"size": [64, 64], "guidance": -1}]"#, "guidance"),
+        (r#"[{"size": [64, 64], "shift": "fixed:0"}]"#, "fixed:0"),
+    ] {
+        let text = VOCAB.replace(
+            r#""text_layers": [9, 18, 27]}"#,
+            &format!(r#""text_layers": [9, 18, 27], "resolutions": {bad}}}"#),
+        );
+        let err = Vocabulary::from_json(&text, Path::new("v.json")).unwrap_err().to_string();
+        assert!(err.contains("v.json") && err.contains("resolutions") && err.contains(what), "{err}");
+    }
+}

@@ -97,6 +97,9 @@ pub struct Report {
     /// The guidance used (`None`: the export's default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub guidance: Option<f32>,
+    /// The schedule shift asked for (`None`: the export's default, FLUX.2's empirical shift).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shift: Option<String>,
     pub accuracy: Accuracy,
     pub seconds: f64,
     /// DiT evaluations over all pictures (per CFG branch): full, first block only, skipped.
@@ -118,8 +121,10 @@ pub fn evaluate(
     }
     let started = Instant::now();
     let (width, height) = opts.size.unwrap_or((vocab.size[0], vocab.size[1]));
-    let steps = opts.steps.unwrap_or(vocab.steps);
-    let guidance = opts.guidance.or(vocab.guidance);
+    let at = vocab.settings_at(width, height);
+    let steps = opts.steps.unwrap_or(at.steps);
+    let guidance = opts.guidance.or(at.guidance);
+    let shift = opts.shift.or_else(|| at.shift.as_deref().and_then(|s| s.parse().ok()));
     let mut items = Vec::with_capacity(opts.prompts);
     let mut images = Vec::with_capacity(opts.prompts);
     let mut dit = flux2_runtime::cache::DitCounts::default();
@@ -130,9 +135,7 @@ pub fn evaluate(
         (req.width, req.height, req.steps, req.seed) = (Some(width), Some(height), Some(steps), seed);
         req.guidance = guidance;
         req.cache = opts.cache.clone();
-        if let Some(shift) = opts.shift {
-            req.shift = shift;
-        }
+        req.shift = shift;
         let out = pipe.generate(&req, &mut |_| {})?;
         let d = out.timings.dit;
         dit.full += d.full;
@@ -153,6 +156,7 @@ pub fn evaluate(
         height,
         steps,
         guidance,
+        shift: shift.map(|s| s.to_string()),
         accuracy: Accuracy::of(&items),
         seconds: started.elapsed().as_secs_f64(),
         dit_evaluations: dit,

@@ -4,8 +4,14 @@
 //! ```json
 //! {"template": "a {color} {shape} on a {background} background",
 //!  "colors": {"red": [220, 40, 40], ...}, "shapes": ["circle", "square", "triangle"],
-//!  "size": [64, 64], "steps": 28, "guidance": 2.0, "text_layers": [9, 18, 27]}
+//!  "size": [128, 128], "steps": 24, "guidance": 2.0, "text_layers": [9, 18, 27],
+//!  "resolutions": [{"size": [64, 64], "steps": 24, "guidance": 2.0, "shift": "fixed:3"},
+//!                  {"size": [128, 128], "steps": 24, "guidance": 2.0}]}
 //! ```
+//!
+//! `size`, `steps` and `guidance` are the defaults; a model trained at several sizes lists each
+//! in `resolutions` with the settings it samples best at there (any missing field falls back to
+//! the top-level one; a missing `shift` means the runtime's default, FLUX.2's empirical shift).
 //!
 //! An export folder has no vocabulary of its own; [`Vocabulary::locate`] finds the one of the
 //! checkpoint it was exported from through `manifest.json`'s source files (calibrated folders
@@ -42,6 +48,31 @@ pub struct Vocabulary {
     /// Text-encoder hidden-state layers the model was trained with.
     #[serde(default)]
     pub text_layers: Vec<usize>,
+    /// Sampling settings per trained size (a multi-resolution model); empty: one size.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub resolutions: Vec<Resolution>,
+}
+
+/// The settings a model samples best at for one size (`resolutions` entry of vocabulary.json).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Resolution {
+    /// [width, height].
+    pub size: [usize; 2],
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub steps: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guidance: Option<f32>,
+    /// Schedule shift as `flux2 generate --shift` spells it (`fixed:3`, `resolution:16`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shift: Option<String>,
+}
+
+/// Resolved sampling settings for one size.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Settings {
+    pub steps: usize,
+    pub guidance: Option<f32>,
+    pub shift: Option<String>,
 }
 
 /// One caption's attributes.
@@ -83,7 +114,29 @@ impl Vocabulary {
         if let Some(g) = v.guidance.filter(|g| !g.is_finite() || *g < 0.0) {
             return Err(bad(format!("guidance {g} must be a finite number >= 0")));
         }
+        for r in &v.resolutions {
+            check_resolution(r).map_err(|m| bad(format!("resolutions entry {:?}: {m}", r.size)))?;
+        }
         Ok(v)
+    }
+
+    /// The sampling settings at `width`×`height`: the `resolutions` entry of that size over the
+    /// top-level defaults.
+    pub fn settings_at(&self, width: usize, height: usize) -> Settings {
+        let r = self.resolutions.iter().find(|r| r.size == [width, height]);
+        Settings {
+            steps: r.and_then(|r| r.steps).unwrap_or(self.steps),
+            guidance: r.and_then(|r| r.guidance).or(self.guidance),
+            shift: r.and_then(|r| r.shift.clone()),
+        }
+    }
+
+    /// The trained sizes: each `resolutions` entry, or the one `size`.
+    pub fn sizes(&self) -> Vec<[usize; 2]> {
+        if self.resolutions.is_empty() {
+            return vec![self.size];
+        }
+        self.resolutions.iter().map(|r| r.size).collect()
     }
 
     /// Reads and validates a vocabulary file.
@@ -171,6 +224,37 @@ impl Vocabulary {
                 self.shapes.join(", ")
             ),
         })
+    }
+}
+
+fn check_resolution(r: &Resolution) -> std::result::Result<(), String> {
+    if r.size.iter().any(|&s| s == 0 || s % 16 != 0) {
+        return Err("size must be positive multiples of 16".into());
+    }
+    if r.steps == Some(0) {
+        return Err("steps must be at least 1".into());
+    }
+    if let Some(g) = r.guidance.filter(|g| !g.is_finite() || *g < 0.0) {
+        return Err(format!("guidance {g} must be a finite number >= 0"));
+    }
+    if let Some(sh) = &r.shift {
+        check_shift(sh)?;
+    }
+    Ok(())
+}
+
+/// The shift spellings `flux2 generate --shift` takes (checked here without the runtime).
+fn check_shift(s: &str) -> std::result::Result<(), String> {
+    let ok = match s.split_once(':') {
+        None => s == "empirical" || s == "resolution",
+        Some(("resolution", n)) => n.parse::<usize>().is_ok_and(|n| n > 0),
+        Some(("fixed", a)) => a.parse::<f64>().is_ok_and(|a| a.is_finite() && a > 0.0),
+        _ => false,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("shift \"{s}\" is not empirical, resolution[:BASE_TOKENS] or fixed:ALPHA"))
     }
 }
 

@@ -324,7 +324,59 @@ fn pipeline_defaults(source: &ModelSource, m: &mut Manifest) -> Result<()> {
             None => return Err(bad(format!("\"guidance\": {g} is not a finite number >= 0"))),
         };
     }
+    if let Some(list) = v.get("resolutions") {
+        let entries = list.as_array().ok_or_else(|| bad(format!("\"resolutions\": {list} is not a list")))?;
+        let out: Vec<serde_json::Value> =
+            entries.iter().map(resolution_entry).collect::<std::result::Result<_, String>>().map_err(bad)?;
+        m.pipeline.insert("resolutions".into(), out.into());
+    }
     Ok(())
+}
+
+/// One `resolutions` entry of vocabulary.json (`{"size": [w, h], "steps", "guidance", "shift"}`)
+/// as the manifest keeps it (`{"width", "height", ...}`), validated.
+fn resolution_entry(r: &serde_json::Value) -> std::result::Result<serde_json::Value, String> {
+    let what = || format!("\"resolutions\" entry {r}");
+    let size =
+        r.get("size").and_then(|s| s.as_array()).map(|a| a.iter().map(|d| d.as_u64()).collect::<Vec<_>>());
+    let (w, h) = match size.as_deref() {
+        Some([Some(w), Some(h)]) if w % 16 == 0 && h % 16 == 0 && *w > 0 && *h > 0 => (*w, *h),
+        _ => return Err(format!("{}: \"size\" is not [width, height] in positive multiples of 16", what())),
+    };
+    let mut out = serde_json::json!({"width": w, "height": h});
+    if let Some(s) = r.get("steps") {
+        let n = s
+            .as_u64()
+            .filter(|&n| n > 0)
+            .ok_or_else(|| format!("{}: \"steps\" is not a positive integer", what()))?;
+        out["steps"] = n.into();
+    }
+    if let Some(g) = r.get("guidance") {
+        let x = g.as_f64().filter(|g| g.is_finite() && *g >= 0.0);
+        out["guidance"] =
+            x.ok_or_else(|| format!("{}: \"guidance\" is not a finite number >= 0", what()))?.into();
+    }
+    if let Some(s) = r.get("shift") {
+        let text = s.as_str().ok_or_else(|| format!("{}: \"shift\" is not a string", what()))?;
+        if !valid_shift(text) {
+            return Err(format!(
+                "{}: \"shift\" {text:?} is not empirical, resolution[:BASE_TOKENS] or fixed:ALPHA",
+                what()
+            ));
+        }
+        out["shift"] = text.into();
+    }
+    Ok(out)
+}
+
+/// The shift spellings the runtime accepts (`flux2 generate --shift`).
+fn valid_shift(s: &str) -> bool {
+    match s.split_once(':') {
+        None => s == "empirical" || s == "resolution",
+        Some(("resolution", n)) => n.parse::<usize>().is_ok_and(|n| n > 0),
+        Some(("fixed", a)) => a.parse::<f64>().is_ok_and(|a| a.is_finite() && a > 0.0),
+        _ => false,
+    }
 }
 
 fn copy_dir(src: &Path, dst: &Path) -> Result<()> {

@@ -124,6 +124,27 @@ impl ModelDir {
         (side("default_width").unwrap_or(1024), side("default_height").unwrap_or(1024))
     }
 
+    /// Defaults for one size, from the export's `resolutions` (written from a multi-resolution
+    /// model's vocabulary.json): steps, guidance and shift the model samples best at there.
+    /// Fields the export does not set (or a size it does not list) are None.
+    pub fn resolution_defaults(&self, width: usize, height: usize) -> ResolutionDefaults {
+        let list = self.manifest.pipeline.get("resolutions").and_then(|v| v.as_array());
+        let entry = list.into_iter().flatten().find(|r| {
+            let side = |k: &str| r.get(k).and_then(|v| v.as_u64());
+            side("width") == Some(width as u64) && side("height") == Some(height as u64)
+        });
+        let Some(r) = entry else { return ResolutionDefaults::default() };
+        ResolutionDefaults {
+            steps: r.get("steps").and_then(|v| v.as_u64()).filter(|&n| n > 0).map(|n| n as usize),
+            guidance: r
+                .get("guidance")
+                .and_then(|v| v.as_f64())
+                .filter(|g| g.is_finite() && *g >= 0.0)
+                .map(|g| g as f32),
+            shift: r.get("shift").and_then(|v| v.as_str()).and_then(|s| s.parse().ok()),
+        }
+    }
+
     fn pipeline_u64(&self, key: &str) -> Option<u64> {
         self.manifest.pipeline.get(key).and_then(|v| v.as_u64())
     }
@@ -133,4 +154,12 @@ impl ModelDir {
         let p = self.dir.join("tokenizer");
         p.is_dir().then_some(p)
     }
+}
+
+/// Sampling defaults of one size ([`ModelDir::resolution_defaults`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct ResolutionDefaults {
+    pub steps: Option<usize>,
+    pub guidance: Option<f32>,
+    pub shift: Option<crate::schedule::Shift>,
 }

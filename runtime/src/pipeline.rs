@@ -63,7 +63,9 @@ pub struct Request {
     pub height: Option<usize>,
     pub steps: Option<usize>,
     pub guidance: Option<f32>,
-    pub shift: Shift,
+    /// Schedule shift; None: the export's for this size (a multi-resolution model's
+    /// `resolutions`), else FLUX.2's empirical shift.
+    pub shift: Option<Shift>,
     /// Seed of the first image; image k of a batch uses `seed + k` (wrapping).
     pub seed: u64,
     /// One seed per image (`num_images` of them) instead of `seed + k`: a batch of independent
@@ -88,7 +90,7 @@ impl Request {
             height: None,
             steps: None,
             guidance: None,
-            shift: Shift::Empirical,
+            shift: None,
             seed: 0,
             seeds: Vec::new(),
             num_images: 1,

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use super::{Plan, PromptSource, Request};
 use crate::images::prepare_reference;
 use crate::model_dir::{Guidance, ModelDir};
-use crate::schedule::Schedule;
+use crate::schedule::{Schedule, Shift};
 use crate::tensor_file::Tensor;
 use crate::tokenizer::Family;
 use crate::RuntimeError;
@@ -98,10 +98,48 @@ fn check_embeds(name: &str, t: &Tensor, ctx: Option<usize>, images: usize) -> Re
 /// ~4 megapixels FLUX.2 was trained for; beyond it memory grows without a useful picture.
 pub const MAX_SIDE: usize = 4096;
 
-/// Validates a request and resolves its defaults (see [`super::Pipeline::plan`]).
+/// Validates a request and resolves its defaults (see [`super::Pipeline::plan`]): a size the
+/// export lists in its per-size defaults (a multi-resolution model) takes that size's steps,
+/// guidance and shift unless the request sets them.
 pub(super) fn plan(model: &ModelDir, req: &Request) -> Result<Plan, RuntimeError> {
+    check_inputs(model, req)?;
+    let mut references = Vec::new();
+    for p in &req.references {
+        references.push(prepare_reference(p)?);
+    }
+    if !references.is_empty() {
+        model.graph("vae_encoder")?;
+    }
+    let (width, height) = plan_size(model, req, &references)?;
+    let at_size = model.resolution_defaults(width, height);
+    let mode = model.guidance_mode();
+    let guidance = req.guidance.or(at_size.guidance).unwrap_or_else(|| model.default_guidance());
+    if !guidance.is_finite() {
+        return Err(input_err("--guidance", format!("{guidance} is not a finite number")));
+    }
+    let cfg = mode == Guidance::TrueCfg && guidance > 1.0;
+    check_text_encoder(model, req, cfg)?;
+    let steps = req.steps.or(at_size.steps).unwrap_or_else(|| model.default_steps());
+    if steps == 0 {
+        return Err(input_err("--steps", "must be at least 1"));
+    }
+    let num_images = req.num_images;
+    if num_images == 0 {
+        return Err(input_err("--num-images", "must be at least 1"));
+    }
+    check_noise(model, req, width, height)?;
+    let shift = req.shift.or(at_size.shift).unwrap_or(Shift::Empirical);
+    let schedule = Schedule::for_tokens((height / 16) * (width / 16), steps, shift)
+        .map_err(|e| input_err("--shift", e.to_string()))?;
+    if let Some(spec) = &req.cache {
+        check_cache(model, spec, steps)?;
+    }
+    Ok(Plan { width, height, mode, guidance, cfg, schedule, references, num_images })
+}
+
+/// Prompt embeddings of the right width and one seed per image, when given.
+fn check_inputs(model: &ModelDir, req: &Request) -> Result<(), RuntimeError> {
     let ctx = model.context_dim();
-    let needs_text = |p: &PromptSource| matches!(p, PromptSource::Text(_));
     if let PromptSource::Embeds(t) = &req.prompt {
         check_embeds("--prompt-embeds", t, ctx, req.num_images)?;
     }
@@ -114,32 +152,35 @@ pub(super) fn plan(model: &ModelDir, req: &Request) -> Result<Plan, RuntimeError
             format!("{} seeds for {} images: give one per image", req.seeds.len(), req.num_images),
         ));
     }
-    let mode = model.guidance_mode();
-    let guidance = req.guidance.unwrap_or_else(|| model.default_guidance());
-    if !guidance.is_finite() {
-        return Err(input_err("--guidance", format!("{guidance} is not a finite number")));
-    }
-    let cfg = mode == Guidance::TrueCfg && guidance > 1.0;
+    Ok(())
+}
+
+/// A text prompt (or true CFG's empty negative prompt) needs the exported text encoder.
+fn check_text_encoder(model: &ModelDir, req: &Request, cfg: bool) -> Result<(), RuntimeError> {
+    let needs_text = |p: &PromptSource| matches!(p, PromptSource::Text(_));
     let text_needed = needs_text(&req.prompt) || (cfg && req.negative.as_ref().is_none_or(needs_text));
-    if text_needed {
-        model.graph("text_encoder").map_err(|e| match e {
-            RuntimeError::Model { path, msg } => RuntimeError::Model {
-                path,
-                msg: format!(
-                    "{msg}; a text prompt{} needs it (or pass embeddings)",
-                    if cfg { " or true CFG's empty negative prompt" } else { "" }
-                ),
-            },
-            e => e,
-        })?;
+    if !text_needed {
+        return Ok(());
     }
-    let mut references = Vec::new();
-    for p in &req.references {
-        references.push(prepare_reference(p)?);
-    }
-    if !references.is_empty() {
-        model.graph("vae_encoder")?;
-    }
+    model.graph("text_encoder").map(|_| ()).map_err(|e| match e {
+        RuntimeError::Model { path, msg } => RuntimeError::Model {
+            path,
+            msg: format!(
+                "{msg}; a text prompt{} needs it (or pass embeddings)",
+                if cfg { " or true CFG's empty negative prompt" } else { "" }
+            ),
+        },
+        e => e,
+    })
+}
+
+/// Width and height: the request's, else the first reference's, else the export's default;
+/// positive multiples of 16 up to [`MAX_SIDE`].
+fn plan_size(
+    model: &ModelDir,
+    req: &Request,
+    references: &[crate::images::Chw],
+) -> Result<(usize, usize), RuntimeError> {
     let (dw, dh) = model.default_size();
     let width = req.width.or(references.first().map(|r| r.width)).unwrap_or(dw);
     let height = req.height.or(references.first().map(|r| r.height)).unwrap_or(dh);
@@ -159,34 +200,24 @@ pub(super) fn plan(model: &ModelDir, req: &Request) -> Result<Plan, RuntimeError
             ));
         }
     }
-    let steps = req.steps.unwrap_or_else(|| model.default_steps());
-    if steps == 0 {
-        return Err(input_err("--steps", "must be at least 1"));
+    Ok((width, height))
+}
+
+/// `--noise` must be [num_images, C, H/16, W/16].
+fn check_noise(model: &ModelDir, req: &Request, width: usize, height: usize) -> Result<(), RuntimeError> {
+    let Some(n) = &req.noise else { return Ok(()) };
+    let (num_images, c, h, w) = (req.num_images, model.latent_channels(), height / 16, width / 16);
+    if n.shape != [num_images, c, h, w] || n.data.len() != num_images * c * h * w {
+        let images = if num_images == 1 { "a".to_string() } else { num_images.to_string() };
+        return Err(input_err(
+            "--noise",
+            format!(
+                "tensor 'noise' has shape {:?}; {images} {width}×{height} image(s) need [{num_images}, {c}, {h}, {w}]",
+                n.shape
+            ),
+        ));
     }
-    let (h, w) = (height / 16, width / 16);
-    let num_images = req.num_images;
-    if num_images == 0 {
-        return Err(input_err("--num-images", "must be at least 1"));
-    }
-    if let Some(n) = &req.noise {
-        let c = model.latent_channels();
-        if n.shape != [num_images, c, h, w] || n.data.len() != num_images * c * h * w {
-            let images = if num_images == 1 { "a".to_string() } else { num_images.to_string() };
-            return Err(input_err(
-                "--noise",
-                format!(
-                    "tensor 'noise' has shape {:?}; {images} {width}×{height} image(s) need [{num_images}, {c}, {h}, {w}]",
-                    n.shape
-                ),
-            ));
-        }
-    }
-    let schedule =
-        Schedule::for_tokens(h * w, steps, req.shift).map_err(|e| input_err("--shift", e.to_string()))?;
-    if let Some(spec) = &req.cache {
-        check_cache(model, spec, steps)?;
-    }
-    Ok(Plan { width, height, mode, guidance, cfg, schedule, references, num_images })
+    Ok(())
 }
 
 /// `--cache` needs the DiT parts (exports made before step caching lack them) and, for

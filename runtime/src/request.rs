@@ -82,11 +82,11 @@ impl GenerateArgs {
             (None, Some(f)) => Some(embeds(f)?),
             (None, None) => None,
         };
-        let shift: Shift = match &self.shift {
-            Some(s) => {
-                s.parse().map_err(|e: crate::schedule::ScheduleError| input_err("--shift", e.to_string()))?
-            }
-            None => Shift::Empirical,
+        let shift: Option<Shift> = match &self.shift {
+            Some(s) => Some(
+                s.parse().map_err(|e: crate::schedule::ScheduleError| input_err("--shift", e.to_string()))?,
+            ),
+            None => None,
         };
         let noise = match &self.noise {
             Some(p) => Some(read_tensor(p, "noise")?),
@@ -183,7 +183,7 @@ mod tests {
         assert!(e.contains("/nonexistent/n.safetensors"), "{e}");
         let ok = GenerateArgs { shift: Some("fixed:3".into()), seed: 9, ..GenerateArgs::text("a") };
         let r = ok.into_request().unwrap();
-        assert_eq!((r.shift, r.seed), (Shift::Fixed(3.0), 9));
+        assert_eq!((r.shift, r.seed), (Some(Shift::Fixed(3.0)), 9));
     }
 
     #[test]

@@ -214,3 +214,56 @@ fn vocabulary_json_sets_the_exports_sampling_defaults() {
         assert!(!out2.join("manifest.json").exists(), "{key}: a manifest was written");
     }
 }
+
+#[test]
+fn vocabulary_resolutions_give_each_size_its_own_sampling_defaults() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (ck, out) = (tmp.path().join("ck"), tmp.path().join("onnx"));
+    write_checkpoint(&SynthSpec::demo(4), &ck).unwrap();
+    let vocab = ck.join("vocabulary.json");
+    let text = r#"{"size": [64, 64], "steps": 3, "guidance": 1.5, "resolutions": [
+        {"size": [32, 32], "steps": 2, "guidance": 2.5, "shift": "fixed:3"},
+        {"size": [64, 64], "shift": "fixed:6"}]}"#;
+    std::fs::write(&vocab, text).unwrap();
+    let m = export_to(&ck, &out, None, options(Target::Ort, None), WeightMode::Copy).unwrap();
+    assert_eq!(
+        m.pipeline["resolutions"][0],
+        serde_json::json!({"width": 32, "height": 32, "steps": 2, "guidance": 2.5, "shift": "fixed:3"})
+    );
+
+    let pipe = cpu_pipeline(&out);
+    let mut req = Request::new(PromptSource::Text("a lighthouse".into()));
+    let plan = pipe.plan(&req).unwrap(); // the default size takes its entry's shift, the top-level steps
+    assert_eq!((plan.width, plan.schedule.steps(), plan.guidance), (64, 3, 1.5));
+    assert!((plan.schedule.alpha - 6.0).abs() < 1e-12, "{}", plan.schedule.alpha);
+    (req.width, req.height) = (Some(32), Some(32));
+    let plan = pipe.plan(&req).unwrap();
+    assert_eq!((plan.schedule.steps(), plan.guidance), (2, 2.5));
+    assert!((plan.schedule.alpha - 3.0).abs() < 1e-12, "{}", plan.schedule.alpha);
+    // a size the export does not list: the top-level defaults and the empirical shift
+    (req.width, req.height) = (Some(48), Some(48));
+    let plan = pipe.plan(&req).unwrap();
+    let empirical = flux2_runtime::schedule::Shift::Empirical.alpha_mu(9, 3).0;
+    assert_eq!((plan.schedule.steps(), plan.guidance, plan.schedule.alpha), (3, 1.5, empirical));
+    // the request wins over the size's defaults
+    (req.width, req.height, req.steps, req.guidance) = (Some(32), Some(32), Some(5), Some(1.0));
+    req.shift = Some(flux2_runtime::schedule::Shift::Fixed(2.0));
+    let plan = pipe.plan(&req).unwrap();
+    assert_eq!((plan.schedule.steps(), plan.guidance, plan.schedule.alpha), (5, 1.0, 2.0));
+
+    // bad entries are refused, naming the file and what is wrong, and nothing is written
+    for (bad, key) in [
+        (r#"{"resolutions": [{"size": [30, 32]}]}"#, "size"),
+        (r#"{"resolutions": [{"size": [32, 32], "steps": 0}]}"#, "steps"),
+        (r#"{"resolutions": [{"size": [32, 32], "shift": "warp:2"}]}"#, "shift"),
+        (r#"{"resolutions": {"size": [32, 32]}}"#, "resolutions"),
+    ] {
+        std::fs::write(&vocab, bad).unwrap();
+        let out2 = tmp.path().join(format!("onnx-{key}"));
+        let err = export_to(&ck, &out2, None, options(Target::Ort, None), WeightMode::Copy)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("vocabulary.json") && err.contains(key), "{err}");
+        assert!(!out2.join("manifest.json").exists(), "{key}: a manifest was written");
+    }
+}

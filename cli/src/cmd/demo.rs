@@ -133,8 +133,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 
     let mut req = Request::new(PromptSource::Text(prompt.clone()));
     (req.width, req.height, req.seed) = (Some(width), Some(height), args.seed);
-    req.steps = Some(args.steps.unwrap_or(vocab.steps));
-    req.guidance = args.guidance.or(vocab.guidance);
+    let at = vocab.settings_at(width, height);
+    req.steps = Some(args.steps.unwrap_or(at.steps));
+    req.guidance = args.guidance.or(at.guidance);
+    req.shift = at.shift.as_deref().and_then(|s| s.parse().ok());
     let mut pipe = Pipeline::new(&onnx, super::generate::factory(&args.provider)?)?;
     let plan = pipe.plan(&req)?;
     let steps = plan.schedule.steps();

@@ -81,9 +81,10 @@ pub struct Args {
     /// Guidance: embedded (dev) or CFG scale (klein base); ignored by distilled klein [default: the export's, else 4.0].
     #[arg(long, allow_negative_numbers = true)]
     pub guidance: Option<f32>,
-    /// Schedule shift: empirical (FLUX.2's μ), resolution[:BASE_TOKENS] (α = √(tokens/base)), fixed:ALPHA.
-    #[arg(long, default_value = "empirical")]
-    pub shift: String,
+    /// Schedule shift: empirical (FLUX.2's μ), resolution[:BASE_TOKENS] (α = √(tokens/base)), fixed:ALPHA
+    /// [default: the export's for this size (a multi-resolution model's vocabulary), else empirical].
+    #[arg(long)]
+    pub shift: Option<String>,
     /// Seed of the built-in noise generator (same image on every machine).
     #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     pub seed: u64,
@@ -159,7 +160,7 @@ fn generate_args(args: &Args) -> GenerateArgs {
         height: args.height,
         steps: args.steps,
         guidance: args.guidance,
-        shift: Some(args.shift.clone()),
+        shift: args.shift.clone(),
         seed: args.seed,
         num_images: Some(args.num_images),
         noise: args.noise.clone(),
@@ -366,7 +367,10 @@ fn provenance(
         ("flux2:seed".into(), seed.map_or_else(|| "<noise file>".into(), |s| s.to_string())),
         ("flux2:steps".into(), plan.schedule.steps().to_string()),
         ("flux2:guidance".into(), format!("{} ({:?})", plan.guidance, plan.mode)),
-        ("flux2:shift".into(), format!("{} (alpha {:.4})", args.shift, plan.schedule.alpha)),
+        (
+            "flux2:shift".into(),
+            format!("{} (alpha {:.4})", args.shift.as_deref().unwrap_or("default"), plan.schedule.alpha),
+        ),
         ("flux2:size".into(), format!("{}x{}", plan.width, plan.height)),
         (
             "flux2:references".into(),

@@ -1,0 +1,121 @@
+#!/usr/bin/env python3
+"""Tables and plots of study 2 (train/study2.sh) and of the sampling-shift study
+(train/shift_study.sh): adherence ("all three" of `flux2 eval`) per run, and per arm the mean over
+training seeds with a 95 % interval.
+
+Intervals: per run, Wilson's score interval of a binomial proportion over its captions; per arm,
+Student's t interval of the seed means (t(0.975, n-1) * sd / sqrt(n)), which carries the
+seed-to-seed variation of training; with one seed only the pooled Wilson interval is given.
+
+    python train/study2_table.py train/runs/study2      -> table.md, adherence.png, grid.png
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
+
+
+def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    if n == 0:
+        return (0.0, 1.0)
+    p = k / n
+    c = (p + z * z / (2 * n)) / (1 + z * z / n)
+    h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (c - h, c + h)
+
+
+def seed_interval(values: list[float]) -> tuple[float, float, float]:
+    """Mean and 95 % t interval of per-seed values (fractions)."""
+    n = len(values)
+    m = sum(values) / n
+    if n < 2:
+        return (m, float("nan"), float("nan"))
+    sd = math.sqrt(sum((v - m) ** 2 for v in values) / (n - 1))
+    h = T975.get(n - 1, 1.96) * sd / math.sqrt(n)
+    return (m, m - h, m + h)
+
+
+def load(report: Path) -> dict:
+    r = json.loads(report.read_text())
+    items = r["items"]
+    k = sum(1 for i in items if i["all"])
+    squares = [i for i in items if i["expected"]["shape"] == "square"]
+    return {"k": k, "n": len(items), "all": k / len(items), "acc": r["accuracy"], "shift": r.get("shift") or "empirical",
+            "squares": (sum(1 for i in squares if i["all"]), len(squares)), "seconds": r["seconds"], "report": report}
+
+
+def runs(root: Path) -> dict:
+    """arm -> setting -> [run dicts], from <root>/<arm>-s<seed>/eval*/report.json."""
+    out: dict = defaultdict(lambda: defaultdict(list))
+    for rep in sorted(root.glob("*-s*/eval*/report.json")):
+        name = rep.parent.parent.name
+        arm, seed = name.rsplit("-s", 1)
+        r = load(rep)
+        r["seed"] = int(seed)
+        meta = rep.parent.parent / "checkpoint" / "training.json"
+        r["train_s"] = json.loads(meta.read_text())["dit_train_seconds"] if meta.exists() else None
+        setting = rep.parent.name.removeprefix("eval").lstrip("-") or "default"
+        out[arm][setting].append(r)
+    return out
+
+
+def table(data: dict) -> list[str]:
+    lines = ["| arm | setting | seeds | all three per seed | mean [95 % t interval over seeds] | pooled [Wilson] | squares | training s per run |",
+             "|---|---|---|---|---|---|---|---|"]
+    for arm in sorted(data):
+        for setting, rs in sorted(data[arm].items()):
+            rs = sorted(rs, key=lambda r: r["seed"])
+            m, lo, hi = seed_interval([r["all"] for r in rs])
+            k, n = sum(r["k"] for r in rs), sum(r["n"] for r in rs)
+            plo, phi = wilson(k, n)
+            sq = (sum(r["squares"][0] for r in rs), sum(r["squares"][1] for r in rs))
+            per = ", ".join(f"{100 * r['all']:.1f}" for r in rs)
+            ci = f"{100 * m:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]" if len(rs) > 1 else f"{100 * m:.1f} (1 seed)"
+            ts = ", ".join(str(r["train_s"]) for r in rs if r["train_s"] is not None)
+            lines.append(f"| {arm} | {setting} | {len(rs)} | {per} | {ci} | {100 * k / n:.1f} [{100 * plo:.1f}, {100 * phi:.1f}] | {sq[0]}/{sq[1]} | {ts} |")
+    return lines
+
+
+def plot(data: dict, path: Path, title: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    rows = [(arm, s, rs) for arm in sorted(data) for s, rs in sorted(data[arm].items())]
+    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(rows)), 4))
+    for x, (arm, s, rs) in enumerate(rows):
+        m, lo, hi = seed_interval([r["all"] for r in rs])
+        if len(rs) > 1:
+            ax.errorbar([x], [100 * m], yerr=[[100 * (m - lo)], [100 * (hi - m)]], fmt="o", capsize=6, color="C0")
+        else:
+            plo, phi = wilson(rs[0]["k"], rs[0]["n"])
+            ax.errorbar([x], [100 * m], yerr=[[100 * (m - plo)], [100 * (phi - m)]], fmt="s", capsize=6, color="C1")
+        ax.scatter([x] * len(rs), [100 * r["all"] for r in rs], color="k", s=10, zorder=3)
+    ax.set_xticks(range(len(rows)), [f"{a}\n{s}" for a, s, _ in rows], fontsize=8)
+    ax.set_ylabel("all three right (%)")
+    ax.set_title(title + "\n(blue: mean, 95 % t interval over seeds; orange: one seed, Wilson; dots: seeds)", fontsize=9)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main():
+    root = Path(sys.argv[1])
+    title = sys.argv[2] if len(sys.argv) > 2 else f"{root.name}: flux2 eval adherence"
+    data = runs(root)
+    if not data:
+        raise SystemExit(f"{root}: no */eval*/report.json yet")
+    lines = table(data)
+    (root / "table.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    plot(data, root / "adherence.png", title)
+    print(f"wrote {root / 'table.md'}, {root / 'adherence.png'}")
+
+
+if __name__ == "__main__":
+    main()
