@@ -12,7 +12,7 @@ use crate::tensors::InputRef;
 use crate::RuntimeError;
 
 /// The graphs a cached generation needs.
-pub const PARTS: [&str; 4] = ["dit_embed", "dit_head", "dit_body", "dit_tail"];
+pub use crate::cache::PARTS;
 
 fn name(b: Branch) -> &'static str {
     match b {

@@ -8,7 +8,9 @@ before the model reports ready.
 
   inputs   prompt (BYTES [1]); optional seed (INT64 [1]), steps/width/height (INT32 [1]),
            guidance (FP32 [1]), negative_prompt (BYTES [1]), references (BYTES [-1], encoded
-           PNG/JPEG images), num_images (INT32 [1], default 1)
+           PNG/JPEG images), num_images (INT32 [1], default 1), cache (BYTES [1]: step caching,
+           "fbc:0.1", "mag:0.1,3,0.2", "taylor:2", "tea:0.1" or "off", as `flux2 generate
+           --cache`; default: the `step_cache` parameter, from `flux2 triton --cache`)
   outputs  image (UINT8 [H, W, 3]), the pixels `flux2 generate` writes for the same arguments
            (the first image); images (UINT8 [N, H, W, 3]), the num_images images of seeds
            seed, seed+1, ... made as one pipeline batch. Only the requested outputs are filled
@@ -100,6 +102,9 @@ def request_kwargs(request):
         value = _one(request, name)
         if value is not None:
             kwargs[key] = kind(value)
+    cache = _one(request, "cache")
+    if cache is not None:
+        kwargs["cache"] = _text(cache, "cache").strip() or "off"
     refs = pb_utils.get_input_tensor_by_name(request, "references")
     if refs is not None:
         items = refs.as_numpy().reshape(-1)
@@ -224,6 +229,7 @@ class TritonPythonModel:
         gpu = args.get("model_instance_kind") == "GPU"
         device = int(args.get("model_instance_device_id") or 0) if gpu else 0
         self.name = config.get("name", "flux2")
+        self.step_cache = params.get("step_cache") or "off"
         self.batched = int(config.get("max_batch_size", 0)) > 0
         self.decoupled = bool(config.get("model_transaction_policy", {}).get("decoupled", False))
         self.logger = pb_utils.Logger
@@ -273,8 +279,17 @@ class TritonPythonModel:
         kw["negative_prompt_embeds"] = self.embeddings.get(kw.pop("negative_prompt", ""))
         return kw
 
+    def _step_cache(self, kwargs):
+        """kwargs with the request's step caching (else the model's default) as generate() takes it."""
+        kw = dict(kwargs)
+        cache = kw.pop("cache", self.step_cache)
+        if cache != "off":
+            kw["cache"] = cache
+        return kw
+
     def _run(self, kwargs, progress):
         """One request alone: a list of images."""
+        kwargs = self._step_cache(kwargs)
         if self.embeddings.source != "local":
             t = time.perf_counter()
             kwargs = self._embedded(kwargs)
@@ -287,7 +302,7 @@ class TritonPythonModel:
     def _run_batch(self, group, progress):
         """Requests that agree on everything but prompt and seed: one pipeline batch."""
         t = time.perf_counter()
-        embedded = [self._embedded(kw) for kw in group]
+        embedded = [self._embedded(self._step_cache(kw)) for kw in group]
         add(self.metrics.stage["prompt_embeds"], time.perf_counter() - t)
         common = {k: v for k, v in embedded[0].items() if k not in ("prompt_embeds", "negative_prompt_embeds", "seed")}
         images = self.pipe.generate(

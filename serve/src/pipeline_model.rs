@@ -60,6 +60,9 @@ pub struct Serving {
     pub stream: bool,
     /// A warm-up request before the pipeline models report ready.
     pub warmup: bool,
+    /// Step caching for requests that do not send a `cache` input (`fbc:0.1`, `mag:…`, …, as
+    /// `flux2 generate --cache`); None: off.
+    pub step_cache: Option<String>,
 }
 
 /// How one pipeline model runs.
@@ -89,7 +92,7 @@ fn kind(provider: &str) -> &'static str {
 }
 
 /// config.pbtxt of a pipeline model (`flux2` or `flux2_stream`): inputs prompt (required),
-/// seed, steps, width, height, guidance, negative_prompt, references, num_images (optional:
+/// seed, steps, width, height, guidance, negative_prompt, references, num_images, cache (optional:
 /// the model's defaults apply); outputs image uint8 [H, W, 3] and images uint8 [N, H, W, 3];
 /// the streaming variant adds step, total (INT32 [1]) and seconds (FP32 [1]) for its progress
 /// responses. With batching, every input and output gets Triton's leading batch dimension
@@ -110,6 +113,7 @@ pub fn pipeline_config(p: &PipelineModel) -> Message {
         .msg("input", optional(tensor("negative_prompt", "TYPE_STRING", &[1])))
         .msg("input", optional(tensor("references", "TYPE_STRING", &[-1])))
         .msg("input", optional(tensor("num_images", "TYPE_INT32", &[1])))
+        .msg("input", optional(tensor("cache", "TYPE_STRING", &[1])))
         .msg("output", tensor("image", "TYPE_UINT8", &[-1, -1, 3]))
         .msg("output", tensor("images", "TYPE_UINT8", &[-1, -1, -1, 3]));
     if p.decoupled {
@@ -137,7 +141,8 @@ pub fn pipeline_config(p: &PipelineModel) -> Message {
         .parameter("provider", &p.provider)
         .parameter("text_encoder", encoder)
         .parameter("prompt_cache_mb", &p.serving.prompt_cache_mb.to_string())
-        .parameter("warmup", if p.serving.warmup { "true" } else { "false" });
+        .parameter("warmup", if p.serving.warmup { "true" } else { "false" })
+        .parameter("step_cache", p.serving.step_cache.as_deref().unwrap_or("off"));
     if let Some(t) = p.threads {
         m = m.parameter("threads", &t.to_string());
     }
@@ -220,5 +225,17 @@ mod tests {
         let text = pipeline_config(&model(s, false)).render();
         assert!(text.contains("key: \"warmup\"\n  value {\n    string_value: \"true\""), "{text}");
         assert!(text.contains("string_value: \"flux2_text_encoder\""), "{text}");
+        assert!(text.contains("key: \"step_cache\"\n  value {\n    string_value: \"off\""), "{text}");
+    }
+
+    #[test]
+    fn step_caching_is_a_request_input_and_a_model_default() {
+        let s = Serving { step_cache: Some("mag:0.1,3,0.2".into()), ..Serving::default() };
+        let text = pipeline_config(&model(s, false)).render();
+        assert!(text.contains("name: \"cache\"\n  data_type: TYPE_STRING"), "{text}");
+        assert!(
+            text.contains("key: \"step_cache\"\n  value {\n    string_value: \"mag:0.1,3,0.2\""),
+            "{text}"
+        );
     }
 }

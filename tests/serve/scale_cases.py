@@ -43,6 +43,9 @@ def inputs(batched=True, prompt=None, prompt_bytes=None, **scalars):
         add("prompt", np.array([prompt_bytes if prompt_bytes is not None else prompt.encode()], np.object_), "BYTES")
     types_ = {"seed": (np.int64, "INT64"), "guidance": (np.float32, "FP32")}
     for name, value in scalars.items():
+        if isinstance(value, str):
+            add(name, np.array([value.encode()], np.object_), "BYTES")
+            continue
         np_type, dtype = types_.get(name, (np.int32, "INT32"))
         add(name, np.array([value], np_type), dtype)
     return ins
@@ -80,6 +83,7 @@ def test_scale_repository_configs_and_refusals(ctx):
     assert cfg.dynamic_batching.max_queue_delay_microseconds == 150000
     assert cfg.parameters["text_encoder"].string_value == "flux2_text_encoder"
     assert cfg.parameters["warmup"].string_value == "true"
+    assert cfg.parameters["step_cache"].string_value == "off" and "cache" in {i.name for i in cfg.input}
     stream = parse_config(os.path.join(repo, "flux2_stream", "config.pbtxt"))
     assert stream.model_transaction_policy.decoupled and stream.max_batch_size == 0
     assert {"step", "total", "seconds", "image"} <= {o.name for o in stream.output}
@@ -90,7 +94,8 @@ def test_scale_repository_configs_and_refusals(ctx):
                           (["--dynamic-batching", "--preferred-batch-sizes", "16"], "--preferred-batch-sizes"),
                           (["--dynamic-batching", "--max-batch-size", "0"], "--max-batch-size"),
                           (["--response-cache"], "--text-encoder model"),
-                          (["--text-encoder", "remote"], "remote")]:
+                          (["--text-encoder", "remote"], "remote"),
+                          (["--cache", "warp:1"], "--cache")]:
         p = ctx.run("triton", "--model", ctx.model(), "--out", os.path.join(ctx.tmp, "repo-refused"), *extra, check=False)
         assert p.returncode != 0 and needle in p.stderr, (extra, p.stderr)
     assert sorted(os.listdir(ctx.tmp)) == before, "a refused `flux2 triton` left files behind"
@@ -266,6 +271,19 @@ def check_long_run(ctx, server):
     assert growth <= 0.05, f"memory grew {100 * growth:.1f} % from request 20 to 200"
 
 
+def check_step_cache(ctx, server):
+    """The `cache` request input: the image `flux2 generate --cache` makes; "off" the uncached
+    one; a policy flux2 refuses gets its message naming the policy."""
+    kw = dict(BASE, steps=8, seed=21)
+    assert_same(infer(server, **kw, cache="fbc:0.3"), ctx.cli_image(**kw, cache="fbc:0.3"), "cache input vs generate --cache")
+    assert_same(infer(server, **kw, cache="off"), ctx.cli_image(**kw), "cache off vs uncached generate")
+    try:
+        infer(server, **kw, cache="warp:1")
+        raise AssertionError("cache 'warp:1' was accepted")
+    except InferenceServerException as e:
+        assert "warp" in str(e) and "fbc:" in str(e), str(e)
+
+
 def check_metrics(server):
     text = server.metrics_text()
     for name in ["flux2_stage_seconds_total", "flux2_dit_evaluations_total", "flux2_requests_total",
@@ -303,6 +321,7 @@ def test_scale_server(ctx):
         print(f"    8 concurrent requests: {executions} executions", flush=True)
         check_encoder_cache(ctx, server)
         check_streaming(ctx, server)
+        check_step_cache(ctx, server)
         check_long_run(ctx, server)
         check_metrics(server)
     finally:

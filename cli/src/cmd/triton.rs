@@ -2,6 +2,8 @@
 
 use std::path::PathBuf;
 
+use anyhow::Context;
+
 use flux2_serve::{write_repository, Batching, RepositoryOptions, Serving, TextEncoder};
 
 const AFTER_HELP: &str = "\
@@ -104,6 +106,11 @@ pub struct Args {
     /// A warm-up request (one step) at load, before the pipeline models report ready.
     #[arg(long)]
     pub warmup: bool,
+    /// Step caching for requests that send no `cache` input: fbc:T, mag:T[,MAX_SKIP,RETENTION],
+    /// taylor:N[,ORDER], tea:T (see `flux2 generate --help`); a request's `cache` input ("off"
+    /// included) wins. Needs a float export with the DiT parts.
+    #[arg(long, value_name = "POLICY", default_value = "off")]
+    pub cache: String,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -119,6 +126,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if let (false, Some((name, _))) = (args.dynamic_batching, batching_only.iter().find(|(_, set)| *set)) {
         anyhow::bail!("{name} configures the dynamic batcher: add --dynamic-batching");
     }
+    let step_cache = match args.cache.as_str() {
+        "off" => None,
+        spec => {
+            spec.parse::<flux2_runtime::cache::CacheSpec>().context("--cache")?;
+            check_cache_parts(&args.model, spec)?;
+            Some(spec.to_string())
+        }
+    };
     let serving = Serving {
         batching: args.dynamic_batching.then(|| Batching {
             max_batch_size: args.max_batch_size,
@@ -138,6 +153,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         response_cache: args.response_cache,
         stream: args.stream,
         warmup: args.warmup,
+        step_cache,
     };
     let report = write_repository(&RepositoryOptions {
         model: args.model,
@@ -154,5 +170,29 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         println!("  {name}: {platform}");
     }
     println!("serve it: tritonserver --model-repository {}", report.out.display());
+    Ok(())
+}
+
+/// A step-caching default needs the DiT parts in the export (and, for mag/tea, its
+/// calibration): checked now rather than at the first request.
+fn check_cache_parts(model: &std::path::Path, spec: &str) -> anyhow::Result<()> {
+    let manifest = model.join("manifest.json");
+    let text = std::fs::read_to_string(&manifest)
+        .with_context(|| format!("--cache: reading {}", manifest.display()))?;
+    let json: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("--cache: {}", manifest.display()))?;
+    let graphs = json.get("graphs").and_then(|g| g.as_object());
+    let missing: Vec<&str> = flux2_runtime::cache::PARTS
+        .iter()
+        .copied()
+        .filter(|p| !graphs.is_some_and(|g| g.contains_key(*p)))
+        .collect();
+    if !missing.is_empty() {
+        anyhow::bail!(
+            "--cache {spec}: {} has no DiT parts ({}); step caching needs a float export (`flux2 export`), not a calibrated or weight-only folder",
+            model.display(),
+            missing.join(", ")
+        );
+    }
     Ok(())
 }

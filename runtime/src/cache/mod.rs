@@ -31,6 +31,9 @@ pub use calibration::{CacheCalibration, CALIBRATION_FILE};
 pub use policies::{Policy, Start};
 pub use spec::CacheSpec;
 
+/// The DiT part graphs a cached step runs (the exporter writes them beside `transformer`).
+pub const PARTS: [&str; 4] = ["dit_embed", "dit_head", "dit_body", "dit_tail"];
+
 use std::collections::BTreeMap;
 
 /// DiT evaluations of a generation, counted per CFG branch evaluation (a true-CFG step is two).
