@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from diffusers import AutoencoderKLFlux2, Flux2Transformer2DModel
+from PIL import Image
 
 import classify
 import common
@@ -45,18 +46,21 @@ def captions(triples: list, n: int, seed: int) -> list:
 
 
 def judge(dit, vae, feats, index, want, size, steps, seed, real, guidance, alpha, batch=16):
+    """Verdicts of every caption of `want`, and the first batch's pictures."""
     h = w = size // 16
-    items = []
+    items, first = [], None
     for i in range(0, len(want), batch):
         part = want[i : i + batch]
         ctx = feats[[index[t] for t in part]]
         x = sampling.sample(dit, ctx, feats[-1:], h, w, steps, seed + i, real, guidance, alpha)
-        for k, img in enumerate(common.decode_tokens(vae, x, h, w)):
+        imgs = common.decode_tokens(vae, x, h, w)
+        first = imgs if first is None else first
+        for k, img in enumerate(imgs):
             got = classify.classify(img)
             hits = [got[j] == part[k][j] for j in range(3)]
             items.append({"expected": {"color": part[k][0], "shape": part[k][1], "background": part[k][2]},
                           "predicted": list(got), "color": hits[0], "shape": hits[1], "background": hits[2], "all": all(hits)})
-    return items
+    return items, first
 
 
 def main():
@@ -79,7 +83,7 @@ def main():
     feats, triples, real = train_dit.text_features(tok, enc, a.text or a.model)
     index = {t: i for i, t in enumerate(triples)}
     want = captions(triples, a.prompts, a.seed)
-    items = judge(dit, vae, feats, index, want, a.size, a.steps, a.seed, real, a.guidance, parse_shift(a.shift))
+    items, first = judge(dit, vae, feats, index, want, a.size, a.steps, a.seed, real, a.guidance, parse_shift(a.shift))
     acc = {k: float(np.mean([it[k] for it in items])) for k in ("color", "shape", "background", "all")}
     report = {"model": str(a.model), "judge": "train/judge.py (classify.py)", "prompts": a.prompts, "seed": a.seed,
               "width": a.size, "height": a.size, "steps": a.steps, "guidance": a.guidance, "shift": a.shift,
@@ -88,6 +92,7 @@ def main():
     tmp = a.out / "report.json.tmp"
     tmp.write_text(json.dumps(report, indent=1))
     tmp.rename(a.out / "report.json")
+    Image.fromarray(np.concatenate(list(first[:8]), axis=1)).save(a.out / "first.png")
     print(f"{a.model} {a.size}px shift {a.shift}: all {acc['all']:.3f} shape {acc['shape']:.3f} color {acc['color']:.3f} ({report['seconds']} s)")
 
 

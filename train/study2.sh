@@ -6,9 +6,9 @@
 # with the v1 recipe (batch 64, lr 1.2e-3 cosine over STEPS, shape mix 25/45/30 %, EMA, 10 %
 # empty captions) on the v1 model's frozen text encoder and VAE (cache/v1), STEPS steps each
 # (a step budget, not wall time, so every arm gets the same training whatever the machine load).
-# Each run is exported and judged by `flux2 eval` on PROMPTS captions (seed 1000: the same
-# captions and noise for every run) at 64², guidance 2, 24 steps.
-# Q2, sampling shift: every run is also judged at the fixed shifts of SHIFTS (same captions).
+# Each run is judged by judge.py (the exact compressed-text sampler, classify.py) on PROMPTS
+# captions (seed 1000: the same captions and noise for every run) at 64², guidance 2, 24 steps.
+# Q2, sampling shift: every run is judged at each shift of SHIFTS (same captions and noise).
 # Runs that are done are skipped, so the study can be spread over several sessions; study2_table.py
 # writes runs/study2/table.md and the plots (adherence with 95 % intervals per arm; a grid of one
 # caption per arm).
@@ -16,13 +16,12 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 PY=${PY:-../.pyref/bin/python}
-FLUX2=${FLUX2:-../target/release/flux2}
 V1=${V1:-cache/v1}
 STEPS=${STEPS:-4000}
 PROMPTS=${PROMPTS:-192}
 ARMS=${ARMS:-"ts:3 ln:3 pln:3 ln:1"}
 SEEDS=${SEEDS:-"0 1 2"}
-SHIFTS=${SHIFTS:-"fixed:3"}
+SHIFTS=${SHIFTS:-"empirical fixed:3"}
 OUT=${OUT:-runs/study2}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} TRAIN_THREADS=${TRAIN_THREADS:-1}
 [ -d "$V1/transformer" ] || { echo "needs the v1 model in $V1 (train/train_v2.sh fetches it)"; exit 1; }
@@ -37,15 +36,10 @@ for seed in $SEEDS; do
         --run-steps 24 --sample-steps 12 --save-dtype bf16 2>&1 | grep --line-buffered -v -E "Loading weights|Writing model" > "$run.log"
       echo "$name: train $((SECONDS - t0)) s" | tee -a "$OUT/times.txt"
     fi
-    if [ ! -f "$run/eval/report.json" ]; then
-      t0=$SECONDS
-      "$FLUX2" export --checkpoint "$run/checkpoint" --out "$run/onnx" > /dev/null
-      "$FLUX2" eval --model "$run/onnx" --prompts "$PROMPTS" --seed 1000 --out "$run/eval" > "$run/eval.log"
-      echo "$name: export+eval $((SECONDS - t0)) s" | tee -a "$OUT/times.txt"
-    fi
     for shift in $SHIFTS; do
-      dir="$run/eval-shift-${shift//:/}"
-      [ -f "$dir/report.json" ] || "$FLUX2" eval --model "$run/onnx" --prompts "$PROMPTS" --seed 1000 --shift "$shift" --out "$dir" > "$dir.log"
+      dir="$run/eval-${shift//:/}"
+      [ -f "$dir/report.json" ] || "$PY" judge.py --model "$run/checkpoint" --size 64 --steps 24 --guidance 2 \
+        --shift "$shift" --prompts "$PROMPTS" --seed 1000 --out "$dir" 2>&1 | grep -v "Loading weights" | tee -a "$OUT/judge.log"
     done
   done
 done

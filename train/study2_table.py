@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -51,13 +52,14 @@ def load(report: Path) -> dict:
 
 
 def runs(root: Path) -> dict:
-    """arm -> setting -> [run dicts], from <root>/<arm>-s<seed>/eval*/report.json."""
+    """arm -> setting -> [run dicts], from <root>/<arm>-s<seed>/eval*/report.json (no -s<seed>: seed 0)."""
     out: dict = defaultdict(lambda: defaultdict(list))
-    for rep in sorted(root.glob("*-s*/eval*/report.json")):
+    for rep in sorted(root.glob("*/eval*/report.json")):
         name = rep.parent.parent.name
-        arm, seed = name.rsplit("-s", 1)
+        m = re.fullmatch(r"(.*)-s(\d+)", name)
+        arm, seed = (m.group(1), int(m.group(2))) if m else (name, 0)
         r = load(rep)
-        r["seed"] = int(seed)
+        r["seed"] = seed
         meta = rep.parent.parent / "checkpoint" / "training.json"
         r["train_s"] = json.loads(meta.read_text())["dit_train_seconds"] if meta.exists() else None
         setting = rep.parent.name.removeprefix("eval").lstrip("-") or "default"
@@ -104,6 +106,27 @@ def plot(data: dict, path: Path, title: str) -> None:
     fig.savefig(path, dpi=110)
 
 
+def grid(data: dict, path: Path) -> None:
+    """One row per arm and setting: the first 8 captions of its lowest seed (first.png of judge.py)."""
+    from PIL import Image, ImageDraw
+    rows = []
+    for arm in sorted(data):
+        for s, rs in sorted(data[arm].items()):
+            f = min(rs, key=lambda r: r["seed"])["report"].parent / "first.png"
+            if f.exists():
+                rows.append((f"{arm} {s} s{min(r['seed'] for r in rs)}", Image.open(f).convert("RGB")))
+    if not rows:
+        return
+    w = max(im.width for _, im in rows) + 160
+    out = Image.new("RGB", (w, sum(im.height for _, im in rows)), "white")
+    y = 0
+    for label, im in rows:
+        out.paste(im, (160, y))
+        ImageDraw.Draw(out).text((4, y + im.height // 2 - 6), label, fill="black")
+        y += im.height
+    out.save(path)
+
+
 def main():
     root = Path(sys.argv[1])
     title = sys.argv[2] if len(sys.argv) > 2 else f"{root.name}: flux2 eval adherence"
@@ -114,6 +137,7 @@ def main():
     (root / "table.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     plot(data, root / "adherence.png", title)
+    grid(data, root / "grid.png")
     print(f"wrote {root / 'table.md'}, {root / 'adherence.png'}")
 
 
