@@ -57,12 +57,22 @@ pub struct WriteOptions<'a> {
     /// Weight-only low-bit storage of the selected linears (`--weights-precision`), for graphs
     /// of this target. Quantised weights are always written (after any merge), never linked.
     pub lowbit: Option<(LowbitOptions, Target)>,
+    /// Without `lowbit`: linears whose weights are FP8 in the checkpoint stay FP8 behind a
+    /// per-tensor `DequantizeLinear` (`--target tensorrt`, [`lowbit::fp8`]).
+    pub fp8_dq: bool,
 }
 
 impl WriteOptions<'_> {
     /// The options of `mode` with every check on, no fallback and nothing merged.
     pub fn new(mode: WeightMode) -> WriteOptions<'static> {
-        WriteOptions { mode, allow_nonfinite: false, link_fallback_copy: false, merge: None, lowbit: None }
+        WriteOptions {
+            mode,
+            allow_nonfinite: false,
+            link_fallback_copy: false,
+            merge: None,
+            lowbit: None,
+            fp8_dq: false,
+        }
     }
 }
 
@@ -93,14 +103,23 @@ pub fn write_model(
     let mut inits: Vec<TensorProto> = Vec::new();
     // Linears stored low-bit are read, merged, quantised and written; weights an adapter
     // touches are merged and written; the others are copied or linked.
-    let sites = match &opts.lowbit {
-        Some((lo, _)) => lowbit::plan(model, stem, lo),
+    let mut sites = match &opts.lowbit {
+        Some((lo, _)) => lowbit::gguf::assign(lowbit::plan(model, stem, lo), weights, ckpt, lo),
         None => Vec::new(),
     };
-    let site_of = |w: &ResolvedWeight| sites.iter().find(|s| s.weight == w.decl.name);
+    let site_of = |w: &ResolvedWeight| sites.iter().position(|s| s.weight == w.decl.name);
     let (quantised, weights): (Vec<ResolvedWeight>, Vec<ResolvedWeight>) =
         weights.iter().cloned().partition(|w| site_of(w).is_some());
     let touched = |w: &ResolvedWeight| opts.merge.is_some_and(|m| m.touches(stem, &w.decl.name));
+    let fp8_sites: Vec<Site> = match (&opts.lowbit, opts.fp8_dq) {
+        (None, true) => lowbit::fp8::plan_fp8(model, stem, &weights, ckpt)
+            .into_iter()
+            .filter(|s| !weights.iter().any(|w| w.decl.name == s.weight && touched(w)))
+            .collect(),
+        _ => Vec::new(),
+    };
+    let (fp8w, weights): (Vec<ResolvedWeight>, Vec<ResolvedWeight>) =
+        weights.into_iter().partition(|w| fp8_sites.iter().any(|s| s.weight == w.decl.name));
     let (merged, rest): (Vec<ResolvedWeight>, Vec<ResolvedWeight>) = weights.into_iter().partition(touched);
     match opts.mode {
         WeightMode::Copy => inits = copy_weights(&rest, ckpt, dir, stem, opts, &mut report, progress)?,
@@ -131,25 +150,35 @@ pub fn write_model(
     if let (Some((lo, target)), false) = (&opts.lowbit, quantised.is_empty()) {
         let mut data = DataFile::append(dir, stem)?;
         for w in &quantised {
-            if let Some(site) = site_of(w) {
-                write_quantised(
-                    w,
-                    site,
-                    ckpt,
-                    stem,
-                    opts.merge,
-                    (lo, *target),
-                    &mut data,
-                    &mut inits,
-                    progress,
+            if let Some(i) = sites.iter().position(|s| s.weight == w.decl.name) {
+                sites[i].from_file = write_quantised(
+                    w, &sites[i], ckpt, stem, opts.merge, *target, &mut data, &mut inits, progress,
                 )?;
             }
         }
         data.finish(&mut report)?;
         let total = lowbit::count_linears(model, stem);
         let graph = proto.graph.get_or_insert_with(Default::default);
-        lowbit::rewrite(graph, &sites, *target, lo);
+        lowbit::rewrite(graph, &sites, *target);
         proto.metadata_props.push(lowbit::metadata(&sites, total, *target, lo));
+    }
+    if !fp8_sites.is_empty() {
+        let mut data = DataFile::append(dir, stem)?;
+        for w in &fp8w {
+            if let Some(site) = fp8_sites.iter().find(|s| s.weight == w.decl.name) {
+                write_fp8(w, site, ckpt, opts.allow_nonfinite, &mut data, &mut inits, progress)?;
+            }
+        }
+        data.finish(&mut report)?;
+        let total = lowbit::count_linears(model, stem);
+        lowbit::fp8::rewrite(proto.graph.get_or_insert_with(Default::default), &fp8_sites);
+        proto.metadata_props.push(StringStringEntryProto {
+            key: "flux2.weights_precision".into(),
+            value: format!(
+                "fp8 e4m3, per-tensor scales (the checkpoint's): {} of {total} linear weights",
+                fp8_sites.len()
+            ),
+        });
     }
     let graph = proto.graph.get_or_insert_with(Default::default);
     graph.initializer.extend(inits);
@@ -277,8 +306,12 @@ fn read_merged(
         let mut raw = vec![0u8; p.len as usize];
         ckpt.read_at(p.file, &sources[p.file], &mut raw, p.offset)
             .map_err(io_err(&ckpt.files[p.file].path))?;
+        let at = values.len();
         if !crate::convert::decode(p.dtype, &raw, &mut values) {
             return Err(cannot_convert(ckpt, p, flux2_graphs::DType::F32));
+        }
+        if let Some(s) = p.scale {
+            values[at..].iter_mut().for_each(|v| *v *= s);
         }
         progress(p.len);
     }
@@ -321,7 +354,8 @@ fn write_merged(
     Ok(())
 }
 
-/// Reads a linear weight as f32 (merged), quantises it and writes its codes and scales.
+/// Writes a linear weight's codes and scales: a GGUF file's own where they are the site's
+/// form (returns true), else the weight read as f32 (merged) and quantised.
 #[allow(clippy::too_many_arguments)]
 fn write_quantised(
     w: &ResolvedWeight,
@@ -329,26 +363,40 @@ fn write_quantised(
     ckpt: &Checkpoint,
     stem: &str,
     merge: Option<&dyn WeightMerge>,
-    (lo, target): (&LowbitOptions, Target),
+    target: Target,
     data: &mut DataFile,
     inits: &mut Vec<TensorProto>,
     progress: &mut dyn FnMut(u64),
-) -> Result<()> {
-    let values = read_merged(w, ckpt, stem, merge, progress)?;
-    if let Some(i) = values.iter().position(|v| !v.is_finite()) {
-        return Err(ExportError::Tensor {
-            name: w.decl.name.clone(),
-            path: ckpt.origin.clone(),
-            msg: format!("element {i} is {}: a non-finite weight cannot be quantised", values[i]),
-        });
-    }
-    let block = lowbit::effective_block(site, target, lo);
-    let q = lowbit::quantise(&values, site.n, site.k, lo.bits, block, w.decl.dtype);
-    let (code_dims, scale_dims) = lowbit::dims(site, target, lo);
+) -> Result<bool> {
+    let merged = merge.is_some_and(|m| m.touches(stem, &w.decl.name));
+    let direct = match merged {
+        false => lowbit::gguf::direct(w, site, ckpt, target, w.decl.dtype)?,
+        true => None,
+    };
+    let from_file = direct.is_some();
+    let q = match direct {
+        Some(q) => {
+            progress(w.pieces.iter().map(|p| p.len).sum());
+            q
+        }
+        None => {
+            let values = read_merged(w, ckpt, stem, merge, progress)?;
+            if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+                return Err(ExportError::Tensor {
+                    name: w.decl.name.clone(),
+                    path: ckpt.origin.clone(),
+                    msg: format!("element {i} is {}: a non-finite weight cannot be quantised", values[i]),
+                });
+            }
+            let block = lowbit::effective_block(site, target);
+            lowbit::quantise(&values, site.n, site.k, site.bits, block, w.decl.dtype)
+        }
+    };
+    let (code_dims, scale_dims) = lowbit::dims(site, target);
     let start = data.begin(q.codes.len())?;
     data.write(&q.codes)?;
     let code_name = lowbit::code_name(&site.weight);
-    inits.push(external(&code_name, lo.bits.onnx(), &code_dims, &data.name, start, q.codes.len() as u64));
+    inits.push(external(&code_name, site.bits.onnx(), &code_dims, &data.name, start, q.codes.len() as u64));
     let scales = q.scale_bytes(w.decl.dtype);
     let start = data.begin(scales.len())?;
     data.write(&scales)?;
@@ -361,6 +409,45 @@ fn write_quantised(
         start,
         scales.len() as u64,
     ));
+    Ok(from_file)
+}
+
+/// Writes an FP8 linear weight as it is stored, transposed to `(in, out)`, with its scale.
+fn write_fp8(
+    w: &ResolvedWeight,
+    site: &Site,
+    ckpt: &Checkpoint,
+    allow_nonfinite: bool,
+    data: &mut DataFile,
+    inits: &mut Vec<TensorProto>,
+    progress: &mut dyn FnMut(u64),
+) -> Result<()> {
+    let sources = open_sources(ckpt)?;
+    let mut bytes = Vec::with_capacity(site.n * site.k);
+    for p in &w.pieces {
+        let at = bytes.len();
+        bytes.resize(at + p.len as usize, 0);
+        ckpt.read_at(p.file, &sources[p.file], &mut bytes[at..], p.offset)
+            .map_err(io_err(&ckpt.files[p.file].path))?;
+        progress(p.len);
+        let bad = crate::convert::count_nonfinite(p.dtype, &bytes[at..]);
+        if bad > 0 && !allow_nonfinite {
+            let path = &ckpt.files[p.file].path;
+            return Err(crate::copy::nonfinite_error(&p.tensor, path, bad, p.len));
+        }
+    }
+    let codes = lowbit::fp8::transpose(&bytes, site.n, site.k);
+    let start = data.begin(codes.len())?;
+    data.write(&codes)?;
+    let fp8 = flux2_graphs::onnx_dtype::FLOAT8E4M3FN;
+    let dims = [site.k, site.n];
+    inits.push(external(&lowbit::code_name(&site.weight), fp8, &dims, &data.name, start, codes.len() as u64));
+    let scale = lowbit::fp8::fp8_scale(w, ckpt).unwrap_or(1.0);
+    let sb = flux2_graphs::encode_floats(w.decl.dtype, &[scale]);
+    let start = data.begin(sb.len())?;
+    data.write(&sb)?;
+    let name = lowbit::scale_name(&site.weight);
+    inits.push(external(&name, w.decl.dtype.onnx(), &[], &data.name, start, sb.len() as u64));
     Ok(())
 }
 
@@ -383,6 +470,20 @@ fn link_weights(
     let link_dir = dir.join("weights").join(stem);
     std::fs::create_dir_all(&link_dir).map_err(io_err(&link_dir))?;
     let mut locations: Vec<Option<String>> = vec![None; ckpt.files.len()];
+    // FP8 weights with a scale: the stored bytes are not the values
+    if let Some(p) = weights.iter().flat_map(|w| &w.pieces).find(|p| p.scale.is_some()) {
+        if opts.link_fallback_copy {
+            return Ok(false);
+        }
+        return Err(ExportError::Tensor {
+            name: p.tensor.clone(),
+            path: ckpt.files[p.file].path.clone(),
+            msg:
+                "is FP8 with a per-tensor scale: --weights link cannot apply the scale; use --weights copy, \
+                  or --link-fallback copy"
+                    .into(),
+        });
+    }
     // GGUF tensors served dequantised have no bytes in the file to point at
     if let Some(p) = weights.iter().flat_map(|w| &w.pieces).find(|p| ckpt.is_virtual(p.file, p.offset)) {
         if opts.link_fallback_copy {

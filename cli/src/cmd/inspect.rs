@@ -100,6 +100,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             "config": config,
             "error": error,
             "nonfinite": if args.verify { Some(nonfinite) } else { None },
+            "fp8": fp8_summary(ck),
         }));
     }
     match (&gguf, args.json) {
@@ -125,6 +126,23 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         anyhow::bail!("{}: tensor '{first}'{more} hold NaN or Inf values", args.path.display());
     }
     Ok(())
+}
+
+/// FP8 weights and their per-tensor scales (null when the checkpoint has none).
+fn fp8_summary(ck: &flux2_exporter::Checkpoint) -> serde_json::Value {
+    let fp8 = ck.tensors.values().filter(|t| t.dtype() == DType::F8E4M3).count();
+    if fp8 == 0 && ck.fp8.weights.is_empty() {
+        return serde_json::Value::Null;
+    }
+    let scales: Vec<f32> = ck.fp8.weights.values().map(|s| s.value).collect();
+    let (lo, hi) = scales.iter().fold((f32::INFINITY, 0f32), |(l, h), &s| (l.min(s), h.max(s)));
+    serde_json::json!({
+        "fp8_tensors": fp8,
+        "scaled": ck.fp8.weights.len(),
+        "scale_min": (!scales.is_empty()).then_some(lo),
+        "scale_max": (!scales.is_empty()).then_some(hi),
+        "input_scales": ck.fp8.inputs.len(),
+    })
 }
 
 /// `--verify`: every tensor of `ck` with NaN/Inf, as JSON records.
@@ -164,6 +182,13 @@ fn print_text(args: &Args, report: &[serde_json::Value]) {
         println!("    dtypes:     {}", r["dtypes"]);
         if !r["config"].is_null() {
             println!("    config:     {}", r["config"]);
+        }
+        if let Some(f) = r["fp8"].as_object() {
+            println!(
+                "    fp8:        {} float8_e4m3fn tensors, {} with per-tensor scales (value = fp8 x scale; \
+                 scales {} .. {}); {} input (activation) scales, unused: activations stay float",
+                f["fp8_tensors"], f["scaled"], f["scale_min"], f["scale_max"], f["input_scales"]
+            );
         }
         if let Some(e) = r["error"].as_str() {
             println!("    problem:    {e}");
