@@ -140,7 +140,7 @@ fn plan<'a>(source: &'a ModelSource, req: &ExportRequest) -> Result<Vec<Planned<
         }
         for g in build(c, &req.options)? {
             if g.shares_weights_of.is_some() {
-                if req.lowbit.is_some() || keeps_fp8(req, &c.checkpoint) {
+                if lowbit_graph(req, &c.checkpoint) || keeps_fp8(req, &c.checkpoint) {
                     // the step-caching parts read float weights; a weight-only low-bit (or
                     // FP8 for TensorRT) transformer stores other initializers, so such exports
                     // have no parts
@@ -168,6 +168,19 @@ fn plan<'a>(source: &'a ModelSource, req: &ExportRequest) -> Result<Vec<Planned<
         });
     }
     Ok(planned)
+}
+
+/// Whether the graphs of `ckpt` get low-bit linears: any `--weights-precision` but `gguf`, and
+/// `gguf` where the checkpoint holds quantised GGUF tensors.
+fn lowbit_graph(req: &ExportRequest, ckpt: &crate::Checkpoint) -> bool {
+    match req.lowbit {
+        None => false,
+        Some(lo) if !lo.from_gguf => true,
+        Some(_) => ckpt.tensors.values().any(|t| {
+            let src = ckpt.files.get(t.file).and_then(|f| f.gguf());
+            src.and_then(|g| crate::gguf::direct::quantised_type(g, t.raw.offset)).is_some()
+        }),
+    }
 }
 
 /// Whether FP8 weights of `ckpt` stay FP8 in the graphs (`--target tensorrt`, float weights).

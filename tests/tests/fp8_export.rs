@@ -200,6 +200,9 @@ fn tensorrt_target_keeps_fp8_behind_dequantize() {
     assert_eq!(dq, linears, "every linear of an all-FP8 checkpoint stays FP8");
     let opts = LintOptions { target: LintTarget::TensorRt10, gpu: None, trt_version: None, graphs: None };
     let report = check_dir(&out.path().join("fp8"), &opts).unwrap();
+    let mut rules: Vec<&str> = report.warnings().map(|w| w.rule).collect();
+    rules.dedup();
+    eprintln!("lint tensorrt10: {} warnings ({rules:?})", report.warnings().count());
     let errors: Vec<_> = report.errors().collect();
     assert!(errors.is_empty(), "{errors:?}");
     let (x, y) = (run_file(&a, inputs()).unwrap(), run_file(&b, inputs()).unwrap());

@@ -15,7 +15,12 @@ mod gguf;
 /// Given a GGUF file, also shows its version, architecture, metadata, tensor types with
 /// counts and sizes, and how each type maps onto the low-bit ONNX forms: Q8_0 → INT8 block 32
 /// and Q4_0 → INT4 block 32 (also Q5_0, Q6_K, Q3_K) exactly, the others approximately; with
-/// --verify, the added error of each form is measured on every block.
+/// --verify, the added error of each form is measured on every block. `flux2 export
+/// --weights-precision gguf` gives each tensor that form (the exact ones take the file's codes).
+///
+/// FP8 safetensors (float8_e4m3fn weights with per-tensor `weight_scale` / `scale_weight`
+/// tensors): the count of FP8 weights, how many have scales and their range, and the
+/// activation `input_scale`s (which the export does not use).
 ///
 /// Given a LoRA adapter file, describes it instead: format (diffusers/PEFT, BFL/ai-toolkit,
 /// kohya/musubi; detected from the keys), rank, alpha, modules, and with --checkpoint whether
