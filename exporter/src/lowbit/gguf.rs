@@ -70,7 +70,7 @@ pub fn direct(
     target: Target,
     scale_dtype: DType,
 ) -> Result<Option<Quantised>> {
-    if per_channel(target, site.bits) || site.block == 0 || site.k % site.block != 0 {
+    if per_channel(target, site.bits) || site.block == 0 || !site.k.is_multiple_of(site.block) {
         return Ok(None);
     }
     let bits = if site.bits == Bits::Int4 { 4 } else { 8 };
