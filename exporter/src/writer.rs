@@ -22,6 +22,8 @@ use crate::lowbit::{self, LowbitOptions, Site};
 use crate::names::{Piece, ResolvedWeight};
 use crate::{io_err, ExportError, Result};
 
+mod sites;
+
 /// How weights reach the ONNX file.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -147,38 +149,33 @@ pub fn write_model(
         }
         data.finish(&mut report)?;
     }
+    let out = &mut sites::Out { proto: &mut proto, inits: &mut inits, report: &mut report };
     if let (Some((lo, target)), false) = (&opts.lowbit, quantised.is_empty()) {
-        let mut data = DataFile::append(dir, stem)?;
-        for w in &quantised {
-            if let Some(i) = sites.iter().position(|s| s.weight == w.decl.name) {
-                sites[i].from_file = write_quantised(
-                    w, &sites[i], ckpt, stem, opts.merge, *target, &mut data, &mut inits, progress,
-                )?;
-            }
-        }
-        data.finish(&mut report)?;
-        let total = lowbit::count_linears(model, stem);
-        let graph = proto.graph.get_or_insert_with(Default::default);
-        lowbit::rewrite(graph, &sites, *target);
-        proto.metadata_props.push(lowbit::metadata(&sites, total, *target, lo));
+        sites::write_lowbit(
+            model,
+            stem,
+            ckpt,
+            dir,
+            (lo, *target),
+            opts.merge,
+            &quantised,
+            &mut sites,
+            out,
+            progress,
+        )?;
     }
     if !fp8_sites.is_empty() {
-        let mut data = DataFile::append(dir, stem)?;
-        for w in &fp8w {
-            if let Some(site) = fp8_sites.iter().find(|s| s.weight == w.decl.name) {
-                write_fp8(w, site, ckpt, opts.allow_nonfinite, &mut data, &mut inits, progress)?;
-            }
-        }
-        data.finish(&mut report)?;
-        let total = lowbit::count_linears(model, stem);
-        lowbit::fp8::rewrite(proto.graph.get_or_insert_with(Default::default), &fp8_sites);
-        proto.metadata_props.push(StringStringEntryProto {
-            key: "flux2.weights_precision".into(),
-            value: format!(
-                "fp8 e4m3, per-tensor scales (the checkpoint's): {} of {total} linear weights",
-                fp8_sites.len()
-            ),
-        });
+        sites::write_fp8_sites(
+            model,
+            stem,
+            ckpt,
+            dir,
+            opts.allow_nonfinite,
+            &fp8w,
+            &fp8_sites,
+            out,
+            progress,
+        )?;
     }
     let graph = proto.graph.get_or_insert_with(Default::default);
     graph.initializer.extend(inits);
@@ -351,103 +348,6 @@ fn write_merged(
         start,
         conv.len() as u64,
     ));
-    Ok(())
-}
-
-/// Writes a linear weight's codes and scales: a GGUF file's own where they are the site's
-/// form (returns true), else the weight read as f32 (merged) and quantised.
-#[allow(clippy::too_many_arguments)]
-fn write_quantised(
-    w: &ResolvedWeight,
-    site: &Site,
-    ckpt: &Checkpoint,
-    stem: &str,
-    merge: Option<&dyn WeightMerge>,
-    target: Target,
-    data: &mut DataFile,
-    inits: &mut Vec<TensorProto>,
-    progress: &mut dyn FnMut(u64),
-) -> Result<bool> {
-    let merged = merge.is_some_and(|m| m.touches(stem, &w.decl.name));
-    let direct = match merged {
-        false => lowbit::gguf::direct(w, site, ckpt, target, w.decl.dtype)?,
-        true => None,
-    };
-    let from_file = direct.is_some();
-    let q = match direct {
-        Some(q) => {
-            progress(w.pieces.iter().map(|p| p.len).sum());
-            q
-        }
-        None => {
-            let values = read_merged(w, ckpt, stem, merge, progress)?;
-            if let Some(i) = values.iter().position(|v| !v.is_finite()) {
-                return Err(ExportError::Tensor {
-                    name: w.decl.name.clone(),
-                    path: ckpt.origin.clone(),
-                    msg: format!("element {i} is {}: a non-finite weight cannot be quantised", values[i]),
-                });
-            }
-            let block = lowbit::effective_block(site, target);
-            lowbit::quantise(&values, site.n, site.k, site.bits, block, w.decl.dtype)
-        }
-    };
-    let (code_dims, scale_dims) = lowbit::dims(site, target);
-    let start = data.begin(q.codes.len())?;
-    data.write(&q.codes)?;
-    let code_name = lowbit::code_name(&site.weight);
-    inits.push(external(&code_name, site.bits.onnx(), &code_dims, &data.name, start, q.codes.len() as u64));
-    let scales = q.scale_bytes(w.decl.dtype);
-    let start = data.begin(scales.len())?;
-    data.write(&scales)?;
-    let scale_name = lowbit::scale_name(&site.weight);
-    inits.push(external(
-        &scale_name,
-        w.decl.dtype.onnx(),
-        &scale_dims,
-        &data.name,
-        start,
-        scales.len() as u64,
-    ));
-    Ok(from_file)
-}
-
-/// Writes an FP8 linear weight as it is stored, transposed to `(in, out)`, with its scale.
-fn write_fp8(
-    w: &ResolvedWeight,
-    site: &Site,
-    ckpt: &Checkpoint,
-    allow_nonfinite: bool,
-    data: &mut DataFile,
-    inits: &mut Vec<TensorProto>,
-    progress: &mut dyn FnMut(u64),
-) -> Result<()> {
-    let sources = open_sources(ckpt)?;
-    let mut bytes = Vec::with_capacity(site.n * site.k);
-    for p in &w.pieces {
-        let at = bytes.len();
-        bytes.resize(at + p.len as usize, 0);
-        ckpt.read_at(p.file, &sources[p.file], &mut bytes[at..], p.offset)
-            .map_err(io_err(&ckpt.files[p.file].path))?;
-        progress(p.len);
-        let bad = crate::convert::count_nonfinite(p.dtype, &bytes[at..]);
-        if bad > 0 && !allow_nonfinite {
-            let path = &ckpt.files[p.file].path;
-            return Err(crate::copy::nonfinite_error(&p.tensor, path, bad, p.len));
-        }
-    }
-    let codes = lowbit::fp8::transpose(&bytes, site.n, site.k);
-    let start = data.begin(codes.len())?;
-    data.write(&codes)?;
-    let fp8 = flux2_graphs::onnx_dtype::FLOAT8E4M3FN;
-    let dims = [site.k, site.n];
-    inits.push(external(&lowbit::code_name(&site.weight), fp8, &dims, &data.name, start, codes.len() as u64));
-    let scale = lowbit::fp8::fp8_scale(w, ckpt).unwrap_or(1.0);
-    let sb = flux2_graphs::encode_floats(w.decl.dtype, &[scale]);
-    let start = data.begin(sb.len())?;
-    data.write(&sb)?;
-    let name = lowbit::scale_name(&site.weight);
-    inits.push(external(&name, w.decl.dtype.onnx(), &[], &data.name, start, sb.len() as u64));
     Ok(())
 }
 
