@@ -237,3 +237,25 @@ fn a_bad_scale_is_an_error_naming_it() {
     assert!(e.contains("diffusion_pytorch_model.safetensors") && e.contains("[2]"), "{e}");
     assert!(!dst.exists(), "nothing written");
 }
+
+/// `--weights link` cannot apply a scale: an error naming the tensor, unless `--link-fallback
+/// copy`, which copies the scaled values.
+#[test]
+fn link_mode_refuses_scaled_fp8_or_copies() {
+    let (fp8, reference, _) = checkpoints(vec![]);
+    let out = tempfile::tempdir().unwrap();
+    let src = ModelSource::open(fp8.path()).unwrap();
+    let opts =
+        ExportOptions { dtype: DType::F32, target: Target::Ort, text_layers: None, config_override: None };
+    let mut req = ExportRequest::new(Some(vec![Kind::Transformer]), opts, WeightMode::Link);
+    let dst = out.path().join("link");
+    let e = export(&src, &dst, &req, &mut |_| {}).err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(e.contains("FP8 with a per-tensor scale") && e.contains(".weight"), "{e}");
+    assert!(!dst.exists(), "nothing written");
+    req.link_fallback_copy = true;
+    export(&src, &dst, &req, &mut |_| {}).unwrap();
+    let b = export_dit(reference.path(), &out.path().join("ref"), Target::Ort, None).unwrap();
+    let (x, y) =
+        (run_file(&dst.join("transformer.onnx"), inputs()).unwrap(), run_file(&b, inputs()).unwrap());
+    assert_eq!(x["velocity"], y["velocity"]);
+}

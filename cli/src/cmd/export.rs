@@ -35,6 +35,12 @@ use flux2_exporter::{Kind, ModelSource, WeightMode};
 ///   flux2 export --checkpoint ./FLUX.2-dev --out ./dev-style --weights link \
 ///       --lora style.safetensors:0.8 --lora detail.safetensors
 ///
+/// FP8 safetensors (float8_e4m3fn weights with per-tensor `<module>.weight_scale` or ComfyUI's
+/// `<module>.scale_weight`) are read as fp8 x scale: float exports write those values,
+/// --target tensorrt keeps FP8 linears as FLOAT8E4M3FN + per-tensor DequantizeLinear → MatMul,
+/// --weights-precision int8|int4 quantises the scaled values. Activation scales (input_scale)
+/// are not used. --weights link cannot apply scales (use copy or --link-fallback copy).
+///
 /// --lora FILE[:SCALE] (repeatable, scale 1 by default) merges LoRA adapters into the exported
 /// DiT: W + Σ scale·(alpha/rank)·B·A, the format (diffusers/PEFT, BFL/ai-toolkit, kohya/musubi)
 /// detected from the keys. Every adapter is checked against the model before anything is
@@ -154,6 +160,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let source = ModelSource::open_with(&args.checkpoint, &replace)?;
     if args.verify && req.weights == WeightMode::Copy {
         eprintln!("note: --verify is implied by --weights copy, which checks every value it converts");
+    }
+    for c in &source.components {
+        let n = c.checkpoint.fp8.inputs.len();
+        if n > 0 {
+            eprintln!(
+                "note: {}: {n} FP8 activation scales (input_scale) are not used: activations stay float",
+                c.kind.name()
+            );
+        }
     }
     let specs = super::lora::parse_specs(&args.lora)?;
     req.merge = flux2_exporter::lora::plan_merge(&source, &req.options, &specs, req.components.as_deref())?;
