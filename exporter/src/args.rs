@@ -31,7 +31,7 @@ pub struct ExportArgs {
     pub verify: bool,
     /// Link mode: what to do where a hard link is impossible (`copy`).
     pub link_fallback: Option<String>,
-    /// float, int8 or int4: how the DiT's and text encoder's linear weights are stored.
+    /// float, int8, int4 or gguf: how the DiT's and text encoder's linear weights are stored.
     pub weights_precision: String,
     /// Input channels per weight scale for int8/int4 (16, 32, 64, 128 or 256).
     pub block_size: usize,
@@ -65,6 +65,21 @@ pub fn parse_lowbit(
     all: bool,
 ) -> Result<Option<LowbitOptions>, ExportError> {
     let bits = match precision.to_ascii_lowercase().as_str() {
+        "gguf" | "keep" => {
+            if all {
+                return Err(opt(
+                    "--quantize-all",
+                    "does not apply to --weights-precision gguf, which follows the file: every quantised \
+                     GGUF tensor of a linear gets its type's low-bit form, float tensors stay float",
+                ));
+            }
+            return Ok(Some(LowbitOptions {
+                bits: Bits::Int8,
+                block_size: 32,
+                include_all: true,
+                from_gguf: true,
+            }));
+        }
         "float" | "f" | "none" => {
             if all {
                 return Err(opt("--quantize-all", "applies to --weights-precision int8 or int4 only"));
@@ -74,14 +89,17 @@ pub fn parse_lowbit(
         "int8" | "i8" | "w8" => Bits::Int8,
         "int4" | "i4" | "w4" => Bits::Int4,
         other => {
-            return Err(opt("--weights-precision", format!("'{other}' is not one of float, int8, int4")))
+            return Err(opt(
+                "--weights-precision",
+                format!("'{other}' is not one of float, int8, int4, gguf"),
+            ))
         }
     };
     if !BLOCK_SIZES.contains(&block_size) {
         let list: Vec<String> = BLOCK_SIZES.iter().map(|b| b.to_string()).collect();
         return Err(opt("--block-size", format!("{block_size} is not one of {}", list.join(", "))));
     }
-    Ok(Some(LowbitOptions { bits, block_size, include_all: all }))
+    Ok(Some(LowbitOptions::fixed(bits, block_size, all)))
 }
 
 fn opt(name: &str, msg: impl Into<String>) -> ExportError {
@@ -195,6 +213,8 @@ mod tests {
         assert_eq!(r.lowbit, None, "float weights by default");
         let w4 = ExportArgs { weights_precision: "int4".into(), block_size: 64, ..Default::default() };
         let lo = w4.into_request().expect("valid options").lowbit;
-        assert_eq!(lo, Some(LowbitOptions { bits: Bits::Int4, block_size: 64, include_all: false }));
+        assert_eq!(lo, Some(LowbitOptions::fixed(Bits::Int4, 64, false)));
+        let g = ExportArgs { weights_precision: "gguf".into(), ..Default::default() };
+        assert!(g.into_request().expect("valid options").lowbit.is_some_and(|lo| lo.from_gguf));
     }
 }

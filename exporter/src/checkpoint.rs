@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use flux2_graphs::DType;
 
+use crate::fp8::Fp8Scales;
 use crate::gguf::source::GgufSource;
 use crate::safetensors::{RawTensor, SafeFile};
 use crate::{io_err, ExportError, Result};
@@ -68,6 +69,8 @@ pub struct Checkpoint {
     /// A config made from a GGUF file's metadata (llama.cpp text encoders), used where no
     /// `config.json` is given.
     pub gguf_config: Option<serde_json::Value>,
+    /// Per-tensor scales of FP8 weights (their scale tensors are not in `tensors`).
+    pub fp8: Fp8Scales,
 }
 
 impl Checkpoint {
@@ -99,7 +102,8 @@ impl Checkpoint {
         let gguf_config = src.config.clone();
         let file =
             CkptFile { path: path.to_path_buf(), header_len: src.header_len(), kind: FileKind::Gguf(src) };
-        Ok(Checkpoint { origin: path.to_path_buf(), files: vec![Arc::new(file)], tensors, gguf_config })
+        let files = vec![Arc::new(file)];
+        Ok(Checkpoint { origin: path.to_path_buf(), files, tensors, gguf_config, fp8: Fp8Scales::default() })
     }
 
     fn open_dir(dir: &Path) -> Result<Checkpoint> {
@@ -216,7 +220,12 @@ impl Checkpoint {
             }
             files.push(Arc::new(CkptFile { path: p.clone(), header_len, kind: FileKind::Safetensors(f) }));
         }
-        Ok(Checkpoint { origin: origin.to_path_buf(), files, tensors, gguf_config: None })
+        let bytes = |t: &TensorInfo| match &files[t.file].kind {
+            FileKind::Safetensors(s) => s.bytes(&t.raw).to_vec(),
+            FileKind::Gguf(_) => Vec::new(),
+        };
+        let fp8 = crate::fp8::extract(&mut tensors, &bytes, &|t| files[t.file].path.clone())?;
+        Ok(Checkpoint { origin: origin.to_path_buf(), files, tensors, gguf_config: None, fp8 })
     }
 
     /// Looks a tensor up.

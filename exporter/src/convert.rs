@@ -115,6 +115,30 @@ pub fn convert_into(from: DType, to: DType, src: &[u8], dst: &mut [u8]) -> Optio
     Some(bad)
 }
 
+/// [`convert_into`] with every value multiplied by `scale` in f32 first (an FP8 weight with its
+/// per-tensor scale, [`crate::fp8`]): `dst = to(from(src) × scale)`.
+pub fn convert_scaled_into(from: DType, to: DType, scale: f32, src: &[u8], dst: &mut [u8]) -> Option<usize> {
+    if !is_float(from) || !matches!(to, DType::F32 | DType::F16 | DType::BF16) {
+        return None;
+    }
+    let n = src.len() / from.size();
+    if src.len() != n * from.size() || dst.len() != n * to.size() {
+        return None;
+    }
+    let mut bad = 0usize;
+    let mut block = [0f32; BLOCK];
+    for (s, d) in src.chunks(BLOCK * from.size()).zip(dst.chunks_mut(BLOCK * to.size())) {
+        let m = s.len() / from.size();
+        decode_block(from, s, &mut block[..m]);
+        for v in &mut block[..m] {
+            *v *= scale;
+        }
+        bad += block[..m].iter().filter(|v| !v.is_finite()).count();
+        encode_block(to, &block[..m], d);
+    }
+    Some(bad)
+}
+
 fn bf16_to_f32(src: &[u8], dst: &mut [u8]) -> usize {
     let mut bad = 0usize;
     // fixed-width groups give the vectoriser straight-line code

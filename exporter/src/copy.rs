@@ -24,7 +24,7 @@ use std::path::Path;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 
 use crate::checkpoint::Checkpoint;
-use crate::convert::convert_into;
+use crate::convert::{convert_into, convert_scaled_into};
 use crate::names::ResolvedWeight;
 use crate::{io_err, ExportError, Result};
 
@@ -242,12 +242,14 @@ impl Converter<'_> {
                         .map_err(io_err(path))?;
                     let at = sink.buf.len();
                     sink.buf.resize(at + elems * osz, 0);
-                    bad += convert_into(p.dtype, to, &raw, &mut sink.buf[at..]).ok_or_else(|| {
-                        ExportError::Tensor {
-                            name: p.tensor.clone(),
-                            path: path.clone(),
-                            msg: format!("cannot convert {} to {}", p.dtype, to),
-                        }
+                    let converted = match p.scale {
+                        None => convert_into(p.dtype, to, &raw, &mut sink.buf[at..]),
+                        Some(s) => convert_scaled_into(p.dtype, to, s, &raw, &mut sink.buf[at..]),
+                    };
+                    bad += converted.ok_or_else(|| ExportError::Tensor {
+                        name: p.tensor.clone(),
+                        path: path.clone(),
+                        msg: format!("cannot convert {} to {}", p.dtype, to),
                     })?;
                     sink.pos += (elems * osz) as u64;
                     sink.source_bytes += raw.len() as u64;

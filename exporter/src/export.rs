@@ -140,9 +140,10 @@ fn plan<'a>(source: &'a ModelSource, req: &ExportRequest) -> Result<Vec<Planned<
         }
         for g in build(c, &req.options)? {
             if g.shares_weights_of.is_some() {
-                if req.lowbit.is_some() {
-                    // the step-caching parts read float weights; a weight-only low-bit
-                    // transformer stores other initializers, so such exports have no parts
+                if lowbit_graph(req, &c.checkpoint) || keeps_fp8(req, &c.checkpoint) {
+                    // the step-caching parts read float weights; a weight-only low-bit (or
+                    // FP8 for TensorRT) transformer stores other initializers, so such exports
+                    // have no parts
                     continue;
                 }
                 planned.push((i, g, Vec::new())); // weights: the earlier graph's, as written
@@ -169,6 +170,26 @@ fn plan<'a>(source: &'a ModelSource, req: &ExportRequest) -> Result<Vec<Planned<
     Ok(planned)
 }
 
+/// Whether the graphs of `ckpt` get low-bit linears: any `--weights-precision` but `gguf`, and
+/// `gguf` where the checkpoint holds quantised GGUF tensors.
+fn lowbit_graph(req: &ExportRequest, ckpt: &crate::Checkpoint) -> bool {
+    match req.lowbit {
+        None => false,
+        Some(lo) if !lo.from_gguf => true,
+        Some(_) => ckpt.tensors.values().any(|t| {
+            let src = ckpt.files.get(t.file).and_then(|f| f.gguf());
+            src.and_then(|g| crate::gguf::direct::quantised_type(g, t.raw.offset)).is_some()
+        }),
+    }
+}
+
+/// Whether FP8 weights of `ckpt` stay FP8 in the graphs (`--target tensorrt`, float weights).
+fn keeps_fp8(req: &ExportRequest, ckpt: &crate::Checkpoint) -> bool {
+    req.lowbit.is_none()
+        && req.options.target == flux2_graphs::Target::TensorRt
+        && ckpt.tensors.values().any(|t| t.dtype() == flux2_graphs::DType::F8E4M3)
+}
+
 fn write_all(
     source: &ModelSource,
     planned: &[Planned],
@@ -188,6 +209,7 @@ fn write_all(
         link_fallback_copy: req.link_fallback_copy,
         merge: req.merge.as_deref(),
         lowbit: req.lowbit.map(|lo| (lo, req.options.target)),
+        fp8_dq: req.lowbit.is_none() && req.options.target == flux2_graphs::Target::TensorRt,
     };
     let mut seen_files: Vec<PathBuf> = Vec::new();
     for (ci, g, weights) in planned {

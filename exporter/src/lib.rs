@@ -8,6 +8,7 @@ pub mod checkpoint;
 pub mod convert;
 pub mod copy;
 pub mod export;
+pub mod fp8;
 pub mod gguf;
 pub mod layout;
 pub mod lora;

@@ -32,7 +32,7 @@ impl Source {
 }
 
 /// A contiguous byte range of one stored tensor.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Piece {
     pub tensor: String,
     pub file: usize,
@@ -41,6 +41,8 @@ pub struct Piece {
     pub shape: Vec<usize>,
     pub offset: u64,
     pub len: u64,
+    /// Per-tensor scale of an FP8 tensor (value = stored × scale; see [`crate::fp8`]).
+    pub scale: Option<f32>,
 }
 
 /// A graph weight and the pieces that make it, in order (concatenated on axis 0).
@@ -56,6 +58,7 @@ impl ResolvedWeight {
         self.pieces.len() == 1
             && self.pieces[0].shape == self.decl.shape
             && self.pieces[0].dtype == self.decl.dtype
+            && self.pieces[0].scale.is_none()
     }
 }
 
@@ -133,6 +136,7 @@ fn collect(
                 shape: t.raw.shape.clone(),
                 offset: t.raw.offset,
                 len: t.raw.len,
+                scale: ckpt.fp8.of(n),
             });
         }
         Source::Rows { name, start, end } => {
@@ -152,6 +156,7 @@ fn collect(
                 shape,
                 offset: t.raw.offset + s as u64 * row_bytes,
                 len: (e - s) as u64 * row_bytes,
+                scale: ckpt.fp8.of(name),
             });
         }
         Source::Concat(parts) => {

@@ -22,6 +22,8 @@ use crate::lowbit::{self, LowbitOptions, Site};
 use crate::names::{Piece, ResolvedWeight};
 use crate::{io_err, ExportError, Result};
 
+mod sites;
+
 /// How weights reach the ONNX file.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -57,12 +59,22 @@ pub struct WriteOptions<'a> {
     /// Weight-only low-bit storage of the selected linears (`--weights-precision`), for graphs
     /// of this target. Quantised weights are always written (after any merge), never linked.
     pub lowbit: Option<(LowbitOptions, Target)>,
+    /// Without `lowbit`: linears whose weights are FP8 in the checkpoint stay FP8 behind a
+    /// per-tensor `DequantizeLinear` (`--target tensorrt`, [`lowbit::fp8`]).
+    pub fp8_dq: bool,
 }
 
 impl WriteOptions<'_> {
     /// The options of `mode` with every check on, no fallback and nothing merged.
     pub fn new(mode: WeightMode) -> WriteOptions<'static> {
-        WriteOptions { mode, allow_nonfinite: false, link_fallback_copy: false, merge: None, lowbit: None }
+        WriteOptions {
+            mode,
+            allow_nonfinite: false,
+            link_fallback_copy: false,
+            merge: None,
+            lowbit: None,
+            fp8_dq: false,
+        }
     }
 }
 
@@ -93,14 +105,23 @@ pub fn write_model(
     let mut inits: Vec<TensorProto> = Vec::new();
     // Linears stored low-bit are read, merged, quantised and written; weights an adapter
     // touches are merged and written; the others are copied or linked.
-    let sites = match &opts.lowbit {
-        Some((lo, _)) => lowbit::plan(model, stem, lo),
+    let mut sites = match &opts.lowbit {
+        Some((lo, _)) => lowbit::gguf::assign(lowbit::plan(model, stem, lo), weights, ckpt, lo),
         None => Vec::new(),
     };
-    let site_of = |w: &ResolvedWeight| sites.iter().find(|s| s.weight == w.decl.name);
+    let site_of = |w: &ResolvedWeight| sites.iter().position(|s| s.weight == w.decl.name);
     let (quantised, weights): (Vec<ResolvedWeight>, Vec<ResolvedWeight>) =
         weights.iter().cloned().partition(|w| site_of(w).is_some());
     let touched = |w: &ResolvedWeight| opts.merge.is_some_and(|m| m.touches(stem, &w.decl.name));
+    let fp8_sites: Vec<Site> = match (&opts.lowbit, opts.fp8_dq) {
+        (None, true) => lowbit::fp8::plan_fp8(model, stem, &weights, ckpt)
+            .into_iter()
+            .filter(|s| !weights.iter().any(|w| w.decl.name == s.weight && touched(w)))
+            .collect(),
+        _ => Vec::new(),
+    };
+    let (fp8w, weights): (Vec<ResolvedWeight>, Vec<ResolvedWeight>) =
+        weights.into_iter().partition(|w| fp8_sites.iter().any(|s| s.weight == w.decl.name));
     let (merged, rest): (Vec<ResolvedWeight>, Vec<ResolvedWeight>) = weights.into_iter().partition(touched);
     match opts.mode {
         WeightMode::Copy => inits = copy_weights(&rest, ckpt, dir, stem, opts, &mut report, progress)?,
@@ -128,28 +149,33 @@ pub fn write_model(
         }
         data.finish(&mut report)?;
     }
+    let out = &mut sites::Out { proto: &mut proto, inits: &mut inits, report: &mut report };
     if let (Some((lo, target)), false) = (&opts.lowbit, quantised.is_empty()) {
-        let mut data = DataFile::append(dir, stem)?;
-        for w in &quantised {
-            if let Some(site) = site_of(w) {
-                write_quantised(
-                    w,
-                    site,
-                    ckpt,
-                    stem,
-                    opts.merge,
-                    (lo, *target),
-                    &mut data,
-                    &mut inits,
-                    progress,
-                )?;
-            }
-        }
-        data.finish(&mut report)?;
-        let total = lowbit::count_linears(model, stem);
-        let graph = proto.graph.get_or_insert_with(Default::default);
-        lowbit::rewrite(graph, &sites, *target, lo);
-        proto.metadata_props.push(lowbit::metadata(&sites, total, *target, lo));
+        sites::write_lowbit(
+            model,
+            stem,
+            ckpt,
+            dir,
+            (lo, *target),
+            opts.merge,
+            &quantised,
+            &mut sites,
+            out,
+            progress,
+        )?;
+    }
+    if !fp8_sites.is_empty() {
+        sites::write_fp8_sites(
+            model,
+            stem,
+            ckpt,
+            dir,
+            opts.allow_nonfinite,
+            &fp8w,
+            &fp8_sites,
+            out,
+            progress,
+        )?;
     }
     let graph = proto.graph.get_or_insert_with(Default::default);
     graph.initializer.extend(inits);
@@ -277,8 +303,12 @@ fn read_merged(
         let mut raw = vec![0u8; p.len as usize];
         ckpt.read_at(p.file, &sources[p.file], &mut raw, p.offset)
             .map_err(io_err(&ckpt.files[p.file].path))?;
+        let at = values.len();
         if !crate::convert::decode(p.dtype, &raw, &mut values) {
             return Err(cannot_convert(ckpt, p, flux2_graphs::DType::F32));
+        }
+        if let Some(s) = p.scale {
+            values[at..].iter_mut().for_each(|v| *v *= s);
         }
         progress(p.len);
     }
@@ -321,49 +351,6 @@ fn write_merged(
     Ok(())
 }
 
-/// Reads a linear weight as f32 (merged), quantises it and writes its codes and scales.
-#[allow(clippy::too_many_arguments)]
-fn write_quantised(
-    w: &ResolvedWeight,
-    site: &Site,
-    ckpt: &Checkpoint,
-    stem: &str,
-    merge: Option<&dyn WeightMerge>,
-    (lo, target): (&LowbitOptions, Target),
-    data: &mut DataFile,
-    inits: &mut Vec<TensorProto>,
-    progress: &mut dyn FnMut(u64),
-) -> Result<()> {
-    let values = read_merged(w, ckpt, stem, merge, progress)?;
-    if let Some(i) = values.iter().position(|v| !v.is_finite()) {
-        return Err(ExportError::Tensor {
-            name: w.decl.name.clone(),
-            path: ckpt.origin.clone(),
-            msg: format!("element {i} is {}: a non-finite weight cannot be quantised", values[i]),
-        });
-    }
-    let block = lowbit::effective_block(site, target, lo);
-    let q = lowbit::quantise(&values, site.n, site.k, lo.bits, block, w.decl.dtype);
-    let (code_dims, scale_dims) = lowbit::dims(site, target, lo);
-    let start = data.begin(q.codes.len())?;
-    data.write(&q.codes)?;
-    let code_name = lowbit::code_name(&site.weight);
-    inits.push(external(&code_name, lo.bits.onnx(), &code_dims, &data.name, start, q.codes.len() as u64));
-    let scales = q.scale_bytes(w.decl.dtype);
-    let start = data.begin(scales.len())?;
-    data.write(&scales)?;
-    let scale_name = lowbit::scale_name(&site.weight);
-    inits.push(external(
-        &scale_name,
-        w.decl.dtype.onnx(),
-        &scale_dims,
-        &data.name,
-        start,
-        scales.len() as u64,
-    ));
-    Ok(())
-}
-
 fn open_sources(ckpt: &Checkpoint) -> Result<Vec<std::fs::File>> {
     ckpt.files.iter().map(|f| std::fs::File::open(&f.path).map_err(io_err(&f.path))).collect()
 }
@@ -383,6 +370,20 @@ fn link_weights(
     let link_dir = dir.join("weights").join(stem);
     std::fs::create_dir_all(&link_dir).map_err(io_err(&link_dir))?;
     let mut locations: Vec<Option<String>> = vec![None; ckpt.files.len()];
+    // FP8 weights with a scale: the stored bytes are not the values
+    if let Some(p) = weights.iter().flat_map(|w| &w.pieces).find(|p| p.scale.is_some()) {
+        if opts.link_fallback_copy {
+            return Ok(false);
+        }
+        return Err(ExportError::Tensor {
+            name: p.tensor.clone(),
+            path: ckpt.files[p.file].path.clone(),
+            msg:
+                "is FP8 with a per-tensor scale: --weights link cannot apply the scale; use --weights copy, \
+                  or --link-fallback copy"
+                    .into(),
+        });
+    }
     // GGUF tensors served dequantised have no bytes in the file to point at
     if let Some(p) = weights.iter().flat_map(|w| &w.pieces).find(|p| ckpt.is_virtual(p.file, p.offset)) {
         if opts.link_fallback_copy {

@@ -122,7 +122,7 @@ fn check(kind: Kind, bits: Bits, block: usize) {
     };
     let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let (f32_dir, q_dir) = (tmp.path().join("f32"), tmp.path().join("q"));
-    let lo = LowbitOptions { bits, block_size: block, include_all: false };
+    let lo = LowbitOptions::fixed(bits, block, false);
     export_lowbit(&ckpt, &f32_dir, kind, Target::Ort, None);
     export_lowbit(&ckpt, &q_dir, kind, Target::Ort, Some(lo));
     let what = format!("{stem} {bits:?} block {block}");
@@ -195,7 +195,7 @@ fn calibrate_on_a_weight_only_export_quantises_the_float_linears_and_keeps_the_l
     use flux2_exporter::manifest::Manifest;
     let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let model = tmp.path().join("model");
-    let lo = LowbitOptions { bits: Bits::Int4, block_size: 16, include_all: false };
+    let lo = LowbitOptions::fixed(Bits::Int4, 16, false);
     export_lowbit(&fixture("dit/klein"), &model, Kind::Transformer, Target::Ort, Some(lo));
     let vae = tmp.path().join("vae");
     export_lowbit(&fixture("vae/diffusers"), &vae, Kind::Vae, Target::Ort, None);
@@ -246,7 +246,7 @@ fn tensorrt_target_gets_standard_weight_only_dequantize() {
         [(Bits::Int4, vec![("axis", 0), ("block_size", 16)]), (Bits::Int8, vec![("axis", 1)])]
     {
         let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        let lo = LowbitOptions { bits, block_size: 16, include_all: false };
+        let lo = LowbitOptions::fixed(bits, 16, false);
         export_lowbit(&fixture("dit/klein"), tmp.path(), Kind::Transformer, Target::TensorRt, Some(lo));
         let onnx = tmp.path().join("transformer.onnx");
         onnx_check(&onnx);

@@ -18,7 +18,8 @@ use flux2_exporter::{Kind, ModelSource, WeightMode};
 /// time). A GGUF DiT keeps BFL or diffusers names; a GGUF text encoder (Qwen3, Mistral) is in
 /// llama.cpp's names, its Q/K permutation undone, its config from DIR or else the file's
 /// metadata. Quantised GGUF tensors are dequantised to --dtype (--weights link can use only
-/// F32/F16/BF16 tensors; add --link-fallback copy to copy the rest).
+/// F32/F16/BF16 tensors; add --link-fallback copy to copy the rest), or, with
+/// --weights-precision, kept low-bit (below).
 ///
 /// A Hugging Face cache snapshot (~/.cache/huggingface/hub/models--*/snapshots/<rev>/) works
 /// as it is: its symlinks are followed. Copy mode checks every weight for NaN/Inf as it
@@ -33,6 +34,12 @@ use flux2_exporter::{Kind, ModelSource, WeightMode};
 ///       --transformer flux2-klein-4b-Q8_0.gguf --text-encoder Qwen3-4B-Q8_0.gguf
 ///   flux2 export --checkpoint ./FLUX.2-dev --out ./dev-style --weights link \
 ///       --lora style.safetensors:0.8 --lora detail.safetensors
+///
+/// FP8 safetensors (float8_e4m3fn weights with per-tensor `<module>.weight_scale` or ComfyUI's
+/// `<module>.scale_weight`) are read as fp8 x scale: float exports write those values,
+/// --target tensorrt keeps FP8 linears as FLOAT8E4M3FN + per-tensor DequantizeLinear → MatMul,
+/// --weights-precision int8|int4 quantises the scaled values. Activation scales (input_scale)
+/// are not used. --weights link cannot apply scales (use copy or --link-fallback copy).
 ///
 /// --lora FILE[:SCALE] (repeatable, scale 1 by default) merges LoRA adapters into the exported
 /// DiT: W + Σ scale·(alpha/rank)·B·A, the format (diffusers/PEFT, BFL/ai-toolkit, kohya/musubi)
@@ -49,6 +56,18 @@ use flux2_exporter::{Kind, ModelSource, WeightMode};
 /// (--target tensorrt: INT8 with per-channel scales). The DiT's embedders, modulation and final
 /// layer stay float unless --quantize-all. LoRA adapters are merged before quantising. The
 /// result can still be calibrated (`flux2 calibrate` leaves the low-bit linears as they are).
+///
+/// From a quantised GGUF file, a linear whose GGUF type is the requested form takes the file's
+/// own codes and scales, transposed, with no dequantise/re-quantise round trip (its values are
+/// exactly gguf.quants.dequantize's): Q8_0 and Q5_0 with int8 --block-size 32, Q4_0 with int4
+/// --block-size 32, Q6_K (int8) and Q3_K (int4) with --block-size 16. Other types are
+/// re-quantised from their exact values. --weights-precision gguf picks the form per tensor
+/// from its GGUF type: Q8_0/Q5_0 → INT8 block 32, Q4_0 → INT4 block 32, Q6_K → INT8 block 16,
+/// Q3_K → INT4 block 16 (all exact); Q5_1/Q5_K → INT8 block 32, Q4_1/Q4_K/Q2_K → INT4 block 32
+/// (nearest, re-quantised; `flux2 inspect --verify FILE.gguf` shows the added error); every
+/// quantised linear, embedders included, follows the file, and F32/F16/BF16 tensors stay float.
+///   flux2 export --checkpoint ./FLUX.2-klein-4B --out ./klein-q4 \
+///       --transformer flux2-klein-4b-Q4_0.gguf --weights-precision gguf
 ///   flux2 export --checkpoint ./FLUX.2-klein-4B --out ./klein-w4 --weights-precision int4
 ///   flux2 export --checkpoint ./FLUX.2-klein-4B --out ./klein-w8 --weights-precision int8 \
 ///       --block-size 128
@@ -105,7 +124,8 @@ pub struct Args {
     /// LoRA adapter merged into the DiT, FILE[:SCALE] (repeatable; scale 1 by default).
     #[arg(long, value_name = "FILE[:SCALE]")]
     lora: Vec<String>,
-    /// float, int8 or int4: storage of the DiT's and text encoder's linear weights.
+    /// float, int8, int4 or gguf (each GGUF linear in its type's low-bit form): storage of the
+    /// DiT's and text encoder's linear weights.
     #[arg(long, default_value = "float")]
     weights_precision: String,
     /// int8/int4: input channels per scale (16, 32, 64, 128 or 256).
@@ -140,6 +160,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let source = ModelSource::open_with(&args.checkpoint, &replace)?;
     if args.verify && req.weights == WeightMode::Copy {
         eprintln!("note: --verify is implied by --weights copy, which checks every value it converts");
+    }
+    for c in &source.components {
+        let n = c.checkpoint.fp8.inputs.len();
+        if n > 0 {
+            eprintln!(
+                "note: {}: {n} FP8 activation scales (input_scale) are not used: activations stay float",
+                c.kind.name()
+            );
+        }
     }
     let specs = super::lora::parse_specs(&args.lora)?;
     req.merge = flux2_exporter::lora::plan_merge(&source, &req.options, &specs, req.components.as_deref())?;

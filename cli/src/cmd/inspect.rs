@@ -15,7 +15,12 @@ mod gguf;
 /// Given a GGUF file, also shows its version, architecture, metadata, tensor types with
 /// counts and sizes, and how each type maps onto the low-bit ONNX forms: Q8_0 → INT8 block 32
 /// and Q4_0 → INT4 block 32 (also Q5_0, Q6_K, Q3_K) exactly, the others approximately; with
-/// --verify, the added error of each form is measured on every block.
+/// --verify, the added error of each form is measured on every block. `flux2 export
+/// --weights-precision gguf` gives each tensor that form (the exact ones take the file's codes).
+///
+/// FP8 safetensors (float8_e4m3fn weights with per-tensor `weight_scale` / `scale_weight`
+/// tensors): the count of FP8 weights, how many have scales and their range, and the
+/// activation `input_scale`s (which the export does not use).
 ///
 /// Given a LoRA adapter file, describes it instead: format (diffusers/PEFT, BFL/ai-toolkit,
 /// kohya/musubi; detected from the keys), rank, alpha, modules, and with --checkpoint whether
@@ -100,6 +105,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             "config": config,
             "error": error,
             "nonfinite": if args.verify { Some(nonfinite) } else { None },
+            "fp8": fp8_summary(ck),
         }));
     }
     match (&gguf, args.json) {
@@ -125,6 +131,23 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         anyhow::bail!("{}: tensor '{first}'{more} hold NaN or Inf values", args.path.display());
     }
     Ok(())
+}
+
+/// FP8 weights and their per-tensor scales (null when the checkpoint has none).
+fn fp8_summary(ck: &flux2_exporter::Checkpoint) -> serde_json::Value {
+    let fp8 = ck.tensors.values().filter(|t| t.dtype() == DType::F8E4M3).count();
+    if fp8 == 0 && ck.fp8.weights.is_empty() {
+        return serde_json::Value::Null;
+    }
+    let scales: Vec<f32> = ck.fp8.weights.values().map(|s| s.value).collect();
+    let (lo, hi) = scales.iter().fold((f32::INFINITY, 0f32), |(l, h), &s| (l.min(s), h.max(s)));
+    serde_json::json!({
+        "fp8_tensors": fp8,
+        "scaled": ck.fp8.weights.len(),
+        "scale_min": (!scales.is_empty()).then_some(lo),
+        "scale_max": (!scales.is_empty()).then_some(hi),
+        "input_scales": ck.fp8.inputs.len(),
+    })
 }
 
 /// `--verify`: every tensor of `ck` with NaN/Inf, as JSON records.
@@ -164,6 +187,13 @@ fn print_text(args: &Args, report: &[serde_json::Value]) {
         println!("    dtypes:     {}", r["dtypes"]);
         if !r["config"].is_null() {
             println!("    config:     {}", r["config"]);
+        }
+        if let Some(f) = r["fp8"].as_object() {
+            println!(
+                "    fp8:        {} float8_e4m3fn tensors, {} with per-tensor scales (value = fp8 x scale; \
+                 scales {} .. {}); {} input (activation) scales, unused: activations stay float",
+                f["fp8_tensors"], f["scaled"], f["scale_min"], f["scale_max"], f["input_scales"]
+            );
         }
         if let Some(e) = r["error"].as_str() {
             println!("    problem:    {e}");

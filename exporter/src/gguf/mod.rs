@@ -7,6 +7,7 @@
 //! type where one is at fault), never in a panic or an allocation larger than the file.
 
 pub mod dequant;
+pub mod direct;
 pub mod file;
 pub mod llama;
 pub mod reexpress;

@@ -85,7 +85,7 @@ pub fn exact_form(ty: GgmlType) -> Option<Form> {
 }
 
 /// The file's own codes and scales of a type with an [`exact_form`].
-fn exact_codes(ty: GgmlType, bytes: &[u8], values: &[f32]) -> Option<(Vec<i16>, Vec<f32>)> {
+pub(crate) fn exact_codes(ty: GgmlType, bytes: &[u8], values: &[f32]) -> Option<(Vec<i16>, Vec<f32>)> {
     let ts = ty.type_size();
     let h = |b: &[u8], at: usize| half::f16::from_bits(u16::from_le_bytes([b[at], b[at + 1]])).to_f32();
     let mut scales = Vec::new();

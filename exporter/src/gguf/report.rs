@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
+use super::direct::gguf_form;
 use super::reexpress::{exact_form, quantize, reexpress, Form};
 use super::{GgmlType, GgufError, GgufFile};
 
@@ -47,21 +48,26 @@ pub struct Report {
     pub types: BTreeMap<String, TypeStats>,
 }
 
-/// What a type becomes in the low-bit graphs.
+/// What a type becomes in the low-bit graphs: the form `--weights-precision gguf` gives it,
+/// whether that is exact (the file's codes, taken as they are), and the matching options.
 pub fn mapping_note(ty: GgmlType) -> String {
     if ty.is_float() {
-        return format!("{ty} values, used as they are (or converted to the export dtype)");
+        return format!("{ty} values, used as they are (or converted to the export dtype); stays float");
     }
-    match exact_form(ty) {
-        Some(f) => format!(
-            "exact: {} with {} scales (the file's codes)",
+    let opt = |f: &Form| format!("--weights-precision int{} --block-size {}", f.bits, f.block);
+    match (exact_form(ty), gguf_form(ty)) {
+        (Some(f), _) => format!(
+            "exact: {} with {} scales, the file's codes as they are (--weights-precision gguf, or {})",
             f.name(),
-            if matches!(ty, GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q5_0) { "f16" } else { "f32" }
+            if matches!(ty, GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q5_0) { "f16" } else { "f32" },
+            opt(&f)
         ),
-        None => format!(
-            "approximate: {ty} has a per-block minimum, which an integer zero point holds only approximately; \
-             re-quantised to the nearest INT8/INT4 form (errors with --verify)"
+        (None, Some(f)) => format!(
+            "approximate: {ty} has a per-block minimum, which a symmetric form holds only approximately; \
+             re-quantised to the nearest, {} (--weights-precision gguf; added error with --verify)",
+            f.name()
         ),
+        (None, None) => format!("{ty}: no low-bit form"),
     }
 }
 

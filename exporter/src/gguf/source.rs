@@ -142,6 +142,15 @@ impl GgufSource {
         }
     }
 
+    /// The GGUF tensor served at virtual `offset`, the element of it `offset` falls on, and
+    /// the heads of llama.cpp's Q/K row permutation where its rows are permuted.
+    pub fn locate(&self, offset: u64) -> Option<(&super::GgufTensor, u64, Option<usize>)> {
+        let (start, v) = self.views.range(..=offset).next_back()?;
+        let within = offset - start;
+        (within < v.len && within.is_multiple_of(4))
+            .then(|| (&self.file.tensors[v.tensor], within / 4, v.permuted_heads))
+    }
+
     /// The stored type of the tensor at virtual `offset` (for messages).
     pub fn stored_type(&self, offset: u64) -> Option<String> {
         let (_, v) = self.views.range(..=offset).next_back()?;

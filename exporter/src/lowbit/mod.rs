@@ -18,6 +18,8 @@
 //!
 //! LoRA adapters are merged into the f32 values before they are quantised (see the writer).
 
+pub mod fp8;
+pub mod gguf;
 pub mod quant;
 
 use std::collections::HashMap;
@@ -48,6 +50,17 @@ pub struct LowbitOptions {
     pub block_size: usize,
     /// Also quantise embedders, modulation and the final layer.
     pub include_all: bool,
+    /// `--weights-precision gguf`: each linear whose weight is a quantised GGUF tensor gets the
+    /// form its type maps to ([`crate::gguf::direct::gguf_form`]); the others stay float.
+    /// `bits` and `block_size` are then unused.
+    pub from_gguf: bool,
+}
+
+impl LowbitOptions {
+    /// Fixed `bits` and `block_size` for every selected linear.
+    pub fn fixed(bits: Bits, block_size: usize, include_all: bool) -> LowbitOptions {
+        LowbitOptions { bits, block_size, include_all, from_gguf: false }
+    }
 }
 
 /// One `Transpose(W) → MatMul` to turn into `DequantizeLinear → MatMul`.
@@ -59,6 +72,12 @@ pub struct Site {
     pub k: usize,
     /// Name of the Transpose node replaced.
     pub node: String,
+    /// Integer width of this site's codes.
+    pub bits: Bits,
+    /// Input channels per scale (before [`effective_block`]).
+    pub block: usize,
+    /// Codes and scales taken from a GGUF file as they are (set by the writer).
+    pub from_file: bool,
 }
 
 /// Whether the policy keeps weight `name` of graph `stem` float.
@@ -95,7 +114,10 @@ pub fn plan(model: &Model, stem: &str, opts: &LowbitOptions) -> Vec<Site> {
     }
     let mut sites = Vec::new();
     for w in &model.weights {
-        if w.shape.len() != 2 || !w.dtype.is_float() || keeps_float(stem, &w.name, opts.include_all) {
+        if w.shape.len() != 2
+            || !w.dtype.is_float()
+            || keeps_float(stem, &w.name, opts.include_all || opts.from_gguf)
+        {
             continue;
         }
         let Some([(t, 0)]) = readers.get(w.name.as_str()).map(|v| v.as_slice()) else { continue };
@@ -107,7 +129,15 @@ pub fn plan(model: &Model, stem: &str, opts: &LowbitOptions) -> Vec<Site> {
         if m.op_type != "MatMul" || !m.domain.is_empty() {
             continue;
         }
-        sites.push(Site { weight: w.name.clone(), n: w.shape[0], k: w.shape[1], node: t.name.clone() });
+        sites.push(Site {
+            weight: w.name.clone(),
+            n: w.shape[0],
+            k: w.shape[1],
+            node: t.name.clone(),
+            bits: opts.bits,
+            block: opts.block_size,
+            from_file: false,
+        });
     }
     sites
 }
@@ -128,35 +158,35 @@ pub fn per_channel(target: Target, bits: Bits) -> bool {
 }
 
 /// The block size used for a site: `K` for per-channel scales.
-pub fn effective_block(site: &Site, target: Target, opts: &LowbitOptions) -> usize {
-    if per_channel(target, opts.bits) {
+pub fn effective_block(site: &Site, target: Target) -> usize {
+    if per_channel(target, site.bits) {
         site.k.max(1)
     } else {
-        opts.block_size
+        site.block
     }
 }
 
 /// The (codes, scales) initializer dims of `site`.
-pub fn dims(site: &Site, target: Target, opts: &LowbitOptions) -> (Vec<usize>, Vec<usize>) {
-    if per_channel(target, opts.bits) {
+pub fn dims(site: &Site, target: Target) -> (Vec<usize>, Vec<usize>) {
+    if per_channel(target, site.bits) {
         (vec![site.k, site.n], vec![site.n])
     } else {
-        (vec![site.k, site.n], vec![site.k.div_ceil(opts.block_size), site.n])
+        (vec![site.k, site.n], vec![site.k.div_ceil(site.block), site.n])
     }
 }
 
 /// Replaces each site's Transpose by its `DequantizeLinear` (same output name) and records the
 /// storage in the model's metadata. The initializers are added by the writer.
-pub fn rewrite(g: &mut GraphProto, sites: &[Site], target: Target, opts: &LowbitOptions) {
+pub fn rewrite(g: &mut GraphProto, sites: &[Site], target: Target) {
     let by_node: HashMap<&str, &Site> = sites.iter().map(|s| (s.node.as_str(), s)).collect();
     for n in g.node.iter_mut() {
         let Some(site) = by_node.get(n.name.as_str()) else { continue };
         let mut attrs = Vec::new();
-        if per_channel(target, opts.bits) {
+        if per_channel(target, site.bits) {
             attrs.push(attr::int("axis", 1));
         } else {
             attrs.push(attr::int("axis", 0));
-            attrs.push(attr::int("block_size", opts.block_size as i64));
+            attrs.push(attr::int("block_size", site.block as i64));
         }
         *n = NodeProto {
             input: vec![code_name(&site.weight), scale_name(&site.weight)],
@@ -170,32 +200,46 @@ pub fn rewrite(g: &mut GraphProto, sites: &[Site], target: Target, opts: &Lowbit
     }
 }
 
-/// The `metadata_props` entry describing the weight storage.
+/// The `metadata_props` entry describing the weight storage: each form with its count of
+/// linears (and how many took a GGUF file's own codes).
 pub fn metadata(
     sites: &[Site],
     total_linears: usize,
     target: Target,
     opts: &LowbitOptions,
 ) -> StringStringEntryProto {
-    let scales = if per_channel(target, opts.bits) {
-        "per output channel".to_string()
-    } else {
-        format!("block {}", opts.block_size)
+    let mut forms: std::collections::BTreeMap<String, (usize, usize)> = Default::default();
+    for s in sites {
+        let scales = if per_channel(target, s.bits) {
+            "per output channel".to_string()
+        } else {
+            format!("block {}", s.block)
+        };
+        let e = forms.entry(format!("{} symmetric, {scales}", s.bits.name())).or_default();
+        e.0 += 1;
+        e.1 += usize::from(s.from_file);
+    }
+    let parts: Vec<String> = forms
+        .iter()
+        .map(|(f, (n, file))| match file {
+            0 => format!("{f}: {n}"),
+            _ => format!("{f}: {n} ({file} the GGUF file's own codes)"),
+        })
+        .collect();
+    let policy = match (opts.from_gguf, opts.include_all) {
+        (true, _) => " (as the GGUF file stores them; its float tensors stay float)",
+        (false, true) => " (all)",
+        (false, false) => " (embedders, modulation, final layer float)",
     };
     StringStringEntryProto {
         key: "flux2.weights_precision".into(),
-        value: format!(
-            "{} symmetric, {scales}: {} of {total_linears} linear weights{}",
-            opts.bits.name(),
-            sites.len(),
-            if opts.include_all { " (all)" } else { " (embedders, modulation, final layer float)" }
-        ),
+        value: format!("{}; {} of {total_linears} linear weights{policy}", parts.join("; "), sites.len()),
     }
 }
 
 /// Number of `Transpose → MatMul` linears in a graph (the denominator in the metadata).
 pub fn count_linears(model: &Model, stem: &str) -> usize {
-    plan(model, stem, &LowbitOptions { bits: Bits::Int8, block_size: 32, include_all: true }).len()
+    plan(model, stem, &LowbitOptions::fixed(Bits::Int8, 32, true)).len()
 }
 
 #[cfg(test)]

@@ -17,7 +17,7 @@ fn tiny_dit() -> Model {
 #[test]
 fn dit_policy_keeps_embedders_modulation_and_final_layer_float() {
     let m = tiny_dit();
-    let lo = LowbitOptions { bits: Bits::Int4, block_size: 32, include_all: false };
+    let lo = LowbitOptions::fixed(Bits::Int4, 32, false);
     let sites = plan(&m, "transformer", &lo);
     let names: Vec<&str> = sites.iter().map(|s| s.weight.as_str()).collect();
     for kept in ["x_embedder.weight", "context_embedder.weight", "proj_out.weight", "norm_out.linear.weight"]
@@ -42,11 +42,11 @@ fn dit_policy_keeps_embedders_modulation_and_final_layer_float() {
 #[test]
 fn rewrite_puts_a_blocked_dequantize_in_place_of_each_transpose() {
     let m = tiny_dit();
-    let lo = LowbitOptions { bits: Bits::Int8, block_size: 32, include_all: false };
+    let lo = LowbitOptions::fixed(Bits::Int8, 32, false);
     let sites = plan(&m, "transformer", &lo);
     let mut g = m.proto.graph.clone().expect("graph");
     let before = g.node.len();
-    rewrite(&mut g, &sites, Target::Ort, &lo);
+    rewrite(&mut g, &sites, Target::Ort);
     assert_eq!(g.node.len(), before);
     let dq: Vec<_> = g.node.iter().filter(|n| n.op_type == "DequantizeLinear").collect();
     assert_eq!(dq.len(), sites.len());
@@ -59,10 +59,10 @@ fn rewrite_puts_a_blocked_dequantize_in_place_of_each_transpose() {
     }
     // TensorRT INT8: per output channel
     let mut g = m.proto.graph.clone().expect("graph");
-    rewrite(&mut g, &sites, Target::TensorRt, &lo);
+    rewrite(&mut g, &sites, Target::TensorRt);
     let n = g.node.iter().find(|n| n.op_type == "DequantizeLinear").expect("a DQ");
     assert_eq!(n.attribute.len(), 1);
     assert_eq!((n.attribute[0].name.as_str(), n.attribute[0].i), ("axis", 1));
-    let (_, sd) = dims(&sites[0], Target::TensorRt, &lo);
+    let (_, sd) = dims(&sites[0], Target::TensorRt);
     assert_eq!(sd, vec![sites[0].n]);
 }
