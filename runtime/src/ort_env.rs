@@ -228,6 +228,9 @@ fn cpu_builder(path: &Path, opts: &SessionOptions, optimize: bool) -> Result<Ses
     builder = builder
         .with_config_entry("session.qdq_matmulnbits_accuracy_level", nbits_accuracy_level())
         .map_err(|e| ctx(e.into()))?;
+    for (k, v) in extra_config() {
+        builder = builder.with_config_entry(k, v).map_err(|e| ctx(e.into()))?;
+    }
     if is_dit_part(path) {
         // Step caching alternates four DiT part sessions per step; an idle session's threads
         // spinning for work would take the cores from the one that runs.
@@ -270,12 +273,15 @@ fn cpu_identity() -> String {
 /// The key fields of a CPU session besides the source graph (see [`crate::session_cache`]).
 fn cache_settings(path: &Path, opts: &SessionOptions) -> Result<BTreeMap<String, String>, RuntimeError> {
     environment()?;
-    let options = format!(
+    let mut options = format!(
         "intra_threads={} optimization=all qdq_fusion={} prepack=parallel nbits_accuracy={}",
         opts.intra_threads,
         qdq_fusion(path, opts),
         nbits_accuracy_level()
     );
+    for (k, v) in extra_config() {
+        options.push_str(&format!(" {k}={v}"));
+    }
     Ok([
         ("ort".to_string(), ort_identity()),
         ("cpu".to_string(), cpu_identity()),
@@ -388,6 +394,25 @@ pub fn nbits_accuracy_level() -> &'static str {
         Ok("4") => "4",
         _ => "0",
     }
+}
+
+/// Extra ONNX Runtime session config entries from `FLUX2_ORT_CONFIG` (`key=value,key=value`),
+/// for measuring settings such as `session.disable_prepacking=1` or
+/// `session.use_device_allocator_for_initializers=1` without a rebuild (they are part of the
+/// session cache's key). Malformed items are skipped with a warning.
+pub fn extra_config() -> Vec<(String, String)> {
+    let Ok(text) = std::env::var("FLUX2_ORT_CONFIG") else { return Vec::new() };
+    text.split(',')
+        .map(str::trim)
+        .filter(|i| !i.is_empty())
+        .filter_map(|item| match item.split_once('=') {
+            Some((k, v)) if !k.trim().is_empty() => Some((k.trim().to_string(), v.trim().to_string())),
+            _ => {
+                log::warn!("FLUX2_ORT_CONFIG: '{item}' is not key=value; skipped");
+                None
+            }
+        })
+        .collect()
 }
 
 /// The `precision` the `manifest.json` beside `path` gives its graph, if any.
