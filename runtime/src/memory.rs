@@ -44,6 +44,15 @@ impl StagePeaks {
         self.overall = Some(self.overall.map_or(b, |v| v.max(b)));
     }
 
+    /// Drops stage `name`'s figure (a stage that had nothing to do) and recomputes `overall`.
+    pub fn forget(&mut self, name: &str) {
+        if let Some(slot) = self.slot(name) {
+            *slot = None;
+        }
+        let stages = [self.load, self.text_encoder, self.vae_encode, self.denoise, self.vae_decode];
+        self.overall = stages.into_iter().flatten().max();
+    }
+
     /// Stage by stage the larger of `self` and `other` (peaks over several generations).
     pub fn max(&self, other: &StagePeaks) -> StagePeaks {
         let m = |a: Option<u64>, b: Option<u64>| match (a, b) {
@@ -172,6 +181,8 @@ mod tests {
         assert_eq!(p.text_encoder, Some(12));
         assert_eq!(p.vae_decode, None);
         assert_eq!(p.overall, Some(99));
+        p.forget("text_encoder");
+        assert_eq!((p.text_encoder, p.overall), (None, Some(10)));
         let q = StagePeaks { vae_decode: Some(3), denoise: Some(11), ..Default::default() };
         let m = p.max(&q);
         assert_eq!((m.denoise, m.vae_decode, m.text_encoder), (Some(11), Some(3), Some(12)));

@@ -415,6 +415,12 @@ impl Pipeline {
             self.stage("vae_decode", &["vae_decoder"], &["vae_decoder"], |p| p.decode(&latents))?;
         timings.vae_decode = t;
         timings.total = started.elapsed().as_secs_f64() - (self.load_time - loaded);
+        if timings.text_encoder_use == EncoderUse::NotNeeded {
+            self.peaks.forget("text_encoder");
+        }
+        if plan.references.is_empty() {
+            self.peaks.forget("vae_encode");
+        }
         (timings.load, timings.memory, timings.ort) = (self.load_time, self.peaks, self.ort_time);
         let seeds = match req.noise {
             Some(_) => vec![],
