@@ -35,13 +35,14 @@ impl StagePeaks {
         })
     }
 
-    /// Records a peak for stage `name`, keeping the larger of it and what is there.
+    /// Records a peak for stage `name`, keeping the larger of it and what is there (an unknown
+    /// stage name records nothing).
     pub fn record(&mut self, name: &str, bytes: Option<u64>) {
         let Some(b) = bytes else { return };
         if let Some(slot) = self.slot(name) {
             *slot = Some(slot.map_or(b, |v| v.max(b)));
+            self.overall = Some(self.overall.map_or(b, |v| v.max(b)));
         }
-        self.overall = Some(self.overall.map_or(b, |v| v.max(b)));
     }
 
     /// Drops stage `name`'s figure (a stage that had nothing to do) and recomputes `overall`.
@@ -180,12 +181,16 @@ mod tests {
         assert_eq!(p.denoise, Some(10));
         assert_eq!(p.text_encoder, Some(12));
         assert_eq!(p.vae_decode, None);
-        assert_eq!(p.overall, Some(99));
+        assert_eq!(p.overall, Some(12));
+        let q =
+            StagePeaks { vae_decode: Some(3), denoise: Some(11), overall: Some(11), ..Default::default() };
+        let m = p.max(&q);
+        assert_eq!(
+            (m.denoise, m.vae_decode, m.text_encoder, m.overall),
+            (Some(11), Some(3), Some(12), Some(12))
+        );
         p.forget("text_encoder");
         assert_eq!((p.text_encoder, p.overall), (None, Some(10)));
-        let q = StagePeaks { vae_decode: Some(3), denoise: Some(11), ..Default::default() };
-        let m = p.max(&q);
-        assert_eq!((m.denoise, m.vae_decode, m.text_encoder), (Some(11), Some(3), Some(12)));
     }
 
     #[cfg(target_os = "linux")]

@@ -45,6 +45,12 @@ use flux2_runtime::tensor_file::{write_tensors, Tensor};
 /// full / first-block-only / skipped DiT evaluations):
 ///   flux2 generate --model shapes --prompt "a red circle on a blue background" --cache fbc:0.1 --json --out c.png
 ///
+/// Memory: one stage's session is resident at a time (the text encoder is dropped before the
+/// DiT is created, the DiT before the VAE decoder), and --json reports the peak RSS of each
+/// stage (`peak_rss_bytes`: load, text_encoder, denoise, vae_decode, overall; Linux). A prompt
+/// found in the prompt-embedding cache (--prompt-cache, on by default) skips the text encoder,
+/// whose session is then not created (`"text_encoder": "cached"`; the same image bit for bit).
+///
 /// --lora FILE[:SCALE] (repeatable, scale 1 by default) applies adapters at run time: diffusers /
 /// PEFT, BFL / ai-toolkit or kohya files, detected from their keys. The touched DiT weights are
 /// merged in memory and replace the export's at session creation; nothing is written. Quantised
