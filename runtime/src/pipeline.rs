@@ -284,6 +284,13 @@ impl Pipeline {
             let t = Instant::now();
             let s = (self.factory)(&path, overrides)?;
             self.load_time += t.elapsed().as_secs_f64();
+            if self.measure_memory {
+                log::info!(
+                    "session {name}: created in {:.1} s, peak RSS {:.2} GB",
+                    t.elapsed().as_secs_f64(),
+                    crate::memory::peak_rss().unwrap_or(0) as f64 / 1e9
+                );
+            }
             meter.stop(&mut self.peaks, "load");
             // what creation used and freed (graph copies, optimiser buffers) goes back now
             crate::memory::release_free_memory();
