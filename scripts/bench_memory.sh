@@ -12,7 +12,8 @@
 #   scripts/bench_memory.sh [WORK_DIR]       # default /tmp/flux2-bench-memory
 #   FLUX2=target/release/flux2 EXTRA="--prompt-cache off" scripts/bench_memory.sh
 #
-# Prints the JSON summaries (peak_rss_bytes per stage, seconds per stage).
+# Prints the JSON summaries (peak_rss_bytes per stage, seconds per stage) and, on stderr, each
+# session's creation time and peak RSS.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 work="${1:-/tmp/flux2-bench-memory}"
@@ -39,7 +40,7 @@ for run in 1 2 3; do
   echo "== generate, run $run ($(date -u +%T))"
   # (/usr/bin/time's max RSS only covers the last stage: flux2 resets the peak per stage)
   # shellcheck disable=SC2086
-  /usr/bin/time -f "wall %e s" \
+  RUST_LOG="${RUST_LOG:-flux2_runtime=info}" /usr/bin/time -f "wall %e s" \
     "$flux2" generate --model "$work/klein-4b-int4" --prompt "a red fox in the snow" \
     --width 256 --height 256 --steps 1 --json --out "$work/out.png" $extra
 done
