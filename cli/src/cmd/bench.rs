@@ -423,7 +423,7 @@ fn print_summary(outside: &[f64], rate: &[f64], batch: usize, load: f64, peaks: 
     if let Some(r) = Stats::of(rate) {
         println!("images/s: median {:.4} (min {:.4}, max {:.4}; batch {batch})", r.median, r.min, r.max);
     }
-    println!("session creation (once): {:.1} ms", load * 1e3);
+    println!("session creation (first generation): {:.1} ms", load * 1e3);
     println!("peak RSS per stage: {peaks}");
 }
 
