@@ -34,6 +34,8 @@ mod batch;
 mod cached;
 #[path = "pipeline_denoise.rs"]
 mod denoise;
+#[path = "pipeline_memory.rs"]
+mod memory;
 #[path = "pipeline_steps.rs"]
 mod steps;
 #[path = "pipeline_text.rs"]
@@ -136,6 +138,36 @@ pub struct Timings {
     pub ort: f64,
     /// DiT evaluations (per CFG branch): full, first block only, skipped.
     pub dit: crate::cache::DitCounts,
+    /// Peak RSS per stage (measured only when [`Pipeline::set_measure_memory`] turned it on).
+    pub memory: crate::memory::StagePeaks,
+    /// Whether the text encoder ran, or the prompt cache (or given embeddings) made it unneeded.
+    pub text_encoder_use: EncoderUse,
+}
+
+/// What the text-encoder stage of a generation did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EncoderUse {
+    /// No prompt text to encode (embeddings given).
+    #[default]
+    NotNeeded,
+    /// Every prompt text came from the prompt-embedding cache: the encoder did not run.
+    Cached,
+    /// The encoder ran (for at least one text).
+    Ran,
+}
+
+/// Which sessions a pipeline keeps between stages.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Residency {
+    /// Every session, once created, stays for the next request (a serving process: no
+    /// session is built twice, but the peak holds all stages' weights).
+    #[default]
+    All,
+    /// Only the running stage's session: each is created when its stage starts and dropped
+    /// when it ends, so one stage's weights are resident at a time (`flux2 generate`).
+    Stage,
 }
 
 /// A generated image and how it was made.
@@ -181,6 +213,17 @@ pub struct Pipeline {
     adapters: Vec<AdapterRecord>,
     /// What a calibration run ([`crate::cache::CacheSpec::Record`]) recorded, per branch.
     pub last_cache_records: std::collections::BTreeMap<&'static str, crate::cache::policies::Records>,
+    residency: Residency,
+    /// Whether generations measure their peak RSS per stage (resets the process's `VmHWM`).
+    measure_memory: bool,
+    /// Session creations of the running generation: seconds and peak RSS.
+    load_time: f64,
+    peaks: crate::memory::StagePeaks,
+    prompt_cache: Option<crate::prompt_cache::PromptCache>,
+    /// The text encoder's identity for the prompt cache's keys (computed on first use).
+    text_identity: Option<String>,
+    /// What the last prompt encoding did (taken by the generation that asked for it).
+    encoder_use: Option<EncoderUse>,
 }
 
 impl Pipeline {
@@ -198,6 +241,13 @@ impl Pipeline {
             dit_overrides: Vec::new(),
             adapters: Vec::new(),
             last_cache_records: Default::default(),
+            residency: Residency::All,
+            measure_memory: false,
+            load_time: 0.0,
+            peaks: Default::default(),
+            prompt_cache: None,
+            text_identity: None,
+            encoder_use: None,
         })
     }
 
@@ -224,11 +274,29 @@ impl Pipeline {
         &self.adapters
     }
 
+    /// The session of graph `name`, created on first use: its creation's time and peak RSS
+    /// count as the generation's `load`, and the peak is reset after it so that the stage
+    /// that asked for it measures its own run.
     fn session(&mut self, name: &str) -> Result<&mut Session, RuntimeError> {
         if !self.sessions.contains_key(name) {
             let path = self.model.graph(name)?;
             let overrides: &[Override] = if name == "transformer" { &self.dit_overrides } else { &[] };
+            let mut meter = crate::memory::Meter::new(self.measure_memory);
+            meter.start();
+            let t = Instant::now();
             let s = (self.factory)(&path, overrides)?;
+            self.load_time += t.elapsed().as_secs_f64();
+            if self.measure_memory {
+                log::info!(
+                    "session {name}: created in {:.1} s, peak RSS {:.2} GB",
+                    t.elapsed().as_secs_f64(),
+                    crate::memory::peak_rss().unwrap_or(0) as f64 / 1e9
+                );
+            }
+            meter.stop(&mut self.peaks, "load");
+            // what creation used and freed (graph copies, optimiser buffers) goes back now
+            crate::memory::release_free_memory();
+            meter.start();
             self.sessions.insert(name.to_string(), s);
         }
         self.sessions.get_mut(name).ok_or_else(|| RuntimeError::Run(format!("session {name} vanished")))
@@ -312,22 +380,24 @@ impl Pipeline {
     ) -> Result<Batch, RuntimeError> {
         let plan = self.plan(req)?;
         let mut timings = Timings::default();
+        (self.load_time, self.peaks) = (0.0, Default::default());
         emit(on_event, Event::Stage("loading models"))?;
-        let t = Instant::now();
-        self.load(&plan, req)?;
-        timings.load = t.elapsed().as_secs_f64();
-        let started = Instant::now();
+        if self.residency == Residency::All {
+            self.load(&plan, req)?;
+        }
+        let (started, loaded) = (Instant::now(), self.load_time);
         self.ort_time = 0.0;
 
         emit(on_event, Event::Stage("text encoder"))?;
-        let t = Instant::now();
-        let (cond, uncond) = self.prompt_embeddings(&plan, req)?;
-        timings.text_encoder = t.elapsed().as_secs_f64();
+        let ((cond, uncond), t) =
+            self.stage("text_encoder", &[], &["text_encoder"], |p| p.prompt_embeddings(&plan, req))?;
+        (timings.text_encoder, timings.text_encoder_use) = (t, self.encoder_use.take().unwrap_or_default());
 
         emit(on_event, Event::Stage("vae encode"))?;
-        let t = Instant::now();
-        let (ref_tokens, ref_ids) = self.encode_references(&plan.references)?;
-        timings.vae_encode = t.elapsed().as_secs_f64();
+        let vae_enc: &[&str] = if plan.references.is_empty() { &[] } else { &["vae_encoder"] };
+        let ((ref_tokens, ref_ids), t) =
+            self.stage("vae_encode", vae_enc, vae_enc, |p| p.encode_references(&plan.references))?;
+        timings.vae_encode = t;
 
         let c = self.model.latent_channels();
         let mut latents = batch::Latents::new(&plan, req, c, &ref_tokens)?;
@@ -340,18 +410,27 @@ impl Pipeline {
             )?),
             None => None,
         };
-        self.denoise(&plan, &dit, &mut latents, &mut timings, cache.as_mut(), on_event)?;
+        let dit_graphs: &[&str] = if req.cache.is_some() { &cached::PARTS } else { &["transformer"] };
+        self.stage("denoise", dit_graphs, dit_graphs, |p| {
+            p.denoise(&plan, &dit, &mut latents, &mut timings, cache.as_mut(), &mut *on_event)
+        })?;
         if let Some(c) = &mut cache {
             timings.dit = c.counts;
             self.last_cache_records = c.take_records();
         }
 
         emit(on_event, Event::Stage("vae decode"))?;
-        let t = Instant::now();
-        let images = self.decode(&latents)?;
-        timings.vae_decode = t.elapsed().as_secs_f64();
-        timings.total = started.elapsed().as_secs_f64();
-        timings.ort = self.ort_time;
+        let (images, t) =
+            self.stage("vae_decode", &["vae_decoder"], &["vae_decoder"], |p| p.decode(&latents))?;
+        timings.vae_decode = t;
+        timings.total = started.elapsed().as_secs_f64() - (self.load_time - loaded);
+        if timings.text_encoder_use == EncoderUse::NotNeeded {
+            self.peaks.forget("text_encoder");
+        }
+        if plan.references.is_empty() {
+            self.peaks.forget("vae_encode");
+        }
+        (timings.load, timings.memory, timings.ort) = (self.load_time, self.peaks, self.ort_time);
         let seeds = match req.noise {
             Some(_) => vec![],
             None => (0..plan.num_images).map(|k| batch::image_seed(req, k)).collect(),
@@ -359,13 +438,10 @@ impl Pipeline {
         Ok(Batch { images, seeds, plan, timings })
     }
 
-    /// Creates the sessions a request needs (once per pipeline).
+    /// Creates the sessions a request needs besides the text encoder's (once per pipeline,
+    /// with [`Residency::All`]); the text encoder's is made when a prompt misses the prompt
+    /// cache.
     fn load(&mut self, plan: &Plan, req: &Request) -> Result<(), RuntimeError> {
-        let text = matches!(req.prompt, PromptSource::Text(_))
-            || (plan.cfg && !matches!(req.negative, Some(PromptSource::Embeds(_))));
-        if text {
-            self.session("text_encoder")?;
-        }
         if !plan.references.is_empty() {
             self.session("vae_encoder")?;
         }

@@ -9,7 +9,7 @@
 
 use std::borrow::Cow;
 
-use super::{steps, Pipeline, Plan, PromptSource, Request};
+use super::{steps, EncoderUse, Pipeline, Plan, PromptSource, Request};
 use crate::tensor_file::Tensor;
 use crate::tensors::InputRef;
 use crate::tokenizer::PromptEncoder;
@@ -80,8 +80,46 @@ impl Pipeline {
         self.tokenizer.as_ref().ok_or_else(|| RuntimeError::Run("tokenizer not loaded".into()))
     }
 
-    /// Embeddings `[1, L, ctx]` of each `(name, text)`, from one text-encoder call.
+    /// Embeddings `[1, L, ctx]` of each `(name, text)`: from the prompt cache where it has
+    /// them, the others from one text-encoder call (whose session is created only then).
     fn encode_texts(&mut self, texts: &[(&str, &str)], max_len: usize) -> Result<Vec<Tensor>, RuntimeError> {
+        if texts.is_empty() {
+            self.encoder_use = Some(EncoderUse::NotNeeded);
+            return Ok(vec![]);
+        }
+        let mut keys = Vec::with_capacity(texts.len());
+        let mut found = Vec::with_capacity(texts.len());
+        for (_, text) in texts {
+            let key = self.prompt_key(text, max_len)?;
+            found.push(key.and_then(|k| self.prompt_cache.as_mut()?.get(&k)));
+            keys.push(key);
+        }
+        let missing: Vec<(&str, &str)> =
+            texts.iter().zip(&found).filter(|(_, f)| f.is_none()).map(|(t, _)| *t).collect();
+        self.encoder_use = Some(if missing.is_empty() { EncoderUse::Cached } else { EncoderUse::Ran });
+        let mut encoded = self.run_encoder(&missing, max_len)?.into_iter();
+        let mut out = Vec::with_capacity(texts.len());
+        for (f, key) in found.into_iter().zip(keys) {
+            let t = match f {
+                Some(t) => t,
+                None => {
+                    let t = encoded
+                        .next()
+                        .ok_or_else(|| RuntimeError::Run("text encoder returned too few rows".into()))?;
+                    if let (Some(k), Some(c)) = (key, self.prompt_cache.as_mut()) {
+                        c.counts.misses += 1;
+                        c.put(k, &t);
+                    }
+                    t
+                }
+            };
+            out.push(t);
+        }
+        Ok(out)
+    }
+
+    /// Embeddings `[1, L, ctx]` of each `(name, text)`, from one text-encoder call.
+    fn run_encoder(&mut self, texts: &[(&str, &str)], max_len: usize) -> Result<Vec<Tensor>, RuntimeError> {
         if texts.is_empty() {
             return Ok(vec![]);
         }

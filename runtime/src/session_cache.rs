@@ -217,7 +217,7 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 /// Size, modification time, inode and (up to [`HASH_WHOLE_MAX`]) content hash of a file.
-fn fingerprint(path: &Path) -> Option<String> {
+pub(crate) fn fingerprint(path: &Path) -> Option<String> {
     let m = std::fs::metadata(path).ok()?;
     let content = if m.len() <= HASH_WHOLE_MAX {
         let mut h = Sha256::new();
@@ -231,7 +231,7 @@ fn fingerprint(path: &Path) -> Option<String> {
 
 /// The external weight files an export keeps beside a graph: `<file>.data` (copy mode) and
 /// `weights/<stem>/*` (link mode), with their fingerprints (size, time, inode; sampled hash).
-fn weight_files(source: &Path) -> Vec<(String, String)> {
+pub(crate) fn weight_files(source: &Path) -> Vec<(String, String)> {
     let mut out = Vec::new();
     let Some(dir) = source.parent() else { return out };
     let Some(name) = source.file_name().and_then(|n| n.to_str()) else { return out };

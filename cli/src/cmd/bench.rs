@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use flux2_runtime::cpu::CpuInfo;
 use flux2_runtime::images::{write_png, Chw, Reference};
-use flux2_runtime::pipeline::{Pipeline, PromptSource, Request, SessionFactory, Timings};
+use flux2_runtime::memory::StagePeaks;
+use flux2_runtime::pipeline::{Pipeline, PromptSource, Request, Residency, SessionFactory, Timings};
+use flux2_runtime::prompt_cache::PromptCache;
 use flux2_runtime::session_cache::CacheCounts;
 use flux2_runtime::tensor_file::{read_tensor, Tensor};
 use flux2_runtime::SessionOptions;
@@ -19,7 +21,10 @@ const LONG_HELP: &str = "\
 Runs --warmup untimed generations, then --runs timed ones, and reports min / median / p90
 of: the text encoder, each DiT step (pooled over runs), the VAE encoder (per generation,
 all references), the VAE decoder and the whole generation, plus the share of time spent
-outside ONNX Runtime calls (our own overhead), session creation and peak RSS. --refs N
+outside ONNX Runtime calls (our own overhead), session creation and the peak RSS of each
+stage (session creation, text encoder, VAE encode, denoise, VAE decode; Linux). --residency
+stage drops each stage's session when it ends (as `flux2 generate` does), so the peaks show
+one stage's weights at a time; the default keeps all sessions, as a server would. --refs N
 benchmarks editing with N synthetic reference images of the output size. --batch N makes N
 images per generation (seeds 0..N, as `flux2 generate --num-images N`): the stages are then
 times per batch, and images/s is N over the end-to-end time.
@@ -95,6 +100,15 @@ pub struct Args {
     /// ONNX Runtime intra-op threads for the cpu provider [default: one per core].
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Sessions kept between stages: all (created once, reused: a serving process) or stage
+    /// (each stage's session created when it starts and dropped when it ends, as `flux2
+    /// generate` runs: one stage's weights resident at a time, sessions rebuilt every run).
+    #[arg(long, value_name = "all|stage", default_value = "all")]
+    pub residency: String,
+    /// Prompt-embedding cache: off (the text encoder runs every time, so it is timed), auto
+    /// (<model>/.flux2-prompt-cache/ or the user cache folder) or a folder.
+    #[arg(long, value_name = "off|auto|DIR", default_value = "off")]
+    pub prompt_cache: String,
     /// Also write the results as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -142,14 +156,6 @@ impl Stats {
             mean: s.iter().sum::<f64>() / s.len() as f64,
         })
     }
-}
-
-/// Peak resident set size of this process in bytes (`VmHWM` of /proc/self/status), if known.
-pub fn peak_rss() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
 }
 
 /// Writes `n` deterministic smooth-gradient PNGs of the output size (at least the pipeline's
@@ -214,6 +220,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     let mut pipe = Pipeline::new(&args.model, make_factory(&args)?)?;
     super::generate::apply_adapters(&mut pipe, &args.lora)?;
+    pipe.set_residency(match args.residency.as_str() {
+        "all" => Residency::All,
+        "stage" => Residency::Stage,
+        r => bail!("--residency {r}: expected all or stage"),
+    });
+    pipe.set_measure_memory(true);
+    pipe.set_prompt_cache(PromptCache::from_option(&args.prompt_cache, &args.model)?);
     let has_text = pipe.model.entry("text_encoder").is_some();
     let prompt = match (&args.prompt_embeds, has_text) {
         (Some(p), _) => PromptSource::Embeds(read_tensor(p, "prompt_embeds")?),
@@ -242,7 +255,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         // true CFG without a text encoder: the empty negative prompt's embeddings are random too
         req.negative = Some(random_embeds(&pipe, args.max_sequence_length, 2)?);
     }
-    let result = measure(&mut pipe, &req, &args).and_then(|(runs, load, steps, image)| {
+    let mut peaks = StagePeaks::default();
+    let result = measure(&mut pipe, &req, &args, &mut peaks).and_then(|(runs, load, steps, image)| {
         let against = match &args.against {
             Some(dir) => {
                 let counts = (args.warmup, args.runs);
@@ -267,14 +281,21 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let _ = std::fs::remove_dir_all(&tmp);
     }
     let (runs, load, steps, against) = result?;
-    report(&args, &pipe, &runs, (load, steps, against), matches!(req.prompt, PromptSource::Text(_)))
+    let text = matches!(req.prompt, PromptSource::Text(_));
+    report(&args, &pipe, &runs, (load, steps, against, peaks), text)
 }
 
 /// Warm-up and timed runs: (timings of the timed runs, session creation seconds, steps, the
-/// last batch's images, concatenated).
+/// last batch's images, concatenated). The peak RSS per stage over every generation (warm-up
+/// included: the first one creates the sessions) goes into `peaks`.
 type Measured = (Vec<Timings>, f64, usize, Vec<f32>);
 
-fn measure(pipe: &mut Pipeline, req: &Request, args: &Args) -> anyhow::Result<Measured> {
+fn measure(
+    pipe: &mut Pipeline,
+    req: &Request,
+    args: &Args,
+    peaks: &mut StagePeaks,
+) -> anyhow::Result<Measured> {
     let plan = pipe.plan(req)?;
     if req.cache.is_some() {
         if let Some(note) = pipe.cache_advice(&plan) {
@@ -290,6 +311,7 @@ fn measure(pipe: &mut Pipeline, req: &Request, args: &Args) -> anyhow::Result<Me
     for i in 0..args.warmup + args.runs {
         pb.set_message(if i < args.warmup { "warm-up" } else { "timed" });
         let out = pipe.generate_batch(req, &mut |_| std::ops::ControlFlow::Continue(()))?;
+        *peaks = peaks.max(&out.timings.memory);
         if i == 0 {
             load = out.timings.load;
         }
@@ -323,7 +345,7 @@ fn report(
     args: &Args,
     pipe: &Pipeline,
     runs: &[Timings],
-    (load, steps, against): (f64, usize, Option<serde_json::Value>),
+    (load, steps, against, peaks): (f64, usize, Option<serde_json::Value>, StagePeaks),
     text: bool,
 ) -> anyhow::Result<()> {
     let stages = stage_samples(runs, text, args.refs > 0);
@@ -333,7 +355,8 @@ fn report(
     let json_stages = print_stages(&stages);
     let outside: Vec<f64> = runs.iter().map(|t| (t.total - t.ort) / t.total.max(1e-12)).collect();
     let rate: Vec<f64> = runs.iter().map(|t| args.batch as f64 / t.total.max(1e-12)).collect();
-    print_summary(&outside, &rate, args.batch, load);
+    print_summary(&outside, &rate, args.batch, load, &peaks);
+    let encoder = runs.last().map(|t| t.text_encoder_use).unwrap_or_default();
     let cache = cache_counts(pipe);
     println!(
         "session cache: {} graph(s) loaded from it, {} written, {} stale or damaged entries rebuilt",
@@ -359,7 +382,11 @@ fn report(
             "images_per_second": {"stats": Stats::of(&rate), "samples": rate},
             "session_creation": load,
             "session_cache": {"hits": cache.hits, "writes": cache.writes, "rejected": cache.rejected},
-            "peak_rss_bytes": peak_rss(),
+            "peak_rss_bytes": peaks.overall,
+            "peak_rss_per_stage": peaks,
+            "residency": pipe.residency(),
+            "text_encoder": encoder,
+            "prompt_cache": pipe.prompt_cache().map(|c| json!({"dir": c.dir(), "counts": c.counts})),
             "against": against,
             "cache": args.cache,
             "dit_evaluations": dit,
@@ -385,7 +412,7 @@ fn cache_counts(pipe: &Pipeline) -> CacheCounts {
 }
 
 /// Prints the share outside ONNX Runtime, images/s, session creation and peak RSS.
-fn print_summary(outside: &[f64], rate: &[f64], batch: usize, load: f64) {
+fn print_summary(outside: &[f64], rate: &[f64], batch: usize, load: f64, peaks: &StagePeaks) {
     if let Some(f) = Stats::of(outside) {
         println!(
             "time outside ONNX Runtime calls: median {:.2}% (max {:.2}%) of end to end",
@@ -396,11 +423,8 @@ fn print_summary(outside: &[f64], rate: &[f64], batch: usize, load: f64) {
     if let Some(r) = Stats::of(rate) {
         println!("images/s: median {:.4} (min {:.4}, max {:.4}; batch {batch})", r.median, r.min, r.max);
     }
-    println!("session creation (once): {:.1} ms", load * 1e3);
-    match peak_rss() {
-        Some(b) => println!("peak RSS: {:.1} MiB", b as f64 / (1 << 20) as f64),
-        None => println!("peak RSS: unknown (no /proc/self/status)"),
-    }
+    println!("session creation (first generation): {:.1} ms", load * 1e3);
+    println!("peak RSS per stage: {peaks}");
 }
 
 /// Prints the min / median / p90 table; returns the stages as JSON (stats and samples).

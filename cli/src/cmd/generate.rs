@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use flux2_runtime::images::Reference;
 use flux2_runtime::lora::AdapterSpec;
-use flux2_runtime::pipeline::{Batch, Event, Pipeline, SessionFactory};
+use flux2_runtime::pipeline::{Batch, Event, Pipeline, Residency, SessionFactory};
+use flux2_runtime::prompt_cache::PromptCache;
 use flux2_runtime::request::GenerateArgs;
 use flux2_runtime::tensor_file::{write_tensors, Tensor};
 
@@ -43,6 +44,12 @@ use flux2_runtime::tensor_file::{write_tensors, Tensor};
 /// CFG branches keep separate caches. --json prints a summary on stdout (seconds per stage,
 /// full / first-block-only / skipped DiT evaluations):
 ///   flux2 generate --model shapes --prompt "a red circle on a blue background" --cache fbc:0.1 --json --out c.png
+///
+/// Memory: one stage's session is resident at a time (the text encoder is dropped before the
+/// DiT is created, the DiT before the VAE decoder), and --json reports the peak RSS of each
+/// stage (`peak_rss_bytes`: load, text_encoder, denoise, vae_decode, overall; Linux). A prompt
+/// found in the prompt-embedding cache (--prompt-cache, on by default) skips the text encoder,
+/// whose session is then not created (`"text_encoder": "cached"`; the same image bit for bit).
 ///
 /// --lora FILE[:SCALE] (repeatable, scale 1 by default) applies adapters at run time: diffusers /
 /// PEFT, BFL / ai-toolkit or kohya files, detected from their keys. The touched DiT weights are
@@ -118,9 +125,14 @@ pub struct Args {
     /// Step caching: fbc:T, mag:T[,MAX_SKIP,RETENTION], taylor:N[,ORDER], tea:T, or off.
     #[arg(long, value_name = "POLICY", default_value = "off")]
     pub cache: String,
-    /// Print a JSON summary on stdout (timings per stage, DiT evaluations); messages go to stderr.
+    /// Print a JSON summary on stdout (timings and peak RSS per stage, DiT evaluations,
+    /// whether the text encoder ran or the prompt cache answered); messages go to stderr.
     #[arg(long)]
     pub json: bool,
+    /// Prompt-embedding cache: auto (<model>/.flux2-prompt-cache/ when writable, else the user
+    /// cache folder), off, or a folder. A prompt found there skips the text encoder.
+    #[arg(long, value_name = "auto|off|DIR", default_value = "auto")]
+    pub prompt_cache: String,
 }
 
 /// Parses `--lora` arguments and applies them to the pipeline's DiT, reporting what changed.
@@ -192,6 +204,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let req = generate_args(&args).into_request()?;
     let mut pipe = Pipeline::new(&args.model, factory_refit(&args.provider, args.refit_from.as_deref())?)?;
     apply_adapters(&mut pipe, &args.lora)?;
+    // one request: only the running stage's weights need to be resident
+    pipe.set_residency(Residency::Stage);
+    pipe.set_measure_memory(true);
+    pipe.set_prompt_cache(PromptCache::from_option(&args.prompt_cache, &args.model)?);
     let plan = pipe.plan(&req)?; // validate before any model runs
     if req.cache.is_some() {
         if let Some(note) = pipe.cache_advice(&plan) {
@@ -209,16 +225,18 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     pb.finish_and_clear();
     let written = write_outputs(&args, &pipe, &out)?;
     if args.json {
-        print_json(&args, &out, &written)?;
+        print_json(&args, &pipe, &out, &written)?;
     } else {
         print_timings(&out);
+        println!("peak RSS: {}", out.timings.memory);
     }
     Ok(())
 }
 
 /// `--json`: what was written, the timings per stage and the DiT evaluations.
-fn print_json(args: &Args, out: &Batch, written: &[PathBuf]) -> anyhow::Result<()> {
+fn print_json(args: &Args, pipe: &Pipeline, out: &Batch, written: &[PathBuf]) -> anyhow::Result<()> {
     let t = &out.timings;
+    let cache = pipe.prompt_cache().map(|c| serde_json::json!({"dir": c.dir(), "counts": c.counts}));
     let summary = serde_json::json!({
         "images": written,
         "seeds": out.seeds,
@@ -238,6 +256,10 @@ fn print_json(args: &Args, out: &Batch, written: &[PathBuf]) -> anyhow::Result<(
             "onnx_runtime": t.ort,
         },
         "dit_evaluations": t.dit,
+        "text_encoder": t.text_encoder_use,
+        "prompt_cache": cache,
+        "residency": pipe.residency(),
+        "peak_rss_bytes": t.memory,
     });
     println!("{}", serde_json::to_string_pretty(&summary)?);
     Ok(())
