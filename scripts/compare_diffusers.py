@@ -94,6 +94,7 @@ def parse_args():
     p.add_argument("--vae-widths", default="32,64,128,128", help="VAE block_out_channels (released: 128,256,512,512)")
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--no-int8", action="store_true", help="skip the INT8 calibration and its timing")
+    p.add_argument("--reuse-int8", action="store_true", help="time the INT8 folder of an earlier run (WORK/int8) instead of calibrating again")
     return p.parse_args()
 
 
@@ -280,7 +281,7 @@ def main():
     run([a.flux2, "export", "--checkpoint", ckpt, "--out", onnx])
     export_s = time.perf_counter() - t
     int8, calib_s = work / "int8", None
-    if not a.no_int8:
+    if not a.no_int8 and not (a.reuse_int8 and (int8 / "manifest.json").is_file()):
         if int8.exists():
             shutil.rmtree(int8)
         t = time.perf_counter()
