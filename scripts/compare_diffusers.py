@@ -323,7 +323,7 @@ def main():
         psnr_f32 = ours["against"]["image_psnr_db"]
         print(f"end-to-end speed-up int8: {ref_e2e / int8_e2e:.2f}x (target >= 2x); same-noise image PSNR vs "
               f"diffusers {quality_int8:.1f} dB (target >= 30), vs flux2 f32 {psnr_f32:.1f} dB; "
-              f"calibration {calib_s:.0f} s")
+              f"calibration {'reused (--reuse-int8)' if calib_s is None else f'{calib_s:.0f} s'}")
     summary = dict(
         config=cfg, width=a.width, height=a.height, steps=a.steps, runs=a.runs, warmup=a.warmup, threads=a.threads,
         versions=dict(diffusers=diffusers.__version__, transformers=transformers.__version__, torch=torch.__version__),
