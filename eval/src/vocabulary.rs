@@ -243,19 +243,9 @@ fn check_resolution(r: &Resolution) -> std::result::Result<(), String> {
     Ok(())
 }
 
-/// The shift spellings `flux2 generate --shift` takes (checked here without the runtime).
+/// A shift as `flux2 generate --shift` spells it (the runtime's own parser).
 fn check_shift(s: &str) -> std::result::Result<(), String> {
-    let ok = match s.split_once(':') {
-        None => s == "empirical" || s == "resolution",
-        Some(("resolution", n)) => n.parse::<usize>().is_ok_and(|n| n > 0),
-        Some(("fixed", a)) => a.parse::<f64>().is_ok_and(|a| a.is_finite() && a > 0.0),
-        _ => false,
-    };
-    if ok {
-        Ok(())
-    } else {
-        Err(format!("shift \"{s}\" is not empirical, resolution[:BASE_TOKENS] or fixed:ALPHA"))
-    }
+    s.parse::<flux2_runtime::schedule::Shift>().map(|_| ()).map_err(|e| format!("shift \"{s}\": {e}"))
 }
 
 /// Where [`Vocabulary::locate`] looks, in order.

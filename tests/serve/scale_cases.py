@@ -74,6 +74,18 @@ def stats(server, model):
                 cache_hits=count(s["inference_stats"].get("cache_hit", {})))
 
 
+def settled_stats(server, model, before, requests, timeout=10.0):
+    """The model's statistics once they count `requests` more inferences than `before`: Triton
+    records a request's statistics when it releases the request, which may come after the client
+    has its response (a run once read both counts unchanged right after 8 answered requests)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        now = stats(server, model)
+        if now["inferences"] - before["inferences"] >= requests or time.monotonic() > deadline:
+            return now
+        time.sleep(0.05)
+
+
 def test_scale_repository_configs_and_refusals(ctx):
     repo = repository(ctx, "repo-scale-schema", *SCALE_ARGS, "--preferred-batch-sizes", "4,8")
     assert sorted(os.listdir(repo)) == ["flux2", "flux2_stream", "flux2_text_encoder", "text_encoder", "transformer",
@@ -131,7 +143,7 @@ def check_batching(ctx, server, singles):
     jobs = [dict(BASE, seed=s, prompt=p) for s, p in singles]
     with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
         images = list(pool.map(lambda kw: infer(server, **kw), jobs))
-    after = stats(server, "flux2")
+    after = settled_stats(server, "flux2", before, len(jobs))
     requests, executions = after["inferences"] - before["inferences"], after["executions"] - before["executions"]
     assert requests == 8 and executions < requests, f"{executions} executions for {requests} requests: no batching"
     for (seed, prompt), image in zip(singles, images):

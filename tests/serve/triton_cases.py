@@ -47,6 +47,7 @@ def test_repository_configs_parse_with_triton_schema(ctx):
         "negative_prompt": ("TYPE_STRING", [1], True),
         "references": ("TYPE_STRING", [-1], True),
         "num_images": ("TYPE_INT32", [1], True),
+        "cache": ("TYPE_STRING", [1], True),
     }, types
     outs = [(o.name, model_config_pb2.DataType.Name(o.data_type), list(o.dims)) for o in cfg.output]
     assert outs == [("image", "TYPE_UINT8", [-1, -1, 3]), ("images", "TYPE_UINT8", [-1, -1, -1, 3])], outs

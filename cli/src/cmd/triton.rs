@@ -173,8 +173,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A step-caching default needs the DiT parts in the export (and, for mag/tea, its
-/// calibration): checked now rather than at the first request.
+/// A step-caching default needs the DiT parts in the export: checked now rather than at the
+/// first request.
 fn check_cache_parts(model: &std::path::Path, spec: &str) -> anyhow::Result<()> {
     let manifest = model.join("manifest.json");
     let text = std::fs::read_to_string(&manifest)
