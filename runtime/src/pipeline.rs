@@ -36,6 +36,8 @@ mod cached;
 mod denoise;
 #[path = "pipeline_memory.rs"]
 mod memory;
+#[path = "pipeline_prefetch.rs"]
+mod prefetch;
 #[path = "pipeline_steps.rs"]
 mod steps;
 #[path = "pipeline_text.rs"]
@@ -204,8 +206,10 @@ fn emit(on_event: &mut dyn FnMut(Event) -> ControlFlow<()>, e: Event) -> Result<
 /// The pipeline over one model folder.
 pub struct Pipeline {
     pub model: ModelDir,
-    factory: SessionFactory,
+    factory: std::sync::Arc<dyn Fn(&Path, &[Override]) -> Result<Session, RuntimeError> + Send + Sync>,
     sessions: HashMap<String, Session>,
+    /// Sessions being created on other threads ([`prefetch`]).
+    pending: HashMap<String, prefetch::Pending>,
     tokenizer: Option<PromptEncoder>,
     ort_time: f64,
     /// Merged DiT weights of the active run-time adapters, and what they are.
@@ -234,8 +238,9 @@ impl Pipeline {
         model.graph("vae_decoder")?;
         Ok(Pipeline {
             model,
-            factory,
+            factory: std::sync::Arc::from(factory),
             sessions: HashMap::new(),
+            pending: HashMap::new(),
             tokenizer: None,
             ort_time: 0.0,
             dit_overrides: Vec::new(),
@@ -265,6 +270,7 @@ impl Pipeline {
         };
         self.dit_overrides = overrides;
         self.adapters = records;
+        let _ = self.take_pending("transformer"); // made with the previous weights
         self.sessions.remove("transformer");
         Ok(&self.adapters)
     }
@@ -279,6 +285,13 @@ impl Pipeline {
     /// that asked for it measures its own run.
     fn session(&mut self, name: &str) -> Result<&mut Session, RuntimeError> {
         if !self.sessions.contains_key(name) {
+            if let Some(made) = self.take_pending(name) {
+                self.sessions.insert(name.to_string(), made?);
+                return self
+                    .sessions
+                    .get_mut(name)
+                    .ok_or_else(|| RuntimeError::Run(format!("session {name} vanished")));
+            }
             let path = self.model.graph(name)?;
             let overrides: &[Override] = if name == "transformer" { &self.dit_overrides } else { &[] };
             let mut meter = crate::memory::Meter::new(self.measure_memory);
@@ -319,6 +332,7 @@ impl Pipeline {
     /// Creates the sessions of the named graphs now instead of on first use (a server's warm
     /// start: ready only once they exist). A graph the export lacks fails with its message.
     pub fn create_sessions(&mut self, names: &[&str]) -> Result<(), RuntimeError> {
+        self.prefetch(names)?; // in parallel where the residency allows
         for name in names {
             self.session(name)?;
         }
@@ -441,21 +455,18 @@ impl Pipeline {
     /// Creates the sessions a request needs besides the text encoder's (once per pipeline,
     /// with [`Residency::All`]); the text encoder's is made when a prompt misses the prompt
     /// cache.
+    /// They are started on background threads ([`prefetch`]) and taken when their stage
+    /// begins, so their creation overlaps the text encoder's.
     fn load(&mut self, plan: &Plan, req: &Request) -> Result<(), RuntimeError> {
+        let mut names: Vec<&str> = Vec::new();
         if !plan.references.is_empty() {
-            self.session("vae_encoder")?;
+            names.push("vae_encoder");
         }
         match req.cache {
-            Some(_) => {
-                for p in cached::PARTS {
-                    self.session(p)?;
-                }
-            }
-            None => {
-                self.session("transformer")?;
-            }
+            Some(_) => names.extend(cached::PARTS),
+            None => names.push("transformer"),
         }
-        self.session("vae_decoder")?;
-        Ok(())
+        names.push("vae_decoder");
+        self.prefetch(&names)
     }
 }

@@ -19,6 +19,7 @@ impl Pipeline {
     pub fn set_residency(&mut self, residency: Residency) {
         self.residency = residency;
         if residency == Residency::Stage {
+            let _ = self.settle_pending();
             self.sessions.clear();
             crate::memory::release_free_memory();
         }

@@ -133,6 +133,11 @@ pub struct Args {
     /// cache folder), off, or a folder. A prompt found there skips the text encoder.
     #[arg(long, value_name = "auto|off|DIR", default_value = "auto")]
     pub prompt_cache: String,
+    /// Sessions: stage (one stage's session resident at a time: the least memory) or all (the
+    /// DiT and VAE sessions are created on background threads while the text encoder is made
+    /// and runs: the shortest cold start, all stages' weights resident).
+    #[arg(long, value_name = "stage|all", default_value = "stage")]
+    pub residency: String,
 }
 
 /// Parses `--lora` arguments and applies them to the pipeline's DiT, reporting what changed.
@@ -204,8 +209,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let req = generate_args(&args).into_request()?;
     let mut pipe = Pipeline::new(&args.model, factory_refit(&args.provider, args.refit_from.as_deref())?)?;
     apply_adapters(&mut pipe, &args.lora)?;
-    // one request: only the running stage's weights need to be resident
-    pipe.set_residency(Residency::Stage);
+    // one request: by default only the running stage's weights are resident
+    pipe.set_residency(match args.residency.as_str() {
+        "stage" => Residency::Stage,
+        "all" => Residency::All,
+        r => bail!("--residency {r}: expected stage or all"),
+    });
     pipe.set_measure_memory(true);
     pipe.set_prompt_cache(PromptCache::from_option(&args.prompt_cache, &args.model)?);
     let plan = pipe.plan(&req)?; // validate before any model runs
