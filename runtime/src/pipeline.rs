@@ -49,6 +49,9 @@ mod text;
 /// released).
 pub type SessionFactory = Box<dyn Fn(&Path, &[Override]) -> Result<Session, RuntimeError> + Send + Sync>;
 
+/// The factory as the pipeline keeps it: shared with the threads that create sessions ahead.
+type SharedFactory = std::sync::Arc<dyn Fn(&Path, &[Override]) -> Result<Session, RuntimeError> + Send + Sync>;
+
 /// A prompt as text (encoded with the exported text encoder) or as embeddings [1, L, ctx]
 /// (the same for every image) or [N, L, ctx] (row k for image k of an N-image batch).
 #[derive(Clone, Debug)]
@@ -206,7 +209,7 @@ fn emit(on_event: &mut dyn FnMut(Event) -> ControlFlow<()>, e: Event) -> Result<
 /// The pipeline over one model folder.
 pub struct Pipeline {
     pub model: ModelDir,
-    factory: std::sync::Arc<dyn Fn(&Path, &[Override]) -> Result<Session, RuntimeError> + Send + Sync>,
+    factory: SharedFactory,
     sessions: HashMap<String, Session>,
     /// Sessions being created on other threads ([`prefetch`]).
     pending: HashMap<String, prefetch::Pending>,
