@@ -194,7 +194,16 @@ pub fn cpu_session_with(
     opts: &SessionOptions,
     overrides: &[Override],
 ) -> Result<Session, RuntimeError> {
-    if opts.cache && opts.optimization && overrides.is_empty() && session_cache::enabled_by_env() {
+    // ONNX Runtime 1.31.1 crashes (SIGSEGV) loading its own optimised model when that holds
+    // MatMulNBits kernels pre-packed at accuracy level 4 (seen on an AVX-512 VNNI Zen 4 with a
+    // weight-only INT8 export); level 0, the default, loads fine. So no session cache there.
+    let nbits_safe = nbits_accuracy_level() == "0";
+    if opts.cache
+        && opts.optimization
+        && overrides.is_empty()
+        && nbits_safe
+        && session_cache::enabled_by_env()
+    {
         if let Some(slot) = Slot::new(path, cache_settings(path, opts)?) {
             return cached_session(path, opts, &slot);
         }
@@ -439,7 +448,8 @@ pub fn save_optimized(path: &Path, out: &Path, opts: &SessionOptions) -> Result<
 /// `DequantizeLinear → MatMul` (`flux2 export --weights-precision int8|int4`): `0` (default)
 /// computes in f32 exactly what the dequantised weights give; `4` quantises the activations to
 /// INT8 per block as well (ONNX Runtime's own default, faster on VNNI CPUs, less accurate).
-/// `FLUX2_NBITS_ACCURACY` overrides it (0, 1, 2, 3 or 4).
+/// `FLUX2_NBITS_ACCURACY` overrides it (0, 1, 2, 3 or 4); at any level but 0 sessions bypass
+/// the session cache (see [`cpu_session_with`]).
 pub fn nbits_accuracy_level() -> &'static str {
     match std::env::var("FLUX2_NBITS_ACCURACY").as_deref() {
         Ok("1") => "1",

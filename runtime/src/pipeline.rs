@@ -50,7 +50,8 @@ mod text;
 pub type SessionFactory = Box<dyn Fn(&Path, &[Override]) -> Result<Session, RuntimeError> + Send + Sync>;
 
 /// The factory as the pipeline keeps it: shared with the threads that create sessions ahead.
-type SharedFactory = std::sync::Arc<dyn Fn(&Path, &[Override]) -> Result<Session, RuntimeError> + Send + Sync>;
+type SharedFactory =
+    std::sync::Arc<dyn Fn(&Path, &[Override]) -> Result<Session, RuntimeError> + Send + Sync>;
 
 /// A prompt as text (encoded with the exported text encoder) or as embeddings [1, L, ctx]
 /// (the same for every image) or [N, L, ctx] (row k for image k of an N-image batch).
