@@ -7,7 +7,7 @@ use anyhow::{bail, Context};
 use flux2_runtime::cpu::CpuInfo;
 use flux2_runtime::images::{write_png, Chw, Reference};
 use flux2_runtime::memory::StagePeaks;
-use flux2_runtime::pipeline::{Pipeline, PromptSource, Request, Residency, SessionFactory, Timings};
+use flux2_runtime::pipeline::{Pipeline, PromptSource, Request, SessionFactory, Timings};
 use flux2_runtime::prompt_cache::PromptCache;
 use flux2_runtime::session_cache::CacheCounts;
 use flux2_runtime::tensor_file::{read_tensor, Tensor};
@@ -220,11 +220,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     let mut pipe = Pipeline::new(&args.model, make_factory(&args)?)?;
     super::generate::apply_adapters(&mut pipe, &args.lora)?;
-    pipe.set_residency(match args.residency.as_str() {
-        "all" => Residency::All,
-        "stage" => Residency::Stage,
-        r => bail!("--residency {r}: expected all or stage"),
-    });
+    pipe.set_residency(super::generate::parse_residency(&args.residency)?);
     pipe.set_measure_memory(true);
     pipe.set_prompt_cache(PromptCache::from_option(&args.prompt_cache, &args.model)?);
     let has_text = pipe.model.entry("text_encoder").is_some();

@@ -140,6 +140,15 @@ pub struct Args {
     pub residency: String,
 }
 
+/// `--residency stage|all` (generate and bench).
+pub fn parse_residency(value: &str) -> anyhow::Result<Residency> {
+    match value {
+        "stage" => Ok(Residency::Stage),
+        "all" => Ok(Residency::All),
+        r => bail!("--residency {r}: expected stage or all"),
+    }
+}
+
 /// Parses `--lora` arguments and applies them to the pipeline's DiT, reporting what changed.
 pub fn apply_adapters(pipe: &mut Pipeline, specs: &[String]) -> anyhow::Result<()> {
     if specs.is_empty() {
@@ -210,11 +219,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let mut pipe = Pipeline::new(&args.model, factory_refit(&args.provider, args.refit_from.as_deref())?)?;
     apply_adapters(&mut pipe, &args.lora)?;
     // one request: by default only the running stage's weights are resident
-    pipe.set_residency(match args.residency.as_str() {
-        "stage" => Residency::Stage,
-        "all" => Residency::All,
-        r => bail!("--residency {r}: expected stage or all"),
-    });
+    pipe.set_residency(parse_residency(&args.residency)?);
     pipe.set_measure_memory(true);
     pipe.set_prompt_cache(PromptCache::from_option(&args.prompt_cache, &args.model)?);
     let plan = pipe.plan(&req)?; // validate before any model runs
