@@ -9,7 +9,10 @@
 # Each run is judged by judge.py (the exact compressed-text sampler, classify.py) on PROMPTS
 # captions (seed 1000: the same captions and noise for every run) at 64², guidance 2, 24 steps.
 # Q2, sampling shift: every run is judged at each shift of SHIFTS (same captions and noise).
-# Runs that are done are skipped, so the study can be spread over several sessions; study2_table.py
+# Runs that are done are skipped, so the study can be spread over several sessions, and several
+# workers can share the queue (each claims a run with mkdir; WORKERS=2 starts two, one core each,
+# at nice 19 so interactive work keeps priority; CPU seconds per run are recorded as the
+# compute, since wall time depends on what else runs). study2_table.py
 # writes runs/study2/table.md and the plots (adherence with 95 % intervals per arm; a grid of one
 # caption per arm).
 # A pilot at STEPS=4000 (seed 0) left shapes at chance (ln:3 35.9 %: colour 99.5 %), so the
@@ -28,15 +31,23 @@ OUT=${OUT:-runs/study2}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} TRAIN_THREADS=${TRAIN_THREADS:-1}
 [ -d "$V1/transformer" ] || { echo "needs the v1 model in $V1 (train/train_v2.sh fetches it)"; exit 1; }
 mkdir -p "$OUT"
+if [ "${WORKERS:-1}" -gt 1 ]; then
+  for w in $(seq 1 "$WORKERS"); do WORKERS=1 NO_TABLE=1 nice -n 19 "$0" > "$OUT/worker$w.log" 2>&1 & done
+  wait; [ -n "${NO_TABLE:-}" ] || "$PY" study2_table.py "$OUT"; exit 0
+fi
 for seed in $SEEDS; do
   for arm in $ARMS; do
     dist=${arm%%:*}; alpha=${arm##*:}; name="$dist-a$alpha-s$seed"; run="$OUT/$name"
     if [ ! -f "$run/checkpoint/training.json" ]; then
+      # a claim older than the run's checkpoint-less directory is from a worker that died: rm -r $run.claim
+      mkdir "$run.claim" 2>/dev/null || { echo "$name: claimed by another worker"; continue; }
       t0=$SECONDS
       "$PY" train_dit.py --vae "$V1/vae" --text "$V1" --images 12000 --out "$run/checkpoint" --dist "$dist" --alpha "$alpha" \
         --seed "$seed" --steps "$STEPS" --batch 64 --lr 1.2e-3 --heads 3 --cosine --shape-mix 0.25,0.45,0.3 --guidance 2 \
         --run-steps 24 --sample-steps 12 --save-dtype bf16 2>&1 | grep --line-buffered -v -E "Loading weights|Writing model" > "$run.log"
-      echo "$name: train $((SECONDS - t0)) s" | tee -a "$OUT/times.txt"
+      [ -f "$run/checkpoint/training.json" ] || { echo "$name: training failed, see $run.log"; exit 1; }
+      rmdir "$run.claim"
+      echo "$name: train $((SECONDS - t0)) s wall" | tee -a "$OUT/times.txt"
     fi
     for shift in $SHIFTS; do
       dir="$run/eval-${shift//:/}"
@@ -45,4 +56,4 @@ for seed in $SEEDS; do
     done
   done
 done
-"$PY" study2_table.py "$OUT"
+[ -n "${NO_TABLE:-}" ] || "$PY" study2_table.py "$OUT"

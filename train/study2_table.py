@@ -61,14 +61,15 @@ def runs(root: Path) -> dict:
         r = load(rep)
         r["seed"] = seed
         meta = rep.parent.parent / "checkpoint" / "training.json"
-        r["train_s"] = json.loads(meta.read_text())["dit_train_seconds"] if meta.exists() else None
+        info = json.loads(meta.read_text()) if meta.exists() else {}
+        r["train_s"] = info.get("dit_train_cpu_seconds", info.get("dit_train_seconds"))
         setting = rep.parent.name.removeprefix("eval").lstrip("-") or "default"
         out[arm][setting].append(r)
     return out
 
 
 def table(data: dict) -> list[str]:
-    lines = ["| arm | setting | seeds | all three per seed | mean [95 % t interval over seeds] | pooled [Wilson] | squares | training s per run |",
+    lines = ["| arm | setting | seeds | all three per seed | mean [95 % t interval over seeds] | pooled [Wilson] | squares | training CPU s per run |",
              "|---|---|---|---|---|---|---|---|"]
     for arm in sorted(data):
         for setting, rs in sorted(data[arm].items()):

@@ -29,6 +29,7 @@ import argparse
 import copy
 import math
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -335,7 +336,7 @@ def main():
     eval_prompts = [triples[i] for i in torch.randperm(len(triples), generator=torch.Generator().manual_seed(99))[: a.eval_prompts]]
     eval_feats = feats[[index[t] for t in eval_prompts]]
     log, counts = [], [0] * len(res)
-    train_start = timer()
+    train_start, cpu_start = timer(), time.process_time()
     for step in range(a.steps):
         k = int(torch.multinomial(pick, 1, generator=g)) if len(res) > 1 else 0
         counts[k] += 1
@@ -359,13 +360,13 @@ def main():
                 save_pipeline(a.out.with_name(a.out.name + "-latest"), ema, vae, enc, tok, a.sizes, a.run_steps, {"step": step, "python_checks": log}, a.guidance, a.default_size)
         if last:
             break
-    train_s = timer() - train_start
+    train_s, cpu_s = timer() - train_start, time.process_time() - cpu_start
     meta = {
         "dist": a.dist, "alpha": a.alpha, "mu": a.mu, "sigma": a.sigma, "seed": a.seed, "steps": step + 1, "steps_requested": a.steps,
         "batch": a.batch, "lr": a.lr, "images": a.images, "shape_mix": a.shape_mix, "size": a.default_size or max(a.sizes), "dit_parameters": n_params,
         "sizes": a.sizes, "size_weights": a.size_weights, "base_size": a.base_size, "fixed_alpha": a.fixed_alpha,
         "alpha_per_size": {str(r.size): r.alpha for r in res}, "batch_per_size": {str(r.size): r.batch for r in res}, "steps_per_size": {str(r.size): c for r, c in zip(res, counts)},
-        "dit_train_seconds": round(train_s), "python_checks": log,
+        "dit_train_seconds": round(train_s), "dit_train_cpu_seconds": round(cpu_s), "torch_threads": torch.get_num_threads(), "python_checks": log,
         "text_encoder": "frozen Qwen3 from build_text.py (see train/textenc.py)", "init": str(a.init) if a.init else None,
         "heads": dit.config.num_attention_heads, "double_blocks": dit.config.num_layers, "single_blocks": dit.config.num_single_layers, "cosine": a.cosine, "stratified": a.stratified, "zero_init": a.zero_init, "compile": a.compile, "save_dtype": a.save_dtype,
     }

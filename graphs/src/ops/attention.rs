@@ -143,21 +143,24 @@ impl Graph {
         let (cos, sin) = (self.cast(cos, self.dtype_of(x)), self.cast(sin, self.dtype_of(x)));
         match self.target {
             Target::Ort => {
-                // position_ids = arange(S) broadcast over the batch: row i of the tables.
-                let xs = self.shape(x);
-                let b = self.gather(xs, self.ints(&[0]), 0)?;
-                let n = self.gather(xs, self.ints(&[2]), 0)?;
-                let n0 = self.squeeze(n, &[0])?;
-                let ar = self.node1(
-                    "Range",
-                    &[self.const_i64(&[], &[0]), n0, self.const_i64(&[], &[1])],
-                    vec![],
-                    DType::I64,
-                    vec![s[2].clone()],
-                );
-                let ar = self.unsqueeze(ar, &[0])?; // [1, S]
-                let bs = self.concat(&[b, n], 0)?;
-                let pos = self.expand(ar, bs, vec![s[0].clone(), s[2].clone()]); // [B, S]
+                // position_ids = arange(S) broadcast over the batch: row i of the tables, made
+                // once per (B, S) and shared by every attention of the graph.
+                let pos = self.rope_positions((s[0].clone(), s[2].clone()), || {
+                    let xs = self.shape(x);
+                    let b = self.gather(xs, self.ints(&[0]), 0)?;
+                    let n = self.gather(xs, self.ints(&[2]), 0)?;
+                    let n0 = self.squeeze(n, &[0])?;
+                    let ar = self.node1(
+                        "Range",
+                        &[self.const_i64(&[], &[0]), n0, self.const_i64(&[], &[1])],
+                        vec![],
+                        DType::I64,
+                        vec![s[2].clone()],
+                    );
+                    let ar = self.unsqueeze(ar, &[0])?; // [1, S]
+                    let bs = self.concat(&[b, n], 0)?;
+                    Ok(self.expand(ar, bs, vec![s[0].clone(), s[2].clone()])) // [B, S]
+                })?;
                 let style = attr::int("interleaved", (style == RopeStyle::Interleaved) as i64);
                 Ok(self.node1("RotaryEmbedding", &[x, cos, sin, pos], vec![style], self.dtype_of(x), s))
             }
