@@ -77,6 +77,25 @@ pub struct Gate {
     pub reason: String,
 }
 
+/// One round of the image-PSNR budget: the NMSE budget every graph was selected under and
+/// what the full generations gave.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BudgetRound {
+    pub budget_nmse: f64,
+    /// Layers quantised, over all calibrated graphs.
+    pub layers_quantized: usize,
+    pub worst_psnr_db: f64,
+}
+
+/// The image-PSNR budget (`--min-psnr`): the primary criterion when full generations run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ImageBudget {
+    pub min_psnr_db: f64,
+    /// Rounds in order; the last one is the model written.
+    pub rounds: Vec<BudgetRound>,
+    pub met: bool,
+}
+
 /// `report.json`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Report {
@@ -89,6 +108,8 @@ pub struct Report {
     pub components: BTreeMap<String, ComponentReport>,
     pub generations: Vec<GenerationReport>,
     pub gate: Gate,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_budget: Option<ImageBudget>,
     /// Whether a usable model folder was written (false when the gate failed).
     pub model_written: bool,
     pub notes: Vec<String>,
@@ -178,6 +199,26 @@ impl Report {
                     g.psnr_db,
                     g.psnr_drop_db,
                     g.ssim
+                );
+            }
+        }
+        if let Some(b) = &self.image_budget {
+            let _ = writeln!(
+                s,
+                "\n## Image budget: worst PSNR ≥ {} dB against float ({})\n",
+                b.min_psnr_db,
+                if b.met { "met" } else { "not met: every layer the search may keep in float is float" }
+            );
+            let _ = writeln!(s, "| round | NMSE budget per graph | layers quantised | worst PSNR dB |");
+            let _ = writeln!(s, "|---|---|---|---|");
+            for (i, r) in b.rounds.iter().enumerate() {
+                let _ = writeln!(
+                    s,
+                    "| {} | {} | {} | {:.2} |",
+                    i + 1,
+                    sci(r.budget_nmse),
+                    r.layers_quantized,
+                    r.worst_psnr_db
                 );
             }
         }

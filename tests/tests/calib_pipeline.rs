@@ -174,3 +174,41 @@ fn signed_activations_give_tensorrt_int8_with_the_same_values() {
     let err = a.iter().zip(&b).map(|(p, q)| (p - q).abs()).fold(0f32, f32::max);
     assert!(a.len() == b.len() && err <= 1e-4, "UINT8 and INT8 activations differ by up to {err}");
 }
+
+/// The image budget (`--min-psnr`) is the primary criterion: asked for more than the default
+/// NMSE budget gives, the calibrator selects every graph again under 4× tighter NMSE budgets
+/// (more layers in float) until the generation meets it, and reports each round.
+#[test]
+fn image_budget_tightens_the_nmse_budget_until_the_images_meet_it() {
+    let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let model = tmp.path().join("f32");
+    export_pipeline(&model);
+    let mut o = small(&model, &tmp.path().join("loose"));
+    o.min_psnr = None;
+    let loose = calibrate(&o, &mut |_| {}).unwrap_or_else(|e| panic!("{e}")).report;
+    assert!(loose.image_budget.is_none(), "no image budget was asked for");
+    let p1 = loose.generations[0].psnr_db;
+    assert!(p1 < 90.0, "the fixture must lose some PSNR when quantised: {p1}");
+
+    let mut o = small(&model, &tmp.path().join("tight"));
+    o.min_psnr = Some(p1 + 3.0);
+    let r = calibrate(&o, &mut |_| {}).unwrap_or_else(|e| panic!("{e}"));
+    let b = r.report.image_budget.as_ref().unwrap_or_else(|| panic!("no image budget in the report"));
+    assert!(b.rounds.len() >= 2, "{b:?}");
+    assert!((b.rounds[0].worst_psnr_db - p1).abs() < 1e-9, "round 1 is the loose selection: {b:?}");
+    for w in b.rounds.windows(2) {
+        assert!((w[1].budget_nmse - w[0].budget_nmse / 4.0).abs() < 1e-15, "{b:?}");
+        assert!(w[1].layers_quantized <= w[0].layers_quantized, "{b:?}");
+    }
+    let last = b.rounds.last().unwrap_or_else(|| panic!("no rounds"));
+    let worst = r.report.generations.iter().map(|g| g.psnr_db).fold(f64::INFINITY, f64::min);
+    assert_eq!(worst, last.worst_psnr_db, "the written model is the last round's");
+    assert_eq!(b.met, worst >= p1 + 3.0, "{b:?}");
+    assert!(b.met || b.rounds.len() == 6 || last.layers_quantized == 0, "stopped early: {b:?}");
+    for c in r.report.components.values() {
+        assert_eq!(c.sensitivity.budget_nmse, last.budget_nmse, "{}", c.graph);
+        assert!(c.nmse <= last.budget_nmse, "{}: {} > {}", c.graph, c.nmse, last.budget_nmse);
+    }
+    let md = std::fs::read_to_string(tmp.path().join("tight/report.md")).unwrap_or_else(|e| panic!("{e}"));
+    assert!(md.contains("## Image budget"), "{md}");
+}

@@ -13,6 +13,7 @@ use crate::report::GenerationReport;
 
 use super::data::{derive_seed, CalibrationRecord};
 use super::{CalibrateError, CalibrateOptions, Event};
+use flux2_runtime::images::Chw;
 use flux2_runtime::model_dir::ModelDir;
 use flux2_runtime::pipeline::{Pipeline, PromptSource, Request};
 use flux2_runtime::tensor_file::Tensor;
@@ -26,18 +27,21 @@ fn pipeline(dir: &Path, sess: &SessionOptions) -> Result<Pipeline, CalibrateErro
     )?)
 }
 
-/// Runs the evaluation set through both folders and compares the images.
+/// Runs the evaluation set through both folders and compares the images. `float_images`
+/// holds the float pipeline's images of earlier calls (the image-PSNR budget compares several
+/// selections with the same float images); missing ones are generated and appended.
 pub(super) fn generations(
     model: &ModelDir,
     quantized: &Path,
     opts: &CalibrateOptions,
     record: &CalibrationRecord,
     sess: &SessionOptions,
+    float_images: &mut Vec<Chw>,
     on_event: &mut dyn FnMut(Event),
 ) -> Result<Vec<GenerationReport>, CalibrateError> {
     let n = opts.eval_images;
     on_event(Event::Stage { label: "generations", total: 2 * n });
-    let mut float = pipeline(&model.dir, sess)?;
+    let mut float = if float_images.len() < n { Some(pipeline(&model.dir, sess)?) } else { None };
     let mut quant = pipeline(quantized, sess)?;
     let has_text = model.entry("text_encoder").is_some() && model.tokenizer_dir().is_some();
     let ctx = model.context_dim().unwrap_or(0);
@@ -67,7 +71,12 @@ pub(super) fn generations(
         req.steps = Some(steps);
         req.seed = seed;
         req.max_sequence_length = opts.max_sequence_length;
-        let a = float.generate(&req, &mut |_| {})?.image;
+        if float_images.len() <= k {
+            let f =
+                float.as_mut().ok_or_else(|| super::opt_err("--eval-images", "float pipeline missing"))?;
+            float_images.push(f.generate(&req, &mut |_| {})?.image);
+        }
+        let a = &float_images[k];
         on_event(Event::Advance { done: 2 * k + 1, total: 2 * n });
         let b = quant.generate(&req, &mut |_| {})?.image;
         on_event(Event::Advance { done: 2 * k + 2, total: 2 * n });

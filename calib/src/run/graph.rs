@@ -10,15 +10,14 @@ use crate::calibrators::Calibrator;
 use crate::consts::Consts;
 use crate::formats::Format;
 use crate::layers::{find_layers, Layer, LayerOp};
-use crate::onnx_file::{link_external_files, write_model, DataMode, OnnxFile};
-use crate::qdq::{insert_qdq, signed_activations, ActivationQuant, QdqPlan, WeightScales};
-use crate::report::{ComponentReport, Latency};
-use crate::sensitivity::choose_weighted;
+use crate::onnx_file::{link_external_files, OnnxFile};
+use crate::qdq::{ActivationQuant, WeightScales};
+use crate::report::ComponentReport;
 use crate::smoothquant::{factors, weight_input_amax};
 use crate::stats::TensorStats;
 
 use super::data::GraphData;
-use super::stats_run::{collect_stats, describe, fidelity, latency_pair, outputs, Observed};
+use super::stats_run::{collect_stats, outputs, Observed};
 use super::{CalibrateError, CalibrateOptions, Event};
 use flux2_runtime::model_dir::ModelDir;
 use flux2_runtime::SessionOptions;
@@ -280,14 +279,14 @@ fn candidates(
 }
 
 /// What was quantised.
-struct Chosen<'a> {
-    layers: &'a [Layer],
-    sites: &'a [AttentionSite],
-    names: &'a BTreeSet<String>,
+pub(super) struct Chosen<'a> {
+    pub layers: &'a [Layer],
+    pub sites: &'a [AttentionSite],
+    pub names: &'a BTreeSet<String>,
 }
 
 /// The `scales.json` entry of a graph and its INT8 ranges for `calibration.cache` (unsmoothed).
-fn scales_of(
+pub(super) fn scales_of(
     chosen: &Chosen,
     activations: &BTreeMap<String, ActivationQuant>,
     raw: &BTreeMap<String, TensorStats>,
@@ -334,16 +333,39 @@ fn scales_of(
     (scales, cache_ranges)
 }
 
-/// Calibrates graph `stem` of `model` and writes its Q/DQ graph into `staging`.
-pub(super) fn calibrate_graph(
+/// Everything about one graph that does not depend on the NMSE budget: its layers, the
+/// statistics and ranges (the expensive passes over the calibration samples), the candidates
+/// and the float outputs on the held-out samples. [`Prepared::select`] (select.rs) then picks
+/// the layers kept in float for a budget, as often as the image-PSNR budget asks.
+pub(super) struct Prepared<'a> {
+    pub stem: String,
+    pub float_path: PathBuf,
+    pub file: OnnxFile,
+    pub layers: Vec<Layer>,
+    pub sites: Vec<AttentionSite>,
+    /// Layers kept in float whatever the budget (attention products, vectors, `--exclude`).
+    pub kept: Vec<KeptLayer>,
+    pub raw: BTreeMap<String, TensorStats>,
+    pub activations: BTreeMap<String, ActivationQuant>,
+    pub candidates: Vec<String>,
+    pub saved: BTreeMap<String, f64>,
+    pub output_names: Vec<String>,
+    pub reference: Vec<Vec<f32>>,
+    pub work: PathBuf,
+    pub data: &'a GraphData,
+    /// Sensitivity measurements by quantised set, shared by every budget tried.
+    pub measured: std::cell::RefCell<BTreeMap<BTreeSet<String>, f64>>,
+}
+
+pub(super) fn prepare_graph<'a>(
     stem: &str,
     model: &ModelDir,
-    data: &GraphData,
+    data: &'a GraphData,
     opts: &CalibrateOptions,
     staging: &Path,
     sess: &SessionOptions,
     on_event: &mut dyn FnMut(Event),
-) -> Result<GraphOutcome, CalibrateError> {
+) -> Result<Prepared<'a>, CalibrateError> {
     let float_path = model.graph(stem)?;
     let file = OnnxFile::read(&float_path)?;
     let layers = find_layers(&file)?;
@@ -358,110 +380,25 @@ pub(super) fn calibrate_graph(
     let (sites, mut kept) = attention_sites(stem, &file, opts)?;
     let ctx = StatsContext { stem, file: &file, work: &work, data, opts, sess };
     let (raw, activations) = ranges(&ctx, &layers, &sites, on_event)?;
-
     let candidates = candidates(&layers, &sites, &raw, opts, &mut kept);
-
     let output_names: Vec<String> = file.graph().output.iter().map(|o| o.name.clone()).collect();
     let reference = outputs(&float_path, &data.heldout, &output_names, sess)?;
-    // sensitivity runs on the first held-out samples only: each candidate costs a pass over them
-    let n_sens = match opts.sensitivity_samples {
-        0 => data.heldout.len(),
-        n => n.min(data.heldout.len()),
-    };
-    let (sens_samples, sens_reference) = (&data.heldout[..n_sens], &reference[..n_sens]);
-    let probe_path = work.join("probe.onnx");
-    let mut measure = |set: &BTreeSet<String>| -> Result<f64, CalibrateError> {
-        let q = insert_qdq(
-            &file,
-            &layers,
-            &QdqPlan { format: opts.format, layers: set, sites: &sites, activations: &activations },
-        )?;
-        write_model(&q.proto, &file, &work, "probe", DataMode::KeepExternal)?;
-        Ok(fidelity(sens_reference, &outputs(&probe_path, sens_samples, &output_names, sess)?).nmse_mean)
-    };
-    let label = format!("sensitivity {stem}");
-    on_event(Event::Stage { label: &label, total: 1 });
     let saved = savings(&layers, &sites, &raw);
-    let selection =
-        choose_weighted(&candidates, opts.budget_nmse, &saved, &mut measure, &mut |done, total| {
-            on_event(Event::Advance { done, total })
-        })?;
-    for (name, e) in selection.per_layer.iter().filter(|(n, _)| selection.kept_float.contains(n)) {
-        let share = selection.saved_share.get(name).copied();
-        kept.push(KeptLayer {
-            layer: name.clone(),
-            reason: format!(
-                "sensitivity: among the most error per unit of time saved{}; needed to meet --budget-nmse {}",
-                share
-                    .map(|s| format!(" ({:.2}% of the graph's quantisable MACs)", 100.0 * s))
-                    .unwrap_or_default(),
-                opts.budget_nmse
-            ),
-            nmse_alone: Some(*e),
-        });
-    }
-
-    let mut chosen: BTreeSet<String> = selection.quantized.iter().cloned().collect();
-    let stage = |chosen: &BTreeSet<String>| -> Result<_, CalibrateError> {
-        let plan = QdqPlan { format: opts.format, layers: chosen, sites: &sites, activations: &activations };
-        let q = insert_qdq(&file, &layers, &plan)?;
-        let staged = write_model(&q.proto, &file, staging, stem, DataMode::SelfContained)?;
-        let fid = fidelity(&reference, &outputs(&staged, &data.heldout, &output_names, sess)?);
-        Ok((q, staged, fid))
-    };
-    let (mut q, mut staged, mut fid) = stage(&chosen)?;
-    // the search measured on the first `n_sens` held-out samples; on all of them, keep the next
-    // most sensitive ranked layers in float until the budget holds there too
-    let ranked: Vec<(String, f64)> =
-        selection.per_layer.iter().filter(|(l, _)| chosen.contains(l)).cloned().collect();
-    let mut next = ranked.iter();
-    while n_sens < data.heldout.len() && fid.nmse_mean > opts.budget_nmse {
-        let Some((layer, e)) = next.next() else { break };
-        chosen.remove(layer.as_str());
-        kept.push(KeptLayer {
-            layer: layer.clone(),
-            reason: format!(
-                "held-out check: NMSE {:.3e} on all {} held-out samples exceeded --budget-nmse {}",
-                fid.nmse_mean,
-                data.heldout.len(),
-                opts.budget_nmse
-            ),
-            nmse_alone: Some(*e),
-        });
-        (q, staged, fid) = stage(&chosen)?;
-    }
-    let lat = if opts.latency_runs > 0 {
-        on_event(Event::Stage { label: &format!("latency {stem}"), total: 0 });
-        let sample = &data.heldout[0];
-        let (float_ms, quantized_ms) = latency_pair(&float_path, &staged, sample, opts.latency_runs, sess)?;
-        Some(Latency { float_ms, quantized_ms, runs: opts.latency_runs, input: describe(sample) })
-    } else {
-        None
-    };
-    if opts.signed_activations {
-        // measured above in the UINT8 form (the same values): ONNX Runtime 1.31's Q/DQ
-        // propagation rejects some INT8-activation conv graphs (output_dtype vs zero-point type)
-        signed_activations(&mut q.proto);
-        write_model(&q.proto, &file, staging, stem, DataMode::SelfContained)?;
-    }
-
-    let chosen_set = Chosen { layers: &layers, sites: &sites, names: &chosen };
-    let (scales, cache_ranges) = scales_of(&chosen_set, &activations, &raw, &q.weights, opts, &kept);
-    let report = ComponentReport {
-        graph: stem.to_string(),
-        calibration_samples: data.calibration.len(),
-        heldout_samples: data.heldout.len(),
-        data: data.source.clone(),
-        layers_total: layers.len() + sites.len(),
-        layers_quantized: chosen.len(),
-        kept_float: kept,
-        nmse: fid.nmse_mean,
-        nmse_worst: fid.nmse_worst,
-        cosine: fid.cosine_mean,
-        cosine_worst: fid.cosine_worst,
-        sensitivity: selection,
-        latency: lat,
-    };
-    let _ = std::fs::remove_dir_all(&work);
-    Ok(GraphOutcome { scales, report, cache_ranges })
+    Ok(Prepared {
+        stem: stem.to_string(),
+        float_path,
+        file,
+        layers,
+        sites,
+        kept,
+        raw,
+        activations,
+        candidates,
+        saved,
+        output_names,
+        reference,
+        work,
+        data,
+        measured: Default::default(),
+    })
 }

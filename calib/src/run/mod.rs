@@ -9,8 +9,11 @@
 //! 2. **Statistics** (`stats_run.rs`): every quantisable layer's input is exposed as a graph
 //!    output, the float graph is run over the calibration samples, and histograms are filled in
 //!    sample order (a second pass sees the smoothed activations when SmoothQuant is on).
-//! 3. **Selection** (`graph.rs`): per-forward vectors stay in float, then
-//!    layers are kept in float by sensitivity until the held-out output NMSE meets the budget.
+//! 3. **Selection** (`graph.rs` prepares, `select.rs` selects): per-forward vectors stay in
+//!    float, then layers are kept in float by error per unit of time saved until the held-out
+//!    output NMSE meets the budget; with full generations, the decoded images' worst PSNR
+//!    against float must meet `--min-psnr` (30 dB by default), else every graph is selected
+//!    again under a 4× tighter NMSE budget (`output.rs`, `search`).
 //! 4. **Output** (`output.rs`): Q/DQ graphs, `scales.json`, `calibration.cache`
 //!    (INT8), `calibration.json`, `report.json` / `report.md`, full generations compared with
 //!    float (PSNR / SSIM) and the `--max-psnr-drop` gate. Everything is written into a staging
@@ -28,11 +31,13 @@ use serde::Serialize;
 
 use flux2_runtime::RuntimeError;
 
+mod budget;
 mod data;
 mod eval;
 mod graph;
 mod output;
 mod plan;
+mod select;
 mod stats_run;
 
 pub use data::{built_in_prompts, CalibrationRecord};
@@ -112,6 +117,10 @@ pub struct CalibrateOptions {
     pub calibrator: Calibrator,
     pub smoothquant: Option<f32>,
     pub budget_nmse: f64,
+    /// The image budget: the worst full generation's PSNR against float, in dB (None or 0:
+    /// the NMSE budget alone decides). The primary criterion when generations run; the NMSE
+    /// budget is then the guard it may only tighten.
+    pub min_psnr: Option<f64>,
     pub max_psnr_drop: Option<f64>,
     /// (width, height) of the calibration trajectories.
     pub sizes: Vec<(usize, usize)>,
@@ -176,6 +185,7 @@ impl CalibrateOptions {
             calibrator: Calibrator::Max,
             smoothquant: None,
             budget_nmse: 1e-2,
+            min_psnr: Some(30.0),
             max_psnr_drop: None,
             sizes: vec![(512, 512), (640, 384), (384, 640)],
             steps: None,

@@ -12,8 +12,9 @@ use crate::onnx_file::OnnxFile;
 use crate::report::{Gate, Report};
 use flux2_runtime::manifest::Manifest;
 
-use super::graph::{calibrate_graph, check_exclude};
-use super::{eval, plan};
+use super::budget::{search, SearchContext};
+use super::graph::{check_exclude, prepare_graph, GraphOutcome};
+use super::plan;
 use super::{opt_err, CalibrateError, CalibrateOptions, Component, Event, Outcome};
 use flux2_runtime::model_dir::ModelDir;
 use flux2_runtime::SessionOptions;
@@ -61,6 +62,11 @@ fn validate(opts: &CalibrateOptions, model: &ModelDir) -> Result<(Vec<String>, V
     }
     if !(opts.budget_nmse.is_finite() && opts.budget_nmse > 0.0) {
         return Err(opt_err("--budget-nmse", format!("{} is not a positive number", opts.budget_nmse)));
+    }
+    if let Some(m) = opts.min_psnr {
+        if !(m.is_finite() && m >= 0.0) {
+            return Err(opt_err("--min-psnr", format!("{m} is not a number of dB ≥ 0")));
+        }
     }
     if let Some(d) = opts.max_psnr_drop {
         if !(d.is_finite() && d >= 0.0) {
@@ -263,93 +269,27 @@ fn run_stages(opts: &CalibrateOptions, on_event: &mut dyn FnMut(Event)) -> Resul
     let mut staging = Staging(Some(staging_path.clone()));
 
     let (data, record) = plan::collect(&model, opts, &graphs, &steps, &sess, on_event)?;
-    let mut scales = ScalesFile {
-        format: opts.format,
-        calibrator: opts.calibrator,
-        smoothquant_alpha: opts.smoothquant,
-        graphs: BTreeMap::new(),
-    };
-    let mut components = BTreeMap::new();
-    let mut caches: BTreeMap<String, BTreeMap<String, f32>> = BTreeMap::new();
-    let mut skip = Vec::new();
+    let mut prepared = Vec::with_capacity(graphs.len());
     for g in &graphs {
-        let r = calibrate_graph(g, &model, &data[g], opts, &staging_path, &sess, on_event)?;
-        let float = OnnxFile::read(&model.graph(g)?)?;
-        skip.push(float.path.clone());
-        skip.extend(float.external_locations().iter().map(|l| float.dir().join(l)));
-        scales.graphs.insert(g.clone(), r.scales);
-        components.insert(g.clone(), r.report);
-        caches.insert(g.clone(), r.cache_ranges);
+        prepared.push(prepare_graph(g, &model, &data[g], opts, &staging_path, &sess, on_event)?);
     }
-    let _ = std::fs::remove_dir_all(staging_path.join(".work"));
-    write(&staging_path.join("scales.json"), &json(&scales)?)?;
-    write(&staging_path.join("calibration.json"), &json(&record)?)?;
-    let mut notes = Vec::new();
-    if opts.format == Format::Int8 {
-        let mut merged: BTreeMap<String, f32> = BTreeMap::new();
-        let mut clash = false;
-        for (g, ranges) in &caches {
-            write(
-                &staging_path.join(format!("{g}.calibration.cache")),
-                &trt_calibration_cache(&opts.trt_cache_version, ranges),
-            )?;
-            for (t, v) in ranges {
-                clash |= merged.insert(t.clone(), *v).is_some_and(|old| old != *v);
-            }
-        }
-        if clash {
-            notes.push("calibration.cache not written: a tensor name has different ranges in two graphs; use the per-graph <graph>.calibration.cache files".into());
-        } else {
-            write(
-                &staging_path.join("calibration.cache"),
-                &trt_calibration_cache(&opts.trt_cache_version, &merged),
-            )?;
-        }
-    }
-    // The step-caching DiT parts read the float transformer's weights: once the transformer is
-    // quantised they would run float (or miss their weight files), so they are left out.
-    let parts: Vec<String> = if graphs.iter().any(|g| g == "transformer") {
-        model.manifest.graphs.keys().filter(|k| k.starts_with("dit_")).cloned().collect()
-    } else {
-        Vec::new()
-    };
-    for part in &parts {
-        if let Some(e) = model.manifest.graphs.get(part) {
-            skip.push(model.dir.join(&e.file));
-        }
-    }
-    link_tree(&model.dir, &staging_path, &skip, true)?;
-    let mut manifest: Manifest = model.manifest.clone();
-    for part in &parts {
-        manifest.graphs.remove(part);
-    }
-    if !parts.is_empty() {
-        notes.push(
-            "step caching (--cache) is not available on this folder: its DiT parts are float-only; use the float export".into(),
-        );
-    }
-    for g in &graphs {
-        if let Some(e) = manifest.graphs.get_mut(g) {
-            e.precision = Some(opts.format.name().into());
-            e.weights = "copy".into();
-        }
-    }
-    manifest.write(&staging_path).map_err(|e| out_err(&staging_path, e.to_string()))?;
+    let mut notes = publish_tree(&model, &graphs, &staging_path, opts)?;
     if record.text_embeddings.contains("N(0,1)") {
         notes.push(format!("DiT calibration used {}", record.text_embeddings));
     }
     if opts.format == Format::Fp8 {
         notes.push("FP8 Q/DQ is simulated on CPU (ONNX Runtime runs DequantizeLinear + float MatMul); latency is not representative of FP8 hardware".into());
     }
-
     let can_generate =
         model.entry("transformer").is_some() && model.entry("vae_decoder").is_some() && opts.eval_images > 0;
-    let generations = if can_generate {
-        eval::generations(&model, &staging_path, opts, &record, &sess, on_event)?
-    } else {
-        notes.push("no full generations: the model needs both a transformer and a vae_decoder graph".into());
-        vec![]
-    };
+    if !can_generate {
+        notes.push("no full generations: the model needs both a transformer and a vae_decoder graph, and --eval-images ≥ 1; no image budget".into());
+    }
+    let ctx = SearchContext { model: &model, opts, record: &record, sess: &sess, staging: &staging_path };
+    let (outcomes, generations, image_budget) = search(&ctx, &prepared, can_generate, on_event)?;
+    drop(prepared);
+    let _ = std::fs::remove_dir_all(staging_path.join(".work"));
+    let components = write_artifacts(&staging_path, opts, &graphs, outcomes, &record, &mut notes)?;
     let floor = psnr_8bit_floor();
     let worst = generations.iter().map(|g| g.psnr_drop_db).reduce(f64::max);
     let (passed, reason) = match (opts.max_psnr_drop, worst) {
@@ -366,6 +306,7 @@ fn run_stages(opts: &CalibrateOptions, on_event: &mut dyn FnMut(Event)) -> Resul
         seed: opts.seed,
         components,
         generations,
+        image_budget,
         gate: Gate {
             max_psnr_drop_db: opts.max_psnr_drop,
             psnr_floor_db: floor,
@@ -395,4 +336,100 @@ fn run_stages(opts: &CalibrateOptions, on_event: &mut dyn FnMut(Event)) -> Resul
     std::fs::rename(&staging_path, &opts.out).map_err(|e| out_err(&opts.out, e.to_string()))?;
     staging.0 = None;
     Ok(Outcome { report, out: opts.out.clone(), passed })
+}
+
+/// Links the float model's other files into the staging folder and writes its manifest (the
+/// calibrated graphs marked with the precision); returns the notes this adds.
+fn publish_tree(
+    model: &ModelDir,
+    graphs: &[String],
+    staging: &Path,
+    opts: &CalibrateOptions,
+) -> Result<Vec<String>, CalibrateError> {
+    let mut notes = Vec::new();
+    let mut skip = Vec::new();
+    for g in graphs {
+        let float = OnnxFile::read(&model.graph(g)?)?;
+        skip.push(float.path.clone());
+        skip.extend(float.external_locations().iter().map(|l| float.dir().join(l)));
+    }
+    // The step-caching DiT parts read the float transformer's weights: once the transformer is
+    // quantised they would run float (or miss their weight files), so they are left out.
+    let parts: Vec<String> = if graphs.iter().any(|g| g == "transformer") {
+        model.manifest.graphs.keys().filter(|k| k.starts_with("dit_")).cloned().collect()
+    } else {
+        Vec::new()
+    };
+    for part in &parts {
+        if let Some(e) = model.manifest.graphs.get(part) {
+            skip.push(model.dir.join(&e.file));
+        }
+    }
+    link_tree(&model.dir, staging, &skip, true)?;
+    let mut manifest: Manifest = model.manifest.clone();
+    for part in &parts {
+        manifest.graphs.remove(part);
+    }
+    if !parts.is_empty() {
+        notes.push(
+            "step caching (--cache) is not available on this folder: its DiT parts are float-only; use the float export".into(),
+        );
+    }
+    for g in graphs {
+        if let Some(e) = manifest.graphs.get_mut(g) {
+            e.precision = Some(opts.format.name().into());
+            e.weights = "copy".into();
+        }
+    }
+    manifest.write(staging).map_err(|e| out_err(staging, e.to_string()))?;
+    Ok(notes)
+}
+
+/// Writes `scales.json`, `calibration.json` and (INT8) the TensorRT calibration caches of the
+/// final selection; returns the components' reports.
+fn write_artifacts(
+    staging: &Path,
+    opts: &CalibrateOptions,
+    graphs: &[String],
+    outcomes: Vec<GraphOutcome>,
+    record: &super::data::CalibrationRecord,
+    notes: &mut Vec<String>,
+) -> Result<BTreeMap<String, crate::report::ComponentReport>, CalibrateError> {
+    let mut scales = ScalesFile {
+        format: opts.format,
+        calibrator: opts.calibrator,
+        smoothquant_alpha: opts.smoothquant,
+        graphs: BTreeMap::new(),
+    };
+    let mut components = BTreeMap::new();
+    let mut caches: BTreeMap<String, BTreeMap<String, f32>> = BTreeMap::new();
+    for (g, r) in graphs.iter().zip(outcomes) {
+        scales.graphs.insert(g.clone(), r.scales);
+        components.insert(g.clone(), r.report);
+        caches.insert(g.clone(), r.cache_ranges);
+    }
+    write(&staging.join("scales.json"), &json(&scales)?)?;
+    write(&staging.join("calibration.json"), &json(record)?)?;
+    if opts.format == Format::Int8 {
+        let mut merged: BTreeMap<String, f32> = BTreeMap::new();
+        let mut clash = false;
+        for (g, ranges) in &caches {
+            write(
+                &staging.join(format!("{g}.calibration.cache")),
+                &trt_calibration_cache(&opts.trt_cache_version, ranges),
+            )?;
+            for (t, v) in ranges {
+                clash |= merged.insert(t.clone(), *v).is_some_and(|old| old != *v);
+            }
+        }
+        if clash {
+            notes.push("calibration.cache not written: a tensor name has different ranges in two graphs; use the per-graph <graph>.calibration.cache files".into());
+        } else {
+            write(
+                &staging.join("calibration.cache"),
+                &trt_calibration_cache(&opts.trt_cache_version, &merged),
+            )?;
+        }
+    }
+    Ok(components)
 }
