@@ -9,6 +9,15 @@ use flux2_runtime::{cpu_session, run, Input, SessionOptions};
 use ndarray::ArrayD;
 
 /// `tests/fixtures/<rel>`.
+/// Pins ONNX Runtime's `MatMulNBits` accuracy level to 0 (f32 compute on the dequantised
+/// weights) for this test process, so tests can compare the fused n-bit kernels with the
+/// dequantised graph tightly; the runtime's default is 4 on CPUs with INT8 dot products.
+/// Call before creating any session.
+pub fn exact_nbits() {
+    let level = flux2_runtime::ort_env::pin_nbits_accuracy_level("0");
+    assert_eq!(level, "0", "a session fixed the MatMulNBits accuracy level before exact_nbits()");
+}
+
 pub fn fixture(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(rel)
 }

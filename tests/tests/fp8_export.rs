@@ -147,6 +147,7 @@ fn data(onnx: &Path) -> Vec<u8> {
 
 #[test]
 fn float_export_applies_the_scales() {
+    flux2_tests::exact_nbits();
     let (fp8, reference, n) = checkpoints(vec![]);
     let ck = Checkpoint::open(&fp8.path().join("transformer")).unwrap();
     assert_eq!(ck.fp8.weights.len(), n, "every FP8 weight has its scale");
@@ -161,6 +162,7 @@ fn float_export_applies_the_scales() {
 
 #[test]
 fn tensorrt_target_keeps_fp8_behind_dequantize() {
+    flux2_tests::exact_nbits();
     let (fp8, reference, _) = checkpoints(vec![1]);
     let out = tempfile::tempdir().unwrap();
     let a = export_dit(fp8.path(), &out.path().join("fp8"), Target::TensorRt, None).unwrap();
@@ -213,6 +215,7 @@ fn tensorrt_target_keeps_fp8_behind_dequantize() {
 
 #[test]
 fn lowbit_export_quantises_the_scaled_values() {
+    flux2_tests::exact_nbits();
     let (fp8, reference, _) = checkpoints(vec![]);
     for bits in [Bits::Int8, Bits::Int4] {
         let out = tempfile::tempdir().unwrap();
@@ -228,6 +231,7 @@ fn lowbit_export_quantises_the_scaled_values() {
 
 #[test]
 fn a_bad_scale_is_an_error_naming_it() {
+    flux2_tests::exact_nbits();
     let (fp8, _, _) = checkpoints(vec![2]);
     let out = tempfile::tempdir().unwrap();
     let dst = out.path().join("never");
@@ -242,6 +246,7 @@ fn a_bad_scale_is_an_error_naming_it() {
 /// copy`, which copies the scaled values.
 #[test]
 fn link_mode_refuses_scaled_fp8_or_copies() {
+    flux2_tests::exact_nbits();
     let (fp8, reference, _) = checkpoints(vec![]);
     let out = tempfile::tempdir().unwrap();
     let src = ModelSource::open(fp8.path()).unwrap();

@@ -173,6 +173,7 @@ fn dit_inputs() -> Vec<(&'static str, Input)> {
 /// straight from the file, F16 matrices float; fused into MatMulNBits; same output.
 #[test]
 fn gguf_precision_takes_the_files_blocks() {
+    flux2_tests::exact_nbits();
     let gguf = fixture("gguf/dit_guided_mixed.gguf");
     let src = dit_source("dit_guided_mixed.gguf");
     let lo = LowbitOptions { bits: Bits::Int8, block_size: 32, include_all: true, from_gguf: true };
@@ -208,6 +209,7 @@ fn gguf_precision_takes_the_files_blocks() {
 /// form, so it is re-quantised (and differs from the GGUF values).
 #[test]
 fn fixed_precision_takes_the_blocks_only_in_the_types_form() {
+    flux2_tests::exact_nbits();
     let gguf = fixture("gguf/dit_guided_q4_0.gguf");
     let src = dit_source("dit_guided_q4_0.gguf");
     let (_f, f) = export_to(&src, Kind::Transformer, None, None);
@@ -227,6 +229,7 @@ fn fixed_precision_takes_the_blocks_only_in_the_types_form() {
 /// file's blocks.
 #[test]
 fn text_encoder_q8_0_to_int8() {
+    flux2_tests::exact_nbits();
     let gguf = fixture("gguf/qwen3_q8_0.gguf");
     let src = ModelSource::open(&gguf).unwrap_or_else(|e| panic!("{e}"));
     let io = load_tensors(&fixture("text/qwen3/io.safetensors")).unwrap();

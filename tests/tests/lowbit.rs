@@ -174,6 +174,7 @@ fn check(kind: Kind, bits: Bits, block: usize) {
 
 #[test]
 fn dit_int8_and_int4_weights_fuse_and_stay_within_the_step_budget() {
+    flux2_tests::exact_nbits();
     check(Kind::Transformer, Bits::Int8, 16);
     check(Kind::Transformer, Bits::Int4, 16);
     check(Kind::Transformer, Bits::Int4, 32); // K = 48: a partial last block
@@ -181,6 +182,7 @@ fn dit_int8_and_int4_weights_fuse_and_stay_within_the_step_budget() {
 
 #[test]
 fn text_encoder_int8_and_int4_weights_fuse_and_stay_within_the_step_budget() {
+    flux2_tests::exact_nbits();
     check(Kind::TextEncoder, Bits::Int8, 32);
     check(Kind::TextEncoder, Bits::Int4, 16);
 }
@@ -190,6 +192,7 @@ fn text_encoder_int8_and_int4_weights_fuse_and_stay_within_the_step_budget() {
 /// get Q/DQ, and the result still fuses into `MatMulNBits` and runs.
 #[test]
 fn calibrate_on_a_weight_only_export_quantises_the_float_linears_and_keeps_the_low_bit_ones() {
+    flux2_tests::exact_nbits();
     use flux2_calib::formats::Format;
     use flux2_calib::run::{calibrate, CalibrateOptions, Component};
     use flux2_exporter::manifest::Manifest;
@@ -242,6 +245,7 @@ fn calibrate_on_a_weight_only_export_quantises_the_float_linears_and_keeps_the_l
 /// INT4 blocked along K, INT8 one scale per output channel; the graph passes onnx.checker.
 #[test]
 fn tensorrt_target_gets_standard_weight_only_dequantize() {
+    flux2_tests::exact_nbits();
     for (bits, want_attrs) in
         [(Bits::Int4, vec![("axis", 0), ("block_size", 16)]), (Bits::Int8, vec![("axis", 1)])]
     {
