@@ -19,6 +19,10 @@ use super::eval;
 use super::graph::{GraphOutcome, Prepared};
 use super::{CalibrateError, CalibrateOptions, Event};
 
+/// The selection written (per graph), its generations, and the budget's rounds (None when no
+/// image budget applied).
+pub(super) type Searched = (Vec<GraphOutcome>, Vec<GenerationReport>, Option<ImageBudget>);
+
 /// The most rounds of the image-PSNR budget (each divides the NMSE budget by 4).
 const MAX_ROUNDS: usize = 6;
 
@@ -41,7 +45,7 @@ pub(super) fn search(
     prepared: &[Prepared],
     can_generate: bool,
     on_event: &mut dyn FnMut(Event),
-) -> Result<(Vec<GraphOutcome>, Vec<GenerationReport>, Option<ImageBudget>), CalibrateError> {
+) -> Result<Searched, CalibrateError> {
     let opts = ctx.opts;
     let min_psnr = opts.min_psnr.filter(|m| *m > 0.0 && can_generate);
     let (mut budget, mut rounds, mut float_images) = (opts.budget_nmse, Vec::new(), Vec::new());
