@@ -26,8 +26,8 @@ pub mod tokenizer;
 pub mod trt;
 
 pub use ort_env::{
-    cpu_session, cpu_session_with, environment, find_ort_library, locate_ort_library, use_ort_library,
-    Override, SessionOptions,
+    cpu_factory, cpu_session, cpu_session_spec, cpu_session_with, environment, find_ort_library,
+    locate_ort_library, use_ort_library, Override, SessionOptions, SessionSpec,
 };
 pub use tensors::{run, run_borrowed, Input, InputRef};
 

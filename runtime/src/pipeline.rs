@@ -26,7 +26,7 @@ use crate::schedule::{Schedule, Shift};
 use crate::tensor_file::Tensor;
 use crate::tensors::{run_borrowed, InputRef};
 use crate::tokenizer::PromptEncoder;
-use crate::{Override, RuntimeError};
+use crate::{Override, RuntimeError, SessionSpec};
 
 #[path = "pipeline_batch.rs"]
 mod batch;
@@ -43,15 +43,15 @@ mod steps;
 #[path = "pipeline_text.rs"]
 mod text;
 
-/// Builds an ONNX Runtime session for a graph file (CPU, CUDA or TensorRT), replacing the
-/// named initializers with the given values (run-time adapters; empty for the other graphs).
-/// `Send + Sync` so a pipeline can move to the thread that runs it (e.g. with Python's GIL
-/// released).
-pub type SessionFactory = Box<dyn Fn(&Path, &[Override]) -> Result<Session, RuntimeError> + Send + Sync>;
+/// Builds an ONNX Runtime session for a graph file (CPU, CUDA or TensorRT) as a
+/// [`SessionSpec`] asks: initializers replaced (run-time adapters on the DiT), dimensions fixed
+/// (the text encoder's padded length). `Send + Sync` so a pipeline can move to the thread that
+/// runs it (e.g. with Python's GIL released). [`crate::cpu_factory`] is the CPU one.
+pub type SessionFactory = Box<dyn Fn(&Path, &SessionSpec) -> Result<Session, RuntimeError> + Send + Sync>;
 
 /// The factory as the pipeline keeps it: shared with the threads that create sessions ahead.
 type SharedFactory =
-    std::sync::Arc<dyn Fn(&Path, &[Override]) -> Result<Session, RuntimeError> + Send + Sync>;
+    std::sync::Arc<dyn Fn(&Path, &SessionSpec) -> Result<Session, RuntimeError> + Send + Sync>;
 
 /// A prompt as text (encoded with the exported text encoder) or as embeddings [1, L, ctx]
 /// (the same for every image) or [N, L, ctx] (row k for image k of an N-image batch).
@@ -219,6 +219,9 @@ pub struct Pipeline {
     /// Merged DiT weights of the active run-time adapters, and what they are.
     dit_overrides: Vec<Override>,
     adapters: Vec<AdapterRecord>,
+    /// The padded prompt length the text encoder's session is made for (its `L` fixed; see
+    /// [`SessionSpec::fixed_dims`]); the tokenizer's default until a request asks otherwise.
+    text_len: usize,
     /// What a calibration run ([`crate::cache::CacheSpec::Record`]) recorded, per branch.
     pub last_cache_records: std::collections::BTreeMap<&'static str, crate::cache::policies::Records>,
     residency: Residency,
@@ -249,6 +252,7 @@ impl Pipeline {
             ort_time: 0.0,
             dit_overrides: Vec::new(),
             adapters: Vec::new(),
+            text_len: crate::tokenizer::DEFAULT_MAX_LENGTH,
             last_cache_records: Default::default(),
             residency: Residency::All,
             measure_memory: false,
@@ -284,6 +288,18 @@ impl Pipeline {
         &self.adapters
     }
 
+    /// What the session of graph `name` is made with: the DiT's adapter weights, the text
+    /// encoder's padded length.
+    fn spec(&self, name: &str) -> SessionSpec {
+        match name {
+            "transformer" => SessionSpec { overrides: self.dit_overrides.clone(), fixed_dims: vec![] },
+            "text_encoder" => {
+                SessionSpec { overrides: vec![], fixed_dims: vec![("L".into(), self.text_len as i64)] }
+            }
+            _ => SessionSpec::default(),
+        }
+    }
+
     /// The session of graph `name`, created on first use: its creation's time and peak RSS
     /// count as the generation's `load`, and the peak is reset after it so that the stage
     /// that asked for it measures its own run.
@@ -297,11 +313,11 @@ impl Pipeline {
                     .ok_or_else(|| RuntimeError::Run(format!("session {name} vanished")));
             }
             let path = self.model.graph(name)?;
-            let overrides: &[Override] = if name == "transformer" { &self.dit_overrides } else { &[] };
+            let spec = self.spec(name);
             let mut meter = crate::memory::Meter::new(self.measure_memory);
             meter.start();
             let t = Instant::now();
-            let s = (self.factory)(&path, overrides)?;
+            let s = (self.factory)(&path, &spec)?;
             self.load_time += t.elapsed().as_secs_f64();
             if self.measure_memory {
                 log::info!(

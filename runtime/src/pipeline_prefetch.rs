@@ -34,13 +34,13 @@ impl Pipeline {
                 continue;
             }
             let path: PathBuf = self.model.graph(name)?;
-            let overrides = if name == "transformer" { self.dit_overrides.clone() } else { Vec::new() };
+            let spec = self.spec(name);
             let factory = self.factory.clone();
             let handle = std::thread::Builder::new()
                 .name(format!("flux2-session-{name}"))
                 .spawn(move || {
                     let t = Instant::now();
-                    let s = factory(&path, &overrides);
+                    let s = factory(&path, &spec);
                     (s, t.elapsed().as_secs_f64())
                 })
                 .map_err(|e| RuntimeError::Run(format!("session {name}: cannot start a thread: {e}")))?;

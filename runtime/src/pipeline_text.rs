@@ -118,6 +118,17 @@ impl Pipeline {
         Ok(out)
     }
 
+    /// Makes the text encoder's session (whose `L` is fixed) one for `len` tokens: a session
+    /// made for another length is dropped, to be created again on use.
+    fn fix_text_length(&mut self, len: usize) {
+        if self.text_len != len {
+            log::info!("text encoder: padded length {} -> {len}; its session is made again", self.text_len);
+            self.text_len = len;
+            let _ = self.take_pending("text_encoder");
+            self.sessions.remove("text_encoder");
+        }
+    }
+
     /// Embeddings `[1, L, ctx]` of each `(name, text)`, from one text-encoder call.
     fn run_encoder(&mut self, texts: &[(&str, &str)], max_len: usize) -> Result<Vec<Tensor>, RuntimeError> {
         if texts.is_empty() {
@@ -135,6 +146,7 @@ impl Pipeline {
                 );
             }
         }
+        self.fix_text_length(enc.len);
         let shape = vec![enc.batch, enc.len];
         let inputs = [
             ("input_ids", InputRef::I64(shape.clone(), &enc.input_ids)),

@@ -15,7 +15,7 @@ use std::sync::OnceLock;
 use ort::ep::ExecutionProvider as _;
 use ort::session::{builder::GraphOptimizationLevel, Session};
 
-use crate::ort_env::with_overrides;
+use crate::ort_env::{cpu_factory, with_overrides, SessionSpec};
 use crate::trt::host::{load_provider_libraries, provider_library, ORT_GPU_HINT};
 use crate::trt::manifest::{BuildManifest, BUILD_MANIFEST};
 use crate::trt::{probe, TrtOptions};
@@ -164,13 +164,14 @@ pub type Factory = crate::pipeline::SessionFactory;
 /// session, so stale engines are refused with a message instead of failing inside ORT.
 pub fn session_factory(provider: ExecutionProvider, device_id: i32, opts: SessionOptions) -> Factory {
     match provider {
-        ExecutionProvider::Cpu => Box::new(move |p: &Path, o: &[Override]| cpu_session_with(p, &opts, o)),
-        ExecutionProvider::Cuda => Box::new(move |p: &Path, o: &[Override]| {
-            session_with_provider_overrides(p, &ProviderConfig::Cuda { device_id }, &opts, o)
+        ExecutionProvider::Cpu => cpu_factory(opts),
+        // GPU sessions get no fixed dimensions: their providers plan shapes themselves
+        ExecutionProvider::Cuda => Box::new(move |p: &Path, spec: &SessionSpec| {
+            session_with_provider_overrides(p, &ProviderConfig::Cuda { device_id }, &opts, &spec.overrides)
         }),
         ExecutionProvider::TensorRt => {
             let checked: OnceLock<Result<Option<PathBuf>, String>> = OnceLock::new();
-            Box::new(move |p: &Path, o: &[Override]| {
+            Box::new(move |p: &Path, spec: &SessionSpec| {
                 let dir = p.parent().unwrap_or(Path::new("."));
                 // weight-stripped engines refit from the session's folder, else the build's source
                 let refit = checked
@@ -188,7 +189,12 @@ pub fn session_factory(provider: ExecutionProvider, device_id: i32, opts: Sessio
                     onnx_model_folder: refit,
                     ..Default::default()
                 };
-                session_with_provider_overrides(p, &ProviderConfig::TensorRt(Box::new(trt)), &opts, o)
+                session_with_provider_overrides(
+                    p,
+                    &ProviderConfig::TensorRt(Box::new(trt)),
+                    &opts,
+                    &spec.overrides,
+                )
             })
         }
     }

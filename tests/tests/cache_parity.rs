@@ -23,11 +23,7 @@ fn shapes_model() -> PathBuf {
 
 fn pipeline(dir: &Path) -> Pipeline {
     let opts = SessionOptions::default();
-    Pipeline::new(
-        dir,
-        Box::new(move |p: &Path, o: &[flux2_runtime::Override]| flux2_runtime::cpu_session_with(p, &opts, o)),
-    )
-    .unwrap()
+    Pipeline::new(dir, flux2_runtime::cpu_factory(opts.clone())).unwrap()
 }
 
 fn request(reference: &Value, cap: usize, cache: Option<CacheSpec>) -> Request {

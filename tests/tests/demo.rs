@@ -36,11 +36,7 @@ fn tree(dir: &Path) -> BTreeMap<String, Vec<u8>> {
 /// A CPU pipeline over the export folder `out`.
 fn cpu_pipeline(out: &Path) -> Pipeline {
     let opts = SessionOptions::default();
-    Pipeline::new(
-        out,
-        Box::new(move |p: &Path, o: &[flux2_runtime::Override]| flux2_runtime::cpu_session_with(p, &opts, o)),
-    )
-    .unwrap()
+    Pipeline::new(out, flux2_runtime::cpu_factory(opts.clone())).unwrap()
 }
 
 #[test]

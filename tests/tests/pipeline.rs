@@ -80,13 +80,8 @@ fn export_model(all: &Value, model: &str, out: &Path) {
 fn open_pipeline(dir: &Path) -> Pipeline {
     // one thread per session: cargo runs the cases in parallel
     let opts = SessionOptions { intra_threads: 1, ..SessionOptions::default() };
-    Pipeline::new(
-        dir,
-        Box::new(move |p: &std::path::Path, o: &[flux2_runtime::Override]| {
-            flux2_runtime::cpu_session_with(p, &opts, o)
-        }),
-    )
-    .unwrap_or_else(|e| panic!("opening {}: {e}", dir.display()))
+    Pipeline::new(dir, flux2_runtime::cpu_factory(opts.clone()))
+        .unwrap_or_else(|e| panic!("opening {}: {e}", dir.display()))
 }
 
 /// The request of a case, with the prompt (and negative) as given.

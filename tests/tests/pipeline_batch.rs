@@ -17,7 +17,7 @@ use flux2_graphs::Target;
 use flux2_runtime::images::{Chw, Reference};
 use flux2_runtime::pipeline::{Event, Pipeline, PromptSource, Request};
 use flux2_runtime::tensor_file::Tensor;
-use flux2_runtime::{cpu_session_with, Input, Override, SessionOptions};
+use flux2_runtime::{Input, SessionOptions};
 use flux2_tests::export::{export_to, options};
 use flux2_tests::{f32_of, fixture, load_tensors};
 
@@ -29,7 +29,7 @@ fn open(model: &str, out: &Path) -> Pipeline {
     export_to(&src, out, None, opts, WeightMode::Copy).unwrap_or_else(|e| panic!("exporting {model}: {e}"));
     // one thread per session: cargo runs the tests in parallel
     let so = SessionOptions { intra_threads: 1, ..SessionOptions::default() };
-    Pipeline::new(out, Box::new(move |p: &Path, o: &[Override]| cpu_session_with(p, &so, o)))
+    Pipeline::new(out, flux2_runtime::cpu_factory(so.clone()))
         .unwrap_or_else(|e| panic!("opening {model}: {e}"))
 }
 

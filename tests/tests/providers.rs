@@ -31,7 +31,7 @@ fn cpu_sessions_run_through_every_entry_point() {
     let path = dir.path().join("vae_decoder.onnx");
     let mut a = session_with_provider(&path, &ProviderConfig::Cpu, &SessionOptions::default()).unwrap();
     let factory = session_factory(ExecutionProvider::Cpu, 0, SessionOptions::default());
-    let mut b = factory(&path, &[]).unwrap();
+    let mut b = factory(&path, &Default::default()).unwrap();
     let ya = run(&mut a, vec![("latents", latents())]).unwrap();
     let yb = run(&mut b, vec![("latents", latents())]).unwrap();
     assert_eq!(ya["image"].shape(), &[1, 3, 64, 64]);
@@ -68,7 +68,7 @@ fn gpu_providers_fail_loudly_on_the_cpu_build() {
 fn tensorrt_factory_wants_a_build_folder_for_this_host() {
     let dir = export_pipeline(Target::TensorRt);
     let factory = session_factory(ExecutionProvider::TensorRt, 0, SessionOptions::default());
-    let e = factory(&dir.path().join("transformer.onnx"), &[]).unwrap_err().to_string();
+    let e = factory(&dir.path().join("transformer.onnx"), &Default::default()).unwrap_err().to_string();
     assert!(e.contains("tensorrt.json") && e.contains("flux2 build"), "{e}");
 
     let built = BuildManifest {
@@ -90,7 +90,7 @@ fn tensorrt_factory_wants_a_build_folder_for_this_host() {
     assert!(e.contains("cannot run TensorRT engines") && e.contains("libcuda.so.1"), "{e}");
     // a factory checks its folder once; a new one sees the build manifest
     let factory = session_factory(ExecutionProvider::TensorRt, 0, SessionOptions::default());
-    let e = factory(&dir.path().join("transformer.onnx"), &[]).unwrap_err().to_string();
+    let e = factory(&dir.path().join("transformer.onnx"), &Default::default()).unwrap_err().to_string();
     assert!(e.contains("libcuda.so.1"), "{e}");
 
     let h100 = GpuDevice { index: 0, name: "NVIDIA H100".into(), capability: (9, 0), memory_bytes: 80 << 30 };

@@ -10,7 +10,7 @@ use flux2_graphs::Target;
 use flux2_runtime::pipeline::{Pipeline, PromptSource, Request};
 use flux2_runtime::session_cache::{cache_counts, CacheCounts, CACHE_DIR};
 use flux2_runtime::tensors::{run, Input};
-use flux2_runtime::{cpu_session, cpu_session_with, SessionOptions};
+use flux2_runtime::{cpu_session, SessionOptions};
 use flux2_tests::export::{export_to, options};
 use flux2_tests::fixture;
 
@@ -26,13 +26,14 @@ fn sess(cache: bool, threads: usize) -> SessionOptions {
 }
 
 fn image(dir: &Path, opts: SessionOptions) -> Vec<f32> {
-    let mut p = Pipeline::new(
-        dir,
-        Box::new(move |path: &Path, o: &[flux2_runtime::Override]| cpu_session_with(path, &opts, o)),
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+    let mut p = Pipeline::new(dir, flux2_runtime::cpu_factory(opts)).unwrap_or_else(|e| panic!("{e}"));
+    generate(&mut p, 32)
+}
+
+/// An image of the fixed request, its prompt padded to `max_len` tokens.
+fn generate(p: &mut Pipeline, max_len: usize) -> Vec<f32> {
     let mut req = Request::new(PromptSource::Text("a fox in the snow".into()));
-    (req.width, req.height, req.steps, req.max_sequence_length) = (Some(64), Some(64), Some(2), 32);
+    (req.width, req.height, req.steps, req.max_sequence_length) = (Some(64), Some(64), Some(2), max_len);
     p.generate(&req, &mut |_| {}).unwrap_or_else(|e| panic!("{e}")).image.data
 }
 
@@ -82,6 +83,44 @@ fn second_pipeline_loads_cached_graphs_and_makes_the_same_image() {
     // no temporary folder is left behind
     let leftovers = std::fs::read_dir(dir.join(CACHE_DIR)).unwrap_or_else(|e| panic!("{e}")).flatten();
     assert!(leftovers.into_iter().all(|e| !e.file_name().to_string_lossy().starts_with(".tmp")));
+}
+
+/// A cached text-encoder session has its padded length fixed (ONNX Runtime plans memory for
+/// concrete shapes: a faster creation); a request padded to another length gets a session made
+/// again for it, with the same image as a fresh pipeline.
+#[test]
+fn text_encoder_sessions_follow_the_padded_length() {
+    let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let dir = tmp.path().join("m");
+    export_pipeline(&dir);
+    let fresh = |len| {
+        let mut p =
+            Pipeline::new(&dir, flux2_runtime::cpu_factory(sess(false, 2))).unwrap_or_else(|e| panic!("{e}"));
+        bits(&generate(&mut p, len))
+    };
+    let (plain32, plain24) = (fresh(32), fresh(24));
+    assert_ne!(plain32, plain24, "the padded length should change this fixture's image");
+    let te = dir.join("text_encoder.onnx");
+    let mut p =
+        Pipeline::new(&dir, flux2_runtime::cpu_factory(sess(true, 2))).unwrap_or_else(|e| panic!("{e}"));
+    let created = |want: usize| {
+        let c = cache_counts(&te);
+        assert_eq!(c.hits + c.writes, want, "text-encoder sessions made: {c:?}");
+    };
+    assert_eq!(bits(&generate(&mut p, 32)), plain32);
+    created(1);
+    assert_eq!(bits(&generate(&mut p, 32)), plain32);
+    created(1);
+    assert_eq!(bits(&generate(&mut p, 24)), plain24, "a session fixed at 32 tokens ran 24");
+    created(2);
+    assert_eq!(bits(&generate(&mut p, 32)), plain32);
+    created(3);
+    // the cached session reports the fixed length as its input's size
+    let spec = flux2_runtime::SessionSpec { overrides: vec![], fixed_dims: vec![("L".into(), 32)] };
+    let s = flux2_runtime::cpu_session_spec(&te, &sess(true, 2), &spec).unwrap_or_else(|e| panic!("{e}"));
+    let ids = s.inputs().iter().find(|i| i.name() == "input_ids").unwrap_or_else(|| panic!("no input_ids"));
+    let shape = ids.dtype().tensor_shape().unwrap_or_else(|| panic!("input_ids is not a tensor"));
+    assert_eq!(shape.last().copied(), Some(32), "input_ids shape {shape:?}");
 }
 
 /// Output of one session on the VAE decoder.

@@ -14,7 +14,7 @@ use flux2_exporter::{ModelSource, WeightMode};
 use flux2_graphs::Target;
 use flux2_runtime::pipeline::{Pipeline, PromptSource, Request};
 use flux2_runtime::session_cache::{cache_counts, CacheCounts};
-use flux2_runtime::{cpu_session_with, SessionOptions};
+use flux2_runtime::SessionOptions;
 use flux2_tests::export::options;
 use flux2_tests::fixture;
 
@@ -29,11 +29,8 @@ fn export_lowbit(out: &Path, bits: Bits) {
 
 fn image(dir: &Path, cache: bool) -> Vec<u32> {
     let opts = SessionOptions { intra_threads: 2, cache, ..SessionOptions::default() };
-    let mut p = Pipeline::new(
-        dir,
-        Box::new(move |path: &Path, o: &[flux2_runtime::Override]| cpu_session_with(path, &opts, o)),
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+    let mut p =
+        Pipeline::new(dir, flux2_runtime::cpu_factory(opts.clone())).unwrap_or_else(|e| panic!("{e}"));
     let mut req = Request::new(PromptSource::Text("a fox in the snow".into()));
     (req.width, req.height, req.steps, req.max_sequence_length) = (Some(64), Some(64), Some(2), 32);
     p.generate(&req, &mut |_| {})

@@ -21,10 +21,7 @@ use flux2_runtime::SessionOptions;
 
 fn pipeline(dir: &Path, sess: &SessionOptions) -> Result<Pipeline, CalibrateError> {
     let s = sess.clone();
-    Ok(Pipeline::new(
-        dir,
-        Box::new(move |p: &Path, o: &[flux2_runtime::Override]| flux2_runtime::cpu_session_with(p, &s, o)),
-    )?)
+    Ok(Pipeline::new(dir, flux2_runtime::cpu_factory(s.clone()))?)
 }
 
 /// Runs the evaluation set through both folders and compares the images. `float_images`

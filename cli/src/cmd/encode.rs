@@ -92,7 +92,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let mask = ArrayD::from_shape_vec(IxDyn(&[1, enc.len]), enc.attention_mask)?;
     let factory = flux2_runtime::providers_factory(&args.provider)
         .with_context(|| format!("--provider {}", args.provider))?;
-    let mut session = factory(&graph, &[])?;
+    let mut session = factory(&graph, &flux2_runtime::SessionSpec::default())?;
     let mut out = flux2_runtime::run(
         &mut session,
         vec![("input_ids", Input::I64(ids)), ("attention_mask", Input::I64(mask))],
