@@ -99,6 +99,14 @@ impl std::fmt::Display for StagePeaks {
     }
 }
 
+/// Memory the system can give without swapping (`MemAvailable` of `/proc/meminfo`), bytes.
+pub fn available_memory() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let rest = info.lines().find_map(|l| l.strip_prefix("MemAvailable:"))?;
+    let kb: u64 = rest.split_whitespace().next()?.parse().ok()?;
+    Some(kb * 1024)
+}
+
 /// A `kB` field of `/proc/self/status` (`VmHWM`, `VmRSS`), in bytes.
 fn status_field(field: &str) -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;

@@ -50,6 +50,24 @@ impl ModelDir {
         self.manifest.graphs.get(name)
     }
 
+    /// Bytes on disk of a graph with its weights (`<file>.data`, `<file>_data`,
+    /// `weights/<stem>/*`, following links); 0 for a graph the export lacks.
+    pub fn graph_bytes(&self, name: &str) -> u64 {
+        let Ok(path) = self.graph(name) else { return 0 };
+        let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+        let mut total = size(&path);
+        let file = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        for extra in [format!("{file}.data"), format!("{file}_data")] {
+            total += size(&self.dir.join(extra));
+        }
+        if let Some(stem) = path.file_stem().and_then(|s| s.to_str()) {
+            if let Ok(rd) = std::fs::read_dir(self.dir.join("weights").join(stem)) {
+                total += rd.flatten().map(|e| size(&e.path())).sum::<u64>();
+            }
+        }
+        total
+    }
+
     /// Path of a graph, checked to exist.
     pub fn graph(&self, name: &str) -> Result<PathBuf, RuntimeError> {
         let e = self.entry(name).ok_or_else(|| RuntimeError::Model {

@@ -11,8 +11,33 @@ use std::time::Instant;
 
 use super::{Pipeline, Residency};
 use crate::memory::Meter;
+use crate::model_dir::ModelDir;
 use crate::prompt_cache::{PromptCache, PromptCacheCounts};
 use crate::RuntimeError;
+
+/// Weights up to this size make [`Residency::for_model`] keep every session.
+const SMALL_WEIGHTS: u64 = 2 << 30;
+
+impl Residency {
+    /// What a one-shot run of `model` should keep: [`Residency::All`] (the shortest cold
+    /// start: the DiT and VAE sessions are made while the text encoder runs) when the graphs'
+    /// weights take at most [`SMALL_WEIGHTS`] and an eighth of the memory available now, else
+    /// [`Residency::Stage`] (one stage's weights at a time: the lowest peak).
+    pub fn for_model(model: &ModelDir) -> Residency {
+        let weights: u64 =
+            ["text_encoder", "transformer", "vae_decoder"].iter().map(|g| model.graph_bytes(g)).sum();
+        Residency::for_sizes(weights, crate::memory::available_memory().unwrap_or(0))
+    }
+
+    /// [`Residency::for_model`] from the weights' and the available memory's bytes.
+    pub fn for_sizes(weights: u64, available: u64) -> Residency {
+        if weights <= SMALL_WEIGHTS && weights.saturating_mul(8) <= available {
+            Residency::All
+        } else {
+            Residency::Stage
+        }
+    }
+}
 
 impl Pipeline {
     /// Which sessions stay resident between stages and requests (default [`Residency::All`]).
@@ -100,5 +125,19 @@ impl Pipeline {
         }
         let id = self.text_identity.as_deref().unwrap_or_default();
         Ok(Some(crate::prompt_cache::key(id, max_len, text)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn small_models_keep_every_session_large_ones_one_stage() {
+        const GIB: u64 = 1 << 30;
+        assert_eq!(Residency::for_sizes(GIB / 2, 16 * GIB), Residency::All);
+        assert_eq!(Residency::for_sizes(3 * GIB, 100 * GIB), Residency::Stage, "over 2 GiB of weights");
+        assert_eq!(Residency::for_sizes(GIB, 6 * GIB), Residency::Stage, "over an eighth of the memory");
+        assert_eq!(Residency::for_sizes(GIB / 2, 0), Residency::Stage, "memory unknown");
     }
 }

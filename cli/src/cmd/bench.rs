@@ -102,8 +102,9 @@ pub struct Args {
     pub threads: Option<usize>,
     /// Sessions kept between stages: all (created once, reused: a serving process) or stage
     /// (each stage's session created when it starts and dropped when it ends, as `flux2
-    /// generate` runs: one stage's weights resident at a time, sessions rebuilt every run).
-    #[arg(long, value_name = "all|stage", default_value = "all")]
+    /// generate --residency stage` runs: one stage's weights resident at a time, sessions
+    /// rebuilt every run) or auto (as `flux2 generate` chooses by the model's size).
+    #[arg(long, value_name = "all|stage|auto", default_value = "all")]
     pub residency: String,
     /// Prompt-embedding cache: off (the text encoder runs every time, so it is timed), auto
     /// (<model>/.flux2-prompt-cache/ or the user cache folder) or a folder.
@@ -220,7 +221,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     let mut pipe = Pipeline::new(&args.model, make_factory(&args)?)?;
     super::generate::apply_adapters(&mut pipe, &args.lora)?;
-    pipe.set_residency(super::generate::parse_residency(&args.residency)?);
+    let residency = super::generate::parse_residency(&args.residency, &pipe)?;
+    pipe.set_residency(residency);
     pipe.set_measure_memory(true);
     pipe.set_prompt_cache(PromptCache::from_option(&args.prompt_cache, &args.model)?);
     let has_text = pipe.model.entry("text_encoder").is_some();

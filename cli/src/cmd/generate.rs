@@ -45,8 +45,9 @@ use flux2_runtime::tensor_file::{write_tensors, Tensor};
 /// full / first-block-only / skipped DiT evaluations):
 ///   flux2 generate --model shapes --prompt "a red circle on a blue background" --cache fbc:0.1 --json --out c.png
 ///
-/// Memory: one stage's session is resident at a time (the text encoder is dropped before the
-/// DiT is created, the DiT before the VAE decoder), and --json reports the peak RSS of each
+/// Memory: with --residency stage one stage's session is resident at a time (the text encoder
+/// is dropped before the DiT is created, the DiT before the VAE decoder); the default, auto,
+/// does that for models over 2 GiB of weights and otherwise keeps all (the fastest start). --json reports the peak RSS of each
 /// stage (`peak_rss_bytes`: load, text_encoder, denoise, vae_decode, overall; Linux). A prompt
 /// found in the prompt-embedding cache (--prompt-cache, on by default) skips the text encoder,
 /// whose session is then not created (`"text_encoder": "cached"`; the same image bit for bit).
@@ -133,19 +134,21 @@ pub struct Args {
     /// cache folder), off, or a folder. A prompt found there skips the text encoder.
     #[arg(long, value_name = "auto|off|DIR", default_value = "auto")]
     pub prompt_cache: String,
-    /// Sessions: stage (one stage's session resident at a time: the least memory) or all (the
+    /// Sessions: stage (one stage's session resident at a time: the least memory), all (the
     /// DiT and VAE sessions are created on background threads while the text encoder is made
-    /// and runs: the shortest cold start, all stages' weights resident).
-    #[arg(long, value_name = "stage|all", default_value = "stage")]
+    /// and runs: the shortest cold start, all stages' weights resident), or auto: all when the
+    /// model's weights take at most 2 GiB and an eighth of the available memory, else stage.
+    #[arg(long, value_name = "auto|stage|all", default_value = "auto")]
     pub residency: String,
 }
 
-/// `--residency stage|all` (generate and bench).
-pub fn parse_residency(value: &str) -> anyhow::Result<Residency> {
+/// `--residency auto|stage|all` (generate and bench) for the model of `pipe`.
+pub fn parse_residency(value: &str, pipe: &Pipeline) -> anyhow::Result<Residency> {
     match value {
+        "auto" => Ok(Residency::for_model(&pipe.model)),
         "stage" => Ok(Residency::Stage),
         "all" => Ok(Residency::All),
-        r => bail!("--residency {r}: expected stage or all"),
+        r => bail!("--residency {r}: expected auto, stage or all"),
     }
 }
 
@@ -219,7 +222,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let mut pipe = Pipeline::new(&args.model, factory_refit(&args.provider, args.refit_from.as_deref())?)?;
     apply_adapters(&mut pipe, &args.lora)?;
     // one request: by default only the running stage's weights are resident
-    pipe.set_residency(parse_residency(&args.residency)?);
+    let residency = parse_residency(&args.residency, &pipe)?;
+    pipe.set_residency(residency);
     pipe.set_measure_memory(true);
     pipe.set_prompt_cache(PromptCache::from_option(&args.prompt_cache, &args.model)?);
     let plan = pipe.plan(&req)?; // validate before any model runs
