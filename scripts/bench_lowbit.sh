@@ -5,7 +5,7 @@
 #
 # CKPT is a medium klein-shaped diffusers pipeline folder as scripts/compare_diffusers.py builds
 # it (DiT hidden 512, 2 double + 4 single blocks; 28-layer Qwen3 encoder of hidden 256; VAE).
-# 1. `flux2 export` f32, `--weights-precision int8` and `int4` (block 32, DiT embedders /
+# 1. `flux2 export` f32, `--weights-precision int8` and `int4` (default block 128, DiT embedders /
 #    modulation / final layer float, VAE float), and the DiT calibrated to INT8 Q/DQ;
 # 2. `flux2 bench --model f32 --against X` for each: per-stage times (text encoder at 512
 #    tokens, DiT step, VAE) side by side and the image PSNR of X against f32 (same seed);

@@ -52,7 +52,7 @@ impl Default for ExportArgs {
             verify: false,
             link_fallback: None,
             weights_precision: "float".into(),
-            block_size: 32,
+            block_size: 128,
             quantize_all: false,
         }
     }
