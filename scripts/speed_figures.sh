@@ -38,7 +38,7 @@ done
 python3 - "$WORK" > "$WORK/summary.md" <<'PY'
 import glob, json, re, statistics, sys
 work = sys.argv[1]
-print(open("/proc/cpuinfo").read().split("model name")[1].split("\n")[0].strip(": "))
+print(open("/proc/cpuinfo").read().split("model name")[1].split("\n")[0].strip(" \t:"))
 flags = set(open("/proc/cpuinfo").read().split("flags")[1].split("\n")[0].split())
 print("flags:", " ".join(sorted(f for f in flags if re.match(r"(avx|amx|fma)", f))))
 print("| cold process | residency | runs | wall s (min–median–max) | sessions s | text encoder s | denoise s | VAE decode s |")
