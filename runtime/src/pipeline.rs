@@ -364,7 +364,7 @@ impl Pipeline {
         steps::plan(&self.model, req)
     }
 
-    /// Why step caching cannot help a plan (step-distilled or ≤ 4 steps), to tell the user.
+    /// Why step caching cannot help a plan (≤ 8 steps, e.g. a step-distilled model), to tell the user.
     pub fn cache_advice(&self, plan: &Plan) -> Option<String> {
         steps::cache_advice(&self.model, plan)
     }

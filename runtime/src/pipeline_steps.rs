@@ -254,15 +254,32 @@ fn check_cache(model: &ModelDir, spec: &crate::cache::CacheSpec, steps: usize) -
     Ok(())
 }
 
-/// Why step caching cannot help this plan (a step-distilled few-step model), if so.
+/// Why step caching cannot help this plan (a few-step schedule, as step-distilled models run), if so.
 pub fn cache_advice(model: &ModelDir, plan: &Plan) -> Option<String> {
-    let distilled = model.guidance_mode() == Guidance::None;
-    let steps = plan.schedule.steps();
-    (distilled || steps <= 4).then(|| {
+    advice(model.guidance_mode() == Guidance::None, plan.schedule.steps())
+}
+
+fn advice(distilled: bool, steps: usize) -> Option<String> {
+    (steps <= FEW_STEPS).then(|| {
         format!(
             "step caching cannot help here: {} ({steps} steps) leaves no redundant steps to skip; it \
              pays on many-step models (klein base, dev: 24-50 steps)",
             if distilled { "a step-distilled model" } else { "a few-step schedule" }
         )
     })
+}
+
+/// Schedules up to this many steps have no steps to spare (klein distilled runs 4).
+const FEW_STEPS: usize = 8;
+
+#[cfg(test)]
+mod advice_tests {
+    #[test]
+    fn only_few_step_schedules_are_told_caching_cannot_help() {
+        let distilled4 = super::advice(true, 4).unwrap_or_default();
+        assert!(distilled4.contains("step-distilled") && distilled4.contains("4 steps"), "{distilled4}");
+        assert!(super::advice(false, 6).is_some_and(|m| m.contains("few-step")));
+        assert_eq!(super::advice(true, 28), None, "a distilled model run at 28 steps has steps to skip");
+        assert_eq!(super::advice(false, 24), None);
+    }
 }
