@@ -44,8 +44,10 @@ const FORMAT: u32 = 1;
 const MODEL: &str = "model.onnx";
 const DATA: &str = "model.onnx.data";
 const ENTRY: &str = "entry.json";
-/// Source files up to this size are hashed whole for the key.
-const HASH_WHOLE_MAX: u64 = 64 << 20;
+/// Files up to this size are hashed whole, larger ones by [`SAMPLES`] pieces: the same 4 MiB
+/// of hashing at most per file (a whole hash of a 50 MB INT8 graph's weights, once for the
+/// source and once for the entry, took about a third of its cached session's creation).
+const HASH_WHOLE_MAX: u64 = SAMPLES * SAMPLE_BYTES;
 /// Samples (of [`SAMPLE_BYTES`]) hashed through a large file.
 const SAMPLES: u64 = 64;
 const SAMPLE_BYTES: u64 = 64 << 10;
