@@ -47,8 +47,8 @@ use flux2_runtime::tensor_file::{write_tensors, Tensor};
 ///
 /// Memory: with --residency stage one stage's session is resident at a time (the text encoder
 /// is dropped before the DiT is created, the DiT before the VAE decoder); the default, auto,
-/// does that for models over 2 GiB of weights and otherwise keeps all (the fastest start). --json reports the peak RSS of each
-/// stage (`peak_rss_bytes`: load, text_encoder, denoise, vae_decode, overall; Linux). A prompt
+/// does that for models over 2 GiB of weights and otherwise keeps all (the fastest start).
+/// --json reports the peak RSS of each stage (`peak_rss_bytes`: load, text_encoder, denoise, vae_decode, overall; Linux). A prompt
 /// found in the prompt-embedding cache (--prompt-cache, on by default) skips the text encoder,
 /// whose session is then not created (`"text_encoder": "cached"`; the same image bit for bit).
 ///
@@ -221,7 +221,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let req = generate_args(&args).into_request()?;
     let mut pipe = Pipeline::new(&args.model, factory_refit(&args.provider, args.refit_from.as_deref())?)?;
     apply_adapters(&mut pipe, &args.lora)?;
-    // one request: by default only the running stage's weights are resident
+    // one request: large models keep only the running stage's weights resident (auto)
     let residency = parse_residency(&args.residency, &pipe)?;
     pipe.set_residency(residency);
     pipe.set_measure_memory(true);
