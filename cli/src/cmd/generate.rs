@@ -50,7 +50,8 @@ use flux2_runtime::tensor_file::{write_tensors, Tensor};
 /// does that for models over 2 GiB of weights and otherwise keeps all (the fastest start).
 /// --json reports the peak RSS of each stage (`peak_rss_bytes`: load, text_encoder, denoise,
 /// vae_decode, overall; Linux). A prompt found in the prompt-embedding cache (--prompt-cache,
-/// on by default) skips the text encoder, whose session is then not created (`"text_encoder": "cached"`; the same image bit for bit).
+/// on by default) skips the text encoder, whose session is then not created
+/// (`"text_encoder": "cached"`; the same image bit for bit).
 ///
 /// --lora FILE[:SCALE] (repeatable, scale 1 by default) applies adapters at run time: diffusers /
 /// PEFT, BFL / ai-toolkit or kohya files, detected from their keys. The touched DiT weights are
