@@ -50,22 +50,12 @@ impl ModelDir {
         self.manifest.graphs.get(name)
     }
 
-    /// Bytes on disk of a graph with its weights (`<file>.data`, `<file>_data`,
-    /// `weights/<stem>/*`, following links); 0 for a graph the export lacks.
+    /// Bytes on disk of a graph with its weights ([`graph_weight_files`], following links); 0
+    /// for a graph the export lacks.
     pub fn graph_bytes(&self, name: &str) -> u64 {
         let Ok(path) = self.graph(name) else { return 0 };
         let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
-        let mut total = size(&path);
-        let file = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-        for extra in [format!("{file}.data"), format!("{file}_data")] {
-            total += size(&self.dir.join(extra));
-        }
-        if let Some(stem) = path.file_stem().and_then(|s| s.to_str()) {
-            if let Ok(rd) = std::fs::read_dir(self.dir.join("weights").join(stem)) {
-                total += rd.flatten().map(|e| size(&e.path())).sum::<u64>();
-            }
-        }
-        total
+        size(&path) + graph_weight_files(&path).iter().map(|(_, p)| size(p)).sum::<u64>()
     }
 
     /// Path of a graph, checked to exist.
@@ -180,4 +170,33 @@ pub struct ResolutionDefaults {
     pub steps: Option<usize>,
     pub guidance: Option<f32>,
     pub shift: Option<crate::schedule::Shift>,
+}
+
+/// The external weight files an export keeps beside a graph file: `<file>.data` or
+/// `<file>_data` (copy mode) and `weights/<stem>/*` (link mode, sorted), as (name relative to
+/// the export folder, path); only those that exist.
+pub fn graph_weight_files(source: &Path) -> Vec<(String, PathBuf)> {
+    let mut out = Vec::new();
+    let Some(dir) = source.parent() else { return out };
+    let Some(name) = source.file_name().and_then(|n| n.to_str()) else { return out };
+    for extra in [format!("{name}.data"), format!("{name}_data")] {
+        let p = dir.join(&extra);
+        if p.is_file() {
+            out.push((extra, p));
+        }
+    }
+    if let Some(stem) = source.file_stem().and_then(|s| s.to_str()) {
+        if let Ok(rd) = std::fs::read_dir(dir.join("weights").join(stem)) {
+            let mut files: Vec<PathBuf> = rd.flatten().map(|e| e.path()).filter(|p| p.is_file()).collect();
+            files.sort();
+            for f in files {
+                let Some(n) = f.file_name().and_then(|n| n.to_str()).map(|n| format!("weights/{stem}/{n}"))
+                else {
+                    continue;
+                };
+                out.push((n, f));
+            }
+        }
+    }
+    out
 }

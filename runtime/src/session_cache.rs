@@ -231,34 +231,17 @@ pub(crate) fn fingerprint(path: &Path) -> Option<String> {
     Some(format!("{} {}.{} {}:{} {content}", m.len(), m.mtime(), m.mtime_nsec(), m.dev(), m.ino()))
 }
 
-/// The external weight files an export keeps beside a graph: `<file>.data` (copy mode) and
-/// `weights/<stem>/*` (link mode), with their fingerprints (size, time, inode; sampled hash).
+/// The external weight files of a graph ([`crate::model_dir::graph_weight_files`]), with their
+/// fingerprints (size, time, inode; sampled hash).
 pub(crate) fn weight_files(source: &Path) -> Vec<(String, String)> {
-    let mut out = Vec::new();
-    let Some(dir) = source.parent() else { return out };
-    let Some(name) = source.file_name().and_then(|n| n.to_str()) else { return out };
     let stat = |p: &Path| -> Option<String> {
         let m = std::fs::metadata(p).ok()?;
         Some(format!("{} {}.{} {}:{} {}", m.len(), m.mtime(), m.mtime_nsec(), m.dev(), m.ino(), digest(p)?.1))
     };
-    for extra in [format!("{name}.data"), format!("{name}_data")] {
-        if let Some(fp) = stat(&dir.join(&extra)) {
-            out.push((extra, fp));
-        }
-    }
-    if let Some(stem) = source.file_stem().and_then(|s| s.to_str()) {
-        let wdir = dir.join("weights").join(stem);
-        if let Ok(rd) = std::fs::read_dir(&wdir) {
-            let mut files: Vec<PathBuf> = rd.flatten().map(|e| e.path()).filter(|p| p.is_file()).collect();
-            files.sort();
-            for f in files {
-                if let (Some(n), Some(fp)) = (f.file_name().and_then(|n| n.to_str()), stat(&f)) {
-                    out.push((format!("weights/{stem}/{n}"), fp));
-                }
-            }
-        }
-    }
-    out
+    crate::model_dir::graph_weight_files(source)
+        .into_iter()
+        .filter_map(|(n, p)| Some((n, stat(&p)?)))
+        .collect()
 }
 
 /// (size, SHA-256 hex) of a file: whole up to [`HASH_WHOLE_MAX`], else of its size and

@@ -23,7 +23,7 @@ fn shapes_model() -> PathBuf {
 
 fn pipeline(dir: &Path) -> Pipeline {
     let opts = SessionOptions::default();
-    Pipeline::new(dir, flux2_runtime::cpu_factory(opts.clone())).unwrap()
+    Pipeline::new(dir, flux2_runtime::cpu_factory(opts)).unwrap()
 }
 
 fn request(reference: &Value, cap: usize, cache: Option<CacheSpec>) -> Request {

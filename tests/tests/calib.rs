@@ -119,8 +119,7 @@ fn int8_and_fp8_model_folders_check_run_and_carry_their_types() {
         assert_eq!(gen.len(), 1);
         assert!(gen[0].psnr_db > 20.0 && gen[0].ssim > 0.5, "{format:?}: {:?}", gen[0]);
         let sess = SessionOptions { intra_threads: 2, ..SessionOptions::default() };
-        let mut p =
-            Pipeline::new(&out, flux2_runtime::cpu_factory(sess.clone())).unwrap_or_else(|e| panic!("{e}"));
+        let mut p = Pipeline::new(&out, flux2_runtime::cpu_factory(sess)).unwrap_or_else(|e| panic!("{e}"));
         let embeds =
             Tensor { shape: vec![1, 8, 40], data: (0..320).map(|i| (i as f32 * 0.37).sin()).collect() };
         let mut req = Request::new(PromptSource::Embeds(embeds));
@@ -213,8 +212,7 @@ fn fp8_attention_model_folder_runs_in_the_pipeline() {
     assert!(gen[0].psnr_db > 20.0, "{:?}", gen[0]);
     let sess = SessionOptions { intra_threads: 2, ..SessionOptions::default() };
     assert!(sess.qdq_fusion, "the manifest, not the caller, turns the fusions off");
-    let mut p =
-        Pipeline::new(&out, flux2_runtime::cpu_factory(sess.clone())).unwrap_or_else(|e| panic!("{e}"));
+    let mut p = Pipeline::new(&out, flux2_runtime::cpu_factory(sess)).unwrap_or_else(|e| panic!("{e}"));
     let embeds = Tensor { shape: vec![1, 8, 40], data: (0..320).map(|i| (i as f32 * 0.37).cos()).collect() };
     let mut req = Request::new(PromptSource::Embeds(embeds));
     (req.width, req.height) = (Some(64), Some(64));

@@ -108,7 +108,7 @@ fn int8_default_quantises_the_whole_pipeline_with_integer_vae_convolutions() {
     let g = &r.report.generations;
     assert!(g.len() == 1 && g[0].psnr_db > 20.0, "{g:?}");
     let s = sess();
-    let mut p = Pipeline::new(&out, flux2_runtime::cpu_factory(s.clone())).unwrap_or_else(|e| panic!("{e}"));
+    let mut p = Pipeline::new(&out, flux2_runtime::cpu_factory(s)).unwrap_or_else(|e| panic!("{e}"));
     let mut req = Request::new(PromptSource::Text("a fox".into()));
     (req.width, req.height) = (Some(64), Some(64));
     let img = p.generate(&req, &mut |_| {}).unwrap_or_else(|e| panic!("{e}")).image;

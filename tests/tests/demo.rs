@@ -36,7 +36,7 @@ fn tree(dir: &Path) -> BTreeMap<String, Vec<u8>> {
 /// A CPU pipeline over the export folder `out`.
 fn cpu_pipeline(out: &Path) -> Pipeline {
     let opts = SessionOptions::default();
-    Pipeline::new(out, flux2_runtime::cpu_factory(opts.clone())).unwrap()
+    Pipeline::new(out, flux2_runtime::cpu_factory(opts)).unwrap()
 }
 
 #[test]

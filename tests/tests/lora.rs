@@ -119,7 +119,7 @@ fn runtime_adapters_match_diffusers_pipeline_and_switch() {
     export_to(&fixture("pipeline/klein"), out.path(), comps, options(Target::Ort, None), WeightMode::Copy)
         .unwrap();
     let opts = SessionOptions { intra_threads: 1, ..SessionOptions::default() };
-    let mut pipe = Pipeline::new(out.path(), flux2_runtime::cpu_factory(opts.clone())).unwrap();
+    let mut pipe = Pipeline::new(out.path(), flux2_runtime::cpu_factory(opts)).unwrap();
     let images = load_tensors(&fixture("lora/pipeline.safetensors")).unwrap();
     let base = load_tensors(&fixture("pipeline/cases.safetensors")).unwrap();
     let mut checks: Vec<(String, Vec<AdapterSpec>, ArrayD<f32>)> = Vec::new();

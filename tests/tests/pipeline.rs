@@ -80,7 +80,7 @@ fn export_model(all: &Value, model: &str, out: &Path) {
 fn open_pipeline(dir: &Path) -> Pipeline {
     // one thread per session: cargo runs the cases in parallel
     let opts = SessionOptions { intra_threads: 1, ..SessionOptions::default() };
-    Pipeline::new(dir, flux2_runtime::cpu_factory(opts.clone()))
+    Pipeline::new(dir, flux2_runtime::cpu_factory(opts))
         .unwrap_or_else(|e| panic!("opening {}: {e}", dir.display()))
 }
 

@@ -29,8 +29,7 @@ fn open(model: &str, out: &Path) -> Pipeline {
     export_to(&src, out, None, opts, WeightMode::Copy).unwrap_or_else(|e| panic!("exporting {model}: {e}"));
     // one thread per session: cargo runs the tests in parallel
     let so = SessionOptions { intra_threads: 1, ..SessionOptions::default() };
-    Pipeline::new(out, flux2_runtime::cpu_factory(so.clone()))
-        .unwrap_or_else(|e| panic!("opening {model}: {e}"))
+    Pipeline::new(out, flux2_runtime::cpu_factory(so)).unwrap_or_else(|e| panic!("opening {model}: {e}"))
 }
 
 fn tensors() -> HashMap<String, Input> {

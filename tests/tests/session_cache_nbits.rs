@@ -29,8 +29,7 @@ fn export_lowbit(out: &Path, bits: Bits) {
 
 fn image(dir: &Path, cache: bool) -> Vec<u32> {
     let opts = SessionOptions { intra_threads: 2, cache, ..SessionOptions::default() };
-    let mut p =
-        Pipeline::new(dir, flux2_runtime::cpu_factory(opts.clone())).unwrap_or_else(|e| panic!("{e}"));
+    let mut p = Pipeline::new(dir, flux2_runtime::cpu_factory(opts)).unwrap_or_else(|e| panic!("{e}"));
     let mut req = Request::new(PromptSource::Text("a fox in the snow".into()));
     (req.width, req.height, req.steps, req.max_sequence_length) = (Some(64), Some(64), Some(2), 32);
     p.generate(&req, &mut |_| {})

@@ -20,8 +20,7 @@ use flux2_runtime::tensor_file::Tensor;
 use flux2_runtime::SessionOptions;
 
 fn pipeline(dir: &Path, sess: &SessionOptions) -> Result<Pipeline, CalibrateError> {
-    let s = sess.clone();
-    Ok(Pipeline::new(dir, flux2_runtime::cpu_factory(s.clone()))?)
+    Ok(Pipeline::new(dir, flux2_runtime::cpu_factory(sess.clone()))?)
 }
 
 /// Runs the evaluation set through both folders and compares the images. `float_images`
