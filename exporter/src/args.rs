@@ -37,6 +37,8 @@ pub struct ExportArgs {
     pub block_size: usize,
     /// int8/int4: also quantise the DiT's embedders, modulation and final layer.
     pub quantize_all: bool,
+    /// dequantize (standard DequantizeLinear → MatMul) or matmulnbits (ONNX Runtime's kernel).
+    pub lowbit_op: String,
 }
 
 impl Default for ExportArgs {
@@ -54,6 +56,7 @@ impl Default for ExportArgs {
             weights_precision: "float".into(),
             block_size: 128,
             quantize_all: false,
+            lowbit_op: "dequantize".into(),
         }
     }
 }
@@ -78,6 +81,7 @@ pub fn parse_lowbit(
                 block_size: 32,
                 include_all: true,
                 from_gguf: true,
+                nbits_op: false,
             }));
         }
         "float" | "f" | "none" => {
@@ -177,6 +181,24 @@ impl ExportArgs {
         req.verify = self.verify;
         req.link_fallback_copy = link_fallback_copy;
         req.lowbit = parse_lowbit(&self.weights_precision, self.block_size, self.quantize_all)?;
+        match (self.lowbit_op.to_ascii_lowercase().as_str(), req.lowbit.as_mut()) {
+            ("dequantize" | "dq", _) => {}
+            ("matmulnbits" | "nbits", Some(lo)) if self.target.eq_ignore_ascii_case("ort") => {
+                lo.nbits_op = true
+            }
+            ("matmulnbits" | "nbits", Some(_)) => {
+                return Err(opt(
+                    "--lowbit-op",
+                    "matmulnbits is ONNX Runtime's operator: use it with --target ort",
+                ))
+            }
+            ("matmulnbits" | "nbits", None) => {
+                return Err(opt("--lowbit-op", "applies to --weights-precision int8, int4 or gguf"))
+            }
+            (other, _) => {
+                return Err(opt("--lowbit-op", format!("'{other}' is not one of dequantize, matmulnbits")))
+            }
+        }
         Ok(req)
     }
 }
@@ -197,6 +219,17 @@ mod tests {
                 "--block-size",
             ),
             (ExportArgs { quantize_all: true, ..Default::default() }, "--quantize-all"),
+            (ExportArgs { lowbit_op: "matmulnbits".into(), ..Default::default() }, "--lowbit-op"),
+            (
+                ExportArgs {
+                    lowbit_op: "matmulnbits".into(),
+                    weights_precision: "int4".into(),
+                    target: "tensorrt".into(),
+                    ..Default::default()
+                },
+                "--lowbit-op",
+            ),
+            (ExportArgs { lowbit_op: "qlinear".into(), ..Default::default() }, "--lowbit-op"),
             (ExportArgs { components: Some(vec!["unet".into()]), ..Default::default() }, "unet"),
             (
                 ExportArgs { config: Some("/nonexistent/config.json".into()), ..Default::default() },

@@ -10,6 +10,7 @@ pub mod cpu;
 pub mod images;
 pub mod lora;
 pub mod manifest;
+pub mod mapped;
 pub mod memory;
 pub mod model_dir;
 pub mod noise;

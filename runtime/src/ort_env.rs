@@ -147,6 +147,9 @@ pub struct SessionOptions {
     /// time. Off for throw-away graphs (the calibrator's probes); `FLUX2_SESSION_CACHE=off`
     /// turns it off everywhere.
     pub cache: bool,
+    /// Run the weights mapped as stored, one copy in memory ([`crate::mapped`]): `None` decides
+    /// per graph (when two copies of its weights would not fit in the available memory).
+    pub mapped: Option<bool>,
 }
 
 impl Default for SessionOptions {
@@ -158,6 +161,7 @@ impl Default for SessionOptions {
             qdq_fusion: true,
             trt_refit_from: None,
             cache: true,
+            mapped: None,
         }
     }
 }
@@ -218,12 +222,41 @@ pub fn cpu_session_spec(
     opts: &SessionOptions,
     spec: &SessionSpec,
 ) -> Result<Session, RuntimeError> {
+    if opts.optimization && crate::mapped::runs_mapped(path, opts.mapped) {
+        return mapped_session(path, opts, spec);
+    }
     if opts.cache && opts.optimization && spec.overrides.is_empty() && session_cache::enabled_by_env() {
         if let Some(slot) = Slot::new(path, cache_settings(path, opts)?) {
             return cached_session(path, opts, &slot, &spec.fixed_dims);
         }
     }
     let builder = cpu_builder(path, opts, opts.optimization)?;
+    with_overrides(builder, &spec.overrides, path)?.commit_from_file(path).map_err(|e| session_error(path, e))
+}
+
+/// A session whose weights stay mapped as stored ([`crate::mapped`]): basic optimisations
+/// only, no pre-packing, no session cache.
+fn mapped_session(path: &Path, opts: &SessionOptions, spec: &SessionSpec) -> Result<Session, RuntimeError> {
+    let env = environment()?;
+    let ctx = |e: ort::Error| session_error(path, e);
+    let mut builder = Session::builder(env).map_err(ctx)?;
+    builder = builder.with_intra_threads(opts.intra_threads).map_err(|e| ctx(e.into()))?;
+    builder = builder.with_optimization_level(GraphOptimizationLevel::Level1).map_err(|e| ctx(e.into()))?;
+    // the Q/DQ transforms stay enabled (they run at level 2 only): with them enabled, constant
+    // folding leaves each weight's DequantizeLinear alone instead of storing its float output
+    builder = builder.with_config_entry("session.disable_prepacking", "1").map_err(|e| ctx(e.into()))?;
+    if is_dit_part(path) {
+        builder =
+            builder.with_config_entry("session.intra_op.allow_spinning", "0").map_err(|e| ctx(e.into()))?;
+    }
+    for (k, v) in extra_config() {
+        builder = builder.with_config_entry(k, v).map_err(|e| ctx(e.into()))?;
+    }
+    for (name, size) in &spec.fixed_dims {
+        builder = builder
+            .with_dimension_override(name, *size)
+            .map_err(|e| session_error(path, format!("fixing dimension {name} = {size}: {e}")))?;
+    }
     with_overrides(builder, &spec.overrides, path)?.commit_from_file(path).map_err(|e| session_error(path, e))
 }
 

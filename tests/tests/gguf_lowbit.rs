@@ -176,7 +176,13 @@ fn gguf_precision_takes_the_files_blocks() {
     flux2_tests::exact_nbits();
     let gguf = fixture("gguf/dit_guided_mixed.gguf");
     let src = dit_source("dit_guided_mixed.gguf");
-    let lo = LowbitOptions { bits: Bits::Int8, block_size: 32, include_all: true, from_gguf: true };
+    let lo = LowbitOptions {
+        bits: Bits::Int8,
+        block_size: 32,
+        include_all: true,
+        from_gguf: true,
+        nbits_op: false,
+    };
     let (_q, q) = export_to(&src, Kind::Transformer, Some(lo), None);
     let (_f, f) = export_to(&src, Kind::Transformer, None, None);
     let (n, equal, by_bits) = compare_sites(&q, &f, Some(&file_blocks(&gguf)));

@@ -23,7 +23,7 @@ fn export_lowbit(out: &Path, bits: Bits) {
     let mut opts = options(Target::Ort, None);
     opts.text_layers = Some(vec![1, 2, 3]); // the fixture's text encoder has 4 layers
     let mut req = ExportRequest::new(None, opts, WeightMode::Copy);
-    req.lowbit = Some(LowbitOptions { bits, block_size: 32, include_all: false, from_gguf: false });
+    req.lowbit = Some(LowbitOptions::fixed(bits, 32, false));
     export(&source, out, &req, &mut |_| {}).unwrap_or_else(|e| panic!("{e}"));
 }
 

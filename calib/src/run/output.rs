@@ -260,6 +260,7 @@ fn run_stages(opts: &CalibrateOptions, on_event: &mut dyn FnMut(Event)) -> Resul
         trt_refit_from: None,
         // probe and staged graphs are rewritten over and over: caching them would cost, not save
         cache: false,
+        mapped: None,
     };
     let parent = opts.out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let name = opts.out.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| "out".into());

@@ -136,6 +136,13 @@ pub struct Args {
     /// int8/int4: also quantise the DiT's embedders, modulation and final layer.
     #[arg(long)]
     quantize_all: bool,
+    /// How low-bit linears are written: dequantize (the standard DequantizeLinear → MatMul,
+    /// for every runtime; ONNX Runtime fuses it into its n-bit kernel when it loads the graph,
+    /// which briefly holds two copies of the weights), or matmulnbits (ONNX Runtime's
+    /// com.microsoft MatMulNBits directly: one copy, for models whose weights take more than
+    /// half the memory, such as FLUX.2 [dev] on 24 GB; --target ort only).
+    #[arg(long, value_name = "dequantize|matmulnbits", default_value = "dequantize")]
+    lowbit_op: String,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -152,6 +159,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         weights_precision: args.weights_precision.clone(),
         block_size: args.block_size,
         quantize_all: args.quantize_all,
+        lowbit_op: args.lowbit_op.clone(),
     }
     .into_request()?;
     let replace: Vec<(Kind, PathBuf)> =

@@ -76,6 +76,23 @@ pub fn hf_name(name: &str) -> Option<String> {
     Some(format!("model.layers.{layer}.{hf}.{kind}"))
 }
 
+/// The llama.cpp name of a transformers text-model tensor name (the inverse of [`hf_name`]);
+/// `None` for names llama.cpp has no counterpart for.
+pub fn gguf_name(hf: &str) -> Option<String> {
+    match hf {
+        "model.embed_tokens.weight" => return Some("token_embd.weight".into()),
+        "model.norm.weight" => return Some("output_norm.weight".into()),
+        "lm_head.weight" => return Some("output.weight".into()),
+        _ => {}
+    }
+    let rest = hf.strip_prefix("model.layers.")?;
+    let (layer, rest) = rest.split_once('.')?;
+    let layer: usize = layer.parse().ok()?;
+    let (module, kind) = rest.rsplit_once('.')?;
+    let g = BLOCK.iter().find(|(_, h)| *h == module)?.0;
+    Some(format!("blk.{layer}.{g}.{kind}"))
+}
+
 /// Rows of a permuted Q (or K) tensor of `heads` heads: output row `r` (transformers order)
 /// is GGUF row `source_row(r)`.
 pub fn unpermute_row(r: usize, rows: usize, heads: usize) -> usize {
@@ -189,5 +206,9 @@ mod tests {
         assert_eq!(hf_name("token_embd.weight").as_deref(), Some("model.embed_tokens.weight"));
         assert_eq!(hf_name("rope_freqs.weight"), None);
         assert_eq!(hf_name("blk.x.attn_q.weight"), None);
+        for n in ["model.layers.7.mlp.up_proj.weight", "model.norm.weight", "lm_head.weight"] {
+            assert_eq!(gguf_name(n).and_then(|g| hf_name(&g)).as_deref(), Some(n));
+        }
+        assert_eq!(gguf_name("model.layers.0.mlp.unknown.weight"), None);
     }
 }

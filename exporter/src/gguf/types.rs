@@ -46,6 +46,12 @@ impl GgmlType {
         GgmlType::ALL.into_iter().find(|t| t.id() == id)
     }
 
+    /// The type named `name` as llama.cpp prints it (`Q4_K`, `q4_k`, `Q4K`), case-insensitive.
+    pub fn from_name(name: &str) -> Option<GgmlType> {
+        let want = name.to_ascii_uppercase().replace('_', "");
+        GgmlType::ALL.into_iter().find(|t| t.name().replace('_', "") == want)
+    }
+
     /// The GGUF type id.
     pub fn id(self) -> u32 {
         match self {

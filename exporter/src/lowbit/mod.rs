@@ -20,6 +20,7 @@
 
 pub mod fp8;
 pub mod gguf;
+pub mod nbits;
 pub mod quant;
 
 use std::collections::HashMap;
@@ -54,12 +55,15 @@ pub struct LowbitOptions {
     /// form its type maps to ([`crate::gguf::direct::gguf_form`]); the others stay float.
     /// `bits` and `block_size` are then unused.
     pub from_gguf: bool,
+    /// `--lowbit-op matmulnbits`: write ONNX Runtime's `MatMulNBits` directly ([`nbits`])
+    /// instead of the standard `DequantizeLinear → MatMul`.
+    pub nbits_op: bool,
 }
 
 impl LowbitOptions {
     /// Fixed `bits` and `block_size` for every selected linear.
     pub fn fixed(bits: Bits, block_size: usize, include_all: bool) -> LowbitOptions {
-        LowbitOptions { bits, block_size, include_all, from_gguf: false }
+        LowbitOptions { bits, block_size, include_all, from_gguf: false, nbits_op: false }
     }
 }
 
@@ -226,6 +230,7 @@ pub fn metadata(
             _ => format!("{f}: {n} ({file} the GGUF file's own codes)"),
         })
         .collect();
+    let op = if opts.nbits_op { "; as com.microsoft MatMulNBits" } else { "" };
     let policy = match (opts.from_gguf, opts.include_all) {
         (true, _) => " (as the GGUF file stores them; its float tensors stay float)",
         (false, true) => " (all)",
@@ -233,7 +238,7 @@ pub fn metadata(
     };
     StringStringEntryProto {
         key: "flux2.weights_precision".into(),
-        value: format!("{}; {} of {total_linears} linear weights{policy}", parts.join("; "), sites.len()),
+        value: format!("{}; {} of {total_linears} linear weights{policy}{op}", parts.join("; "), sites.len()),
     }
 }
 

@@ -14,6 +14,7 @@
 
 mod configs;
 pub mod sparse;
+pub mod sparse_gguf;
 pub mod tokenizer;
 pub mod weights;
 

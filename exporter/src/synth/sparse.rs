@@ -65,7 +65,7 @@ impl Variant {
 }
 
 /// One tensor: name, shape (bf16).
-type Decl = (String, Vec<usize>);
+pub type Decl = (String, Vec<usize>);
 
 /// What [`write_sparse_checkpoint`] wrote: component -> (files, bytes of tensor data).
 pub type SparseReport = BTreeMap<String, (Vec<PathBuf>, u64)>;
@@ -131,6 +131,25 @@ fn write_folder(variant: Variant, out: &Path) -> Result<SparseReport> {
     let written = write_component(&out.join("text_encoder"), "model", 5_000_000_000, &tt)?;
     report.insert("text_encoder".into(), written);
     Ok(report)
+}
+
+/// The DiT's tensors of `variant` (diffusers names, row-major shapes).
+pub(super) fn transformer_decls(variant: Variant) -> Result<Vec<Decl>> {
+    Ok(names(&build_transformer(&variant.transformer(), Target::Ort, DType::BF16)?.weights))
+}
+
+/// The text encoder of `variant` in transformers' language-model names (`model.layers.N...`,
+/// no `language_model` prefix), with its llama.cpp architecture name and its config.
+pub(super) fn text_decls(variant: Variant) -> Result<(&'static str, Vec<Decl>, TextConfig)> {
+    let text = variant.text();
+    let (_, mut tensors) = text_encoder(variant, &text)?;
+    for (n, _) in &mut tensors {
+        if let Some(rest) = n.strip_prefix("model.language_model.") {
+            *n = format!("model.{rest}");
+        }
+    }
+    let arch = if variant == Variant::Dev { "llama" } else { "qwen3" };
+    Ok((arch, tensors, text))
 }
 
 fn names(weights: &[WeightDecl]) -> Vec<Decl> {

@@ -37,13 +37,33 @@ pub(super) fn write_lowbit(
     let mut data = DataFile::append(dir, stem)?;
     for w in quantised {
         if let Some(i) = sites.iter().position(|s| s.weight == w.decl.name) {
-            sites[i].from_file =
-                write_quantised(w, &sites[i], ckpt, stem, merge, target, &mut data, out.inits, progress)?;
+            sites[i].from_file = write_quantised(
+                w,
+                &sites[i],
+                ckpt,
+                stem,
+                (merge, lo),
+                target,
+                &mut data,
+                out.inits,
+                progress,
+            )?;
         }
     }
     data.finish(out.report)?;
     let total = lowbit::count_linears(model, stem);
-    lowbit::rewrite(out.proto.graph.get_or_insert_with(Default::default), sites, target);
+    let g = out.proto.graph.get_or_insert_with(Default::default);
+    if lo.nbits_op {
+        lowbit::nbits::rewrite(g, sites);
+        if !out.proto.opset_import.iter().any(|o| o.domain == lowbit::nbits::DOMAIN) {
+            out.proto.opset_import.push(flux2_graphs::onnx::OperatorSetIdProto {
+                domain: lowbit::nbits::DOMAIN.into(),
+                version: 1,
+            });
+        }
+    } else {
+        lowbit::rewrite(g, sites, target);
+    }
     out.proto.metadata_props.push(lowbit::metadata(sites, total, target, lo));
     Ok(())
 }
@@ -88,7 +108,7 @@ fn write_quantised(
     site: &Site,
     ckpt: &Checkpoint,
     stem: &str,
-    merge: Option<&dyn WeightMerge>,
+    (merge, lo): (Option<&dyn WeightMerge>, &LowbitOptions),
     target: Target,
     data: &mut DataFile,
     inits: &mut Vec<TensorProto>,
@@ -118,12 +138,18 @@ fn write_quantised(
             lowbit::quantise(&values, site.n, site.k, site.bits, block, w.decl.dtype)
         }
     };
-    let (code_dims, scale_dims) = lowbit::dims(site, target);
-    let start = data.begin(q.codes.len())?;
-    data.write(&q.codes)?;
+    let (codes, code_type, (code_dims, scale_dims), scales) = if lo.nbits_op {
+        let (b, scales) = lowbit::nbits::to_nbits(&q, site.bits, site.block);
+        let scales = flux2_graphs::encode_floats(w.decl.dtype, &scales);
+        (b, flux2_graphs::onnx_dtype::UINT8, lowbit::nbits::dims(site), scales)
+    } else {
+        let scales = q.scale_bytes(w.decl.dtype);
+        (q.codes, site.bits.onnx(), lowbit::dims(site, target), scales)
+    };
+    let start = data.begin(codes.len())?;
+    data.write(&codes)?;
     let code_name = lowbit::code_name(&site.weight);
-    inits.push(external(&code_name, site.bits.onnx(), &code_dims, &data.name, start, q.codes.len() as u64));
-    let scales = q.scale_bytes(w.decl.dtype);
+    inits.push(external(&code_name, code_type, &code_dims, &data.name, start, codes.len() as u64));
     let start = data.begin(scales.len())?;
     data.write(&scales)?;
     let scale_name = lowbit::scale_name(&site.weight);
