@@ -8,7 +8,10 @@
 # (a step budget, not wall time, so every arm gets the same training whatever the machine load).
 # Each run is judged by judge.py (the exact compressed-text sampler, classify.py) on PROMPTS
 # captions (seed 1000: the same captions and noise for every run) at 64², guidance 2, 24 steps.
-# Q2, sampling shift: every run is judged at each shift of SHIFTS (same captions and noise).
+# Q2, sampling shift: every run is judged at each shift of SHIFTS at 64² (eval-<shift>/) and of
+# SHIFTS128 at 128² (eval128-<shift>/: 4x the tokens of the 64² training; the notes' rule
+# alpha = 3 * sqrt(256/64) = 6 against the base shift 3 and the export's empirical shift), with
+# the same captions and noise for every run.
 # Runs that are done are skipped, so the study can be spread over several sessions, and several
 # workers can share the queue (each claims a run with mkdir; WORKERS=2 starts two, one core each,
 # at nice 19 so interactive work keeps priority; CPU seconds per run are recorded as the
@@ -17,7 +20,8 @@
 # caption per arm).
 # A pilot at STEPS=4000 (seed 0) left shapes at chance (ln:3 35.9 %: colour 99.5 %), so the
 # default budget is the shipped model's, 10,000 steps (~50 min per run on one core here).
-#   PY=/path/to/python train/study2.sh        (ARMS="ln:3" SEEDS=0 for one arm and seed)
+#   PY=/path/to/python train/study2.sh        (ARMS="ln:3" SEEDS=0 for one arm and seed;
+#                                               EVAL_ONLY=1 judges finished runs, trains none)
 set -euo pipefail
 cd "$(dirname "$0")"
 PY=${PY:-../.pyref/bin/python}
@@ -27,6 +31,7 @@ PROMPTS=${PROMPTS:-192}
 ARMS=${ARMS:-"ts:3 ln:3 pln:3 ln:1"}
 SEEDS=${SEEDS:-"0 1 2"}
 SHIFTS=${SHIFTS:-"empirical fixed:3"}
+SHIFTS128=${SHIFTS128:-"empirical fixed:3 fixed:6"}
 OUT=${OUT:-runs/study2}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} TRAIN_THREADS=${TRAIN_THREADS:-1}
 [ -d "$V1/transformer" ] || { echo "needs the v1 model in $V1 (train/train_v2.sh fetches it)"; exit 1; }
@@ -39,6 +44,7 @@ for seed in $SEEDS; do
   for arm in $ARMS; do
     dist=${arm%%:*}; alpha=${arm##*:}; name="$dist-a$alpha-s$seed"; run="$OUT/$name"
     if [ ! -f "$run/checkpoint/training.json" ]; then
+      [ -z "${EVAL_ONLY:-}" ] || continue   # EVAL_ONLY=1: judge the finished runs, train nothing
       # a claim older than the run's checkpoint-less directory is from a worker that died: rm -r $run.claim
       mkdir "$run.claim" 2>/dev/null || { echo "$name: claimed by another worker"; continue; }
       t0=$SECONDS
@@ -52,6 +58,11 @@ for seed in $SEEDS; do
     for shift in $SHIFTS; do
       dir="$run/eval-${shift//:/}"
       [ -f "$dir/report.json" ] || "$PY" judge.py --model "$run/checkpoint" --size 64 --steps 24 --guidance 2 \
+        --shift "$shift" --prompts "$PROMPTS" --seed 1000 --out "$dir" 2>&1 | grep -v "Loading weights" | tee -a "$OUT/judge.log"
+    done
+    for shift in $SHIFTS128; do
+      dir="$run/eval128-${shift//:/}"
+      [ -f "$dir/report.json" ] || "$PY" judge.py --model "$run/checkpoint" --size 128 --steps 24 --guidance 2 \
         --shift "$shift" --prompts "$PROMPTS" --seed 1000 --out "$dir" 2>&1 | grep -v "Loading weights" | tee -a "$OUT/judge.log"
     done
   done

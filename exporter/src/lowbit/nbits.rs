@@ -70,6 +70,50 @@ pub fn to_nbits(q: &Quantised, bits: Bits, block: usize) -> (Vec<u8>, Vec<f32>) 
     (b, scales)
 }
 
+/// Quantises the `(N, K)` row-major weight `w` straight into `MatMulNBits` layout: the same
+/// scales and codes as [`super::quantise`] (then [`to_nbits`]) gives, computed row by row
+/// without the `(K, N)` transpose (which dominated the export of a 32B DiT).
+pub fn quantise_nbits(
+    w: &[f32],
+    n: usize,
+    k: usize,
+    bits: Bits,
+    block: usize,
+    scale_dtype: flux2_graphs::DType,
+) -> (Vec<u8>, Vec<f32>) {
+    let block = block.max(1);
+    let blocks = k.div_ceil(block);
+    let blob = block * width(bits) / 8;
+    let zp = 1i32 << (width(bits) - 1);
+    let fill = match bits {
+        Bits::Int8 => zp as u8,
+        Bits::Int4 => (zp | (zp << 4)) as u8,
+    };
+    let mut b = vec![fill; n * blocks * blob];
+    let mut scales = vec![0f32; n * blocks];
+    let (qmin, qmax) = (bits.qmin() as f32, bits.qmax() as f32);
+    for (row, wr) in w.chunks_exact(k.max(1)).take(n).enumerate() {
+        for (kb, chunk) in wr.chunks(block).enumerate() {
+            let amax = chunk.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let s = super::quant::round_to(scale_dtype, amax / qmax);
+            scales[row * blocks + kb] = s;
+            let out = &mut b[(row * blocks + kb) * blob..(row * blocks + kb + 1) * blob];
+            for (i, v) in chunk.iter().enumerate() {
+                let q = if s > 0.0 { (v / s).round_ties_even().clamp(qmin, qmax) as i32 } else { 0 };
+                let stored = (q + zp) as u8;
+                match bits {
+                    Bits::Int8 => out[i] = stored,
+                    Bits::Int4 => {
+                        let shift = 4 * (i % 2);
+                        out[i / 2] = (out[i / 2] & !(0x0f << shift)) | (stored << shift);
+                    }
+                }
+            }
+        }
+    }
+    (b, scales)
+}
+
 /// The dims of a site's `B` and `scales` initializers.
 pub fn dims(site: &Site) -> (Vec<usize>, Vec<usize>) {
     let blocks = site.k.div_ceil(site.block.max(1));
@@ -131,6 +175,8 @@ mod tests {
             let blocks = k.div_ceil(block);
             let blob = block * width(bits) / 8;
             assert_eq!(b.len(), n * blocks * blob);
+            let direct = quantise_nbits(&w, n, k, bits, block, DType::F32);
+            assert_eq!(direct, (b.clone(), scales.clone()), "{bits:?} block {block}: quantise_nbits");
             for nn in 0..n {
                 for kk in 0..blocks * block {
                     let (kb, i) = (kk / block, kk % block);

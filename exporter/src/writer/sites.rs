@@ -100,6 +100,12 @@ pub(super) fn write_fp8_sites(
     Ok(())
 }
 
+/// A linear's codes and scales in the graph's `(K, N)` form or already in `MatMulNBits` layout.
+enum Stored {
+    Graph(lowbit::Quantised),
+    Nbits((Vec<u8>, Vec<f32>)),
+}
+
 /// Writes a linear weight's codes and scales: a GGUF file's own where they are the site's
 /// form (returns true), else the weight read as f32 (merged) and quantised.
 #[allow(clippy::too_many_arguments)]
@@ -123,7 +129,7 @@ fn write_quantised(
     let q = match direct {
         Some(q) => {
             progress(w.pieces.iter().map(|p| p.len).sum());
-            q
+            Stored::Graph(q)
         }
         None => {
             let values = read_merged(w, ckpt, stem, merge, progress)?;
@@ -135,16 +141,32 @@ fn write_quantised(
                 });
             }
             let block = lowbit::effective_block(site, target);
-            lowbit::quantise(&values, site.n, site.k, site.bits, block, w.decl.dtype)
+            match lo.nbits_op {
+                true => Stored::Nbits(lowbit::nbits::quantise_nbits(
+                    &values,
+                    site.n,
+                    site.k,
+                    site.bits,
+                    block,
+                    w.decl.dtype,
+                )),
+                false => {
+                    Stored::Graph(lowbit::quantise(&values, site.n, site.k, site.bits, block, w.decl.dtype))
+                }
+            }
         }
     };
-    let (codes, code_type, (code_dims, scale_dims), scales) = if lo.nbits_op {
-        let (b, scales) = lowbit::nbits::to_nbits(&q, site.bits, site.block);
+    let nbits = |(b, scales): (Vec<u8>, Vec<f32>)| {
         let scales = flux2_graphs::encode_floats(w.decl.dtype, &scales);
         (b, flux2_graphs::onnx_dtype::UINT8, lowbit::nbits::dims(site), scales)
-    } else {
-        let scales = q.scale_bytes(w.decl.dtype);
-        (q.codes, site.bits.onnx(), lowbit::dims(site, target), scales)
+    };
+    let (codes, code_type, (code_dims, scale_dims), scales) = match q {
+        Stored::Nbits(pair) => nbits(pair),
+        Stored::Graph(q) if lo.nbits_op => nbits(lowbit::nbits::to_nbits(&q, site.bits, site.block)),
+        Stored::Graph(q) => {
+            let scales = q.scale_bytes(w.decl.dtype);
+            (q.codes, site.bits.onnx(), lowbit::dims(site, target), scales)
+        }
     };
     let start = data.begin(codes.len())?;
     data.write(&codes)?;
