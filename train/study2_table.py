@@ -86,11 +86,22 @@ def table(data: dict) -> list[str]:
 
 
 def plot(data: dict, path: Path, title: str) -> None:
+    """One panel per judged size: settings named 128-<shift> (eval128-*) are 128², the rest 64²."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     rows = [(arm, s, rs) for arm in sorted(data) for s, rs in sorted(data[arm].items())]
-    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(rows)), 4))
+    panels = [(f"{size}²", [r for r in rows if r[1].startswith("128") == (size == 128)]) for size in (64, 128)]
+    panels = [p for p in panels if p[1]]
+    fig, axes = plt.subplots(len(panels), 1, figsize=(max(6, 1.1 * max(len(p[1]) for p in panels)), 4 * len(panels)),
+                             squeeze=False)
+    for (label, prow), ax in zip(panels, axes[:, 0]):
+        panel(ax, prow, f"{title}, judged at {label}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def panel(ax, rows: list, title: str) -> None:
     for x, (arm, s, rs) in enumerate(rows):
         m, lo, hi = seed_interval([r["all"] for r in rs])
         if len(rs) > 1:
@@ -103,8 +114,6 @@ def plot(data: dict, path: Path, title: str) -> None:
     ax.set_ylabel("all three right (%)")
     ax.set_title(title + "\n(blue: mean, 95 % t interval over seeds; orange: one seed, Wilson; dots: seeds)", fontsize=9)
     ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
 
 
 def grid(data: dict, path: Path) -> None:
