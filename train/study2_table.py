@@ -85,6 +85,30 @@ def table(data: dict) -> list[str]:
     return lines
 
 
+def paired(data: dict, setting: str = "empirical") -> list[str]:
+    """Arm-against-arm differences on the same captions and noise: per caption, verdict(a) -
+    verdict(b) for every seed both arms have, pooled; mean with a normal 95 % interval."""
+    lines = [f"", f"Paired differences, setting {setting} (same captions and noise; seeds both arms have, pooled):", "",
+             "| a − b | seeds | difference, points [95 %] | verdicts changed |", "|---|---|---|---|"]
+    arms = sorted(a for a in data if setting in data[a])
+    for i, a in enumerate(arms):
+        for b in arms[i + 1:]:
+            ra = {r["seed"]: r for r in data[a][setting]}
+            rb = {r["seed"]: r for r in data[b][setting]}
+            seeds = sorted(set(ra) & set(rb))
+            d = []
+            for sd in seeds:
+                va = [bool(x["all"]) for x in json.loads(ra[sd]["report"].read_text())["items"]]
+                vb = [bool(x["all"]) for x in json.loads(rb[sd]["report"].read_text())["items"]]
+                d += [int(x) - int(y) for x, y in zip(va, vb)]
+            if len(d) < 2:
+                continue
+            m = sum(d) / len(d)
+            h = 1.96 * math.sqrt(sum((x - m) ** 2 for x in d) / (len(d) - 1)) / math.sqrt(len(d))
+            lines.append(f"| {a} − {b} | {','.join(map(str, seeds))} | {100 * m:+.1f} [{100 * (m - h):+.1f}, {100 * (m + h):+.1f}] | {sum(1 for x in d if x)}/{len(d)} |")
+    return lines
+
+
 def plot(data: dict, path: Path, title: str) -> None:
     """One panel per judged size: settings named 128-<shift> (eval128-*) are 128², the rest 64²."""
     import matplotlib
@@ -143,7 +167,7 @@ def main():
     data = runs(root)
     if not data:
         raise SystemExit(f"{root}: no */eval*/report.json yet")
-    lines = table(data)
+    lines = table(data) + paired(data)
     (root / "table.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     plot(data, root / "adherence.png", title)
