@@ -23,16 +23,6 @@
 
 use std::path::Path;
 
-/// Bytes of the weight files of the graph at `path` (the `.onnx` file itself included).
-pub fn weight_bytes(path: &Path) -> u64 {
-    let own = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
-    own + crate::model_dir::graph_weight_files(path)
-        .iter()
-        .filter_map(|(_, p)| std::fs::metadata(p).ok())
-        .map(|m| m.len())
-        .sum::<u64>()
-}
-
 /// The auto rule: map when two copies of `weights` bytes exceed `available` (unknown memory:
 /// never, the fast path is what a machine without `/proc/meminfo` gets).
 pub fn auto_maps(weights: u64, available: Option<u64>) -> bool {
@@ -58,7 +48,7 @@ pub fn runs_mapped(path: &Path, choice: Option<bool>) -> bool {
     if let Some(b) = from_env().or(choice) {
         return b;
     }
-    let weights = weight_bytes(path);
+    let weights = crate::model_dir::graph_file_bytes(path);
     let available = crate::memory::available_memory();
     let mapped = auto_maps(weights, available);
     if mapped {

@@ -54,8 +54,7 @@ impl ModelDir {
     /// for a graph the export lacks.
     pub fn graph_bytes(&self, name: &str) -> u64 {
         let Ok(path) = self.graph(name) else { return 0 };
-        let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
-        size(&path) + graph_weight_files(&path).iter().map(|(_, p)| size(p)).sum::<u64>()
+        graph_file_bytes(&path)
     }
 
     /// Path of a graph, checked to exist.
@@ -170,6 +169,12 @@ pub struct ResolutionDefaults {
     pub steps: Option<usize>,
     pub guidance: Option<f32>,
     pub shift: Option<crate::schedule::Shift>,
+}
+
+/// Bytes of the graph file at `path` and of its external weight files ([`graph_weight_files`]).
+pub fn graph_file_bytes(path: &Path) -> u64 {
+    let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+    size(path) + graph_weight_files(path).iter().map(|(_, p)| size(p)).sum::<u64>()
 }
 
 /// The external weight files an export keeps beside a graph file: `<file>.data` or
